@@ -1,0 +1,286 @@
+"""Configuration: frozen dataclasses, loaded from YAML, overridable by dotted keys.
+
+Every section is a frozen dataclass whose fields carry their help text in
+``field(metadata={"help": ...})``. The CLI builds its ``--options`` from those fields, so a
+setting has one name, one default and one explanation everywhere::
+
+    storage:                # StorageConfig
+      endpoint_url: http://127.0.0.1:8333
+    ingest:
+      max_refs: 6
+      delta: 10
+
+``load_config("run.yaml", ["ingest.delta=20"])`` reads the file (local or ``s3://``), applies the
+overrides, checks every key and value, and returns a :class:`Config`. Unknown keys and values of
+the wrong type are :class:`ConfigError` s that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from bluref_ray import storage
+from bluref_ray.storage import StorageConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+def _help(text: str, **kw: Any) -> dict:
+    return {"help": text, **kw}
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray."""
+
+    address: str | None = field(
+        default=None,
+        metadata=_help("Ray cluster address ('auto', 'ray://host:10001'); default: $RAY_ADDRESS "
+                       "if set (as under `ray job submit`), else start Ray in-process"))
+    num_cpus: int | None = field(
+        default=None, metadata=_help("CPUs for an in-process Ray (default: all of this machine)"))
+    progress_bars: bool = field(
+        default=True, metadata=_help("show Ray Data's progress bars"))
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The GoPro-protocol synthesizer: a high-frame-rate sharp stream, averaged into blur."""
+
+    seed: int = field(default=0, metadata=_help("random seed; equal seeds give equal datasets"))
+    train_clips: int = field(default=4, metadata=_help("clips in the train split"))
+    test_clips: int = field(default=1, metadata=_help("clips in the test split"))
+    frames: int = field(default=48, metadata=_help("output frames per clip"))
+    height: int = field(default=180, metadata=_help("frame height in pixels"))
+    width: int = field(default=320, metadata=_help("frame width in pixels"))
+    fps: float = field(default=30.0, metadata=_help("frame rate of the output videos"))
+    subframes: int = field(
+        default=8, metadata=_help("sharp high-frame-rate frames per output frame "
+                                  "(8 = 240 fps sharp stream for 30 fps output)"))
+    k_min: int = field(default=7, metadata=_help("fewest sharp frames averaged into a blurry one"))
+    k_max: int = field(default=13, metadata=_help("most sharp frames averaged into a blurry one"))
+    blurry_share: float = field(
+        default=0.5, metadata=_help("share of output frames that are blurry (0..1)"))
+    gamma: float = field(
+        default=2.2, metadata=_help("camera response gamma: frames are averaged in linear light"))
+    shake_px: float = field(
+        default=14.0, metadata=_help("typical hand-shake travel during a blurry exposure, pixels"))
+    drift_px: float = field(
+        default=3.0, metadata=_help("typical smooth camera drift per output frame, pixels"))
+    rotation_deg: float = field(default=4.0, metadata=_help("largest smooth camera roll, degrees"))
+    zoom: float = field(default=0.08, metadata=_help("largest smooth zoom change (0.08 = ±8%)"))
+    objects: int = field(
+        default=2, metadata=_help("independently moving foreground objects per clip"))
+    video: str | None = field(
+        default=None,
+        metadata=_help("take the sharp stream from this video file (path or URI) instead of "
+                       "photos seen through a virtual camera"))
+    video_ext: str = field(
+        default="mp4", metadata=_help("container of the output clips: mp4, mkv, avi or mov"))
+    crf: int = field(default=12, metadata=_help("H.264 quality of the output clips (0 = lossless)"))
+    write_videos: bool = field(default=True, metadata=_help("write clips as video files"))
+    write_frames: bool = field(
+        default=True, metadata=_help("write the GoPro-style frame tree {blur,sharp}/NNNNNN.png"))
+
+    def validate(self) -> None:
+        if not 1 <= self.k_min <= self.k_max:
+            raise ConfigError(f"synth.k_min={self.k_min}, synth.k_max={self.k_max}: need "
+                              "1 <= k_min <= k_max")
+        if not 0.0 <= self.blurry_share <= 1.0:
+            raise ConfigError(f"synth.blurry_share={self.blurry_share}: must be within [0, 1]")
+        if self.frames < 1 or self.height < 16 or self.width < 16:
+            raise ConfigError("synth.frames must be >= 1 and synth.height/width >= 16")
+        if self.video_ext not in ("mp4", "mkv", "avi", "mov"):
+            raise ConfigError(f"synth.video_ext={self.video_ext!r}: use mp4, mkv, avi or mov")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Ingest: decode, score sharpness, label blurry/sharp, pick references."""
+
+    max_refs: int = field(default=6, metadata=_help("N: most sharp references per blurry frame"))
+    delta: int = field(
+        default=10, metadata=_help("Δ: references lie within ±delta frames of the blurry frame"))
+    label_score: str = field(
+        default="laplacian",
+        metadata=_help("score that labels video frames: 'laplacian' (variance of the Laplacian) "
+                       "or 'fft' (Zou et al. frequency score)"))
+    threshold: float | None = field(
+        default=None,
+        metadata=_help("fixed sharpness threshold for the label score (frames below are blurry); "
+                       "default: Otsu's threshold per clip"))
+    min_spread: float = field(
+        default=0.15,
+        metadata=_help("a clip whose log label scores spread less than this (std) is one "
+                       "population: all sharp, no automatic split"))
+    frame_rate: float = field(
+        default=30.0, metadata=_help("frame rate assumed for frame trees (timestamps)"))
+    max_frames: int | None = field(
+        default=None, metadata=_help("read at most this many frames per clip"))
+    score_max_side: int = field(
+        default=0, metadata=_help("score on frames shrunk to this longest side (0 = full size)"))
+    clips_per_task: int = field(
+        default=1, metadata=_help("clips each Ray task ingests"))
+    overwrite: bool = field(
+        default=False,
+        metadata=_help("delete earlier results in --out instead of resuming from them"))
+
+    def validate(self) -> None:
+        if self.max_refs < 0 or self.delta < 1:
+            raise ConfigError("ingest.max_refs must be >= 0 and ingest.delta >= 1")
+        if self.label_score not in ("laplacian", "fft"):
+            raise ConfigError(f"ingest.label_score={self.label_score!r}: use 'laplacian' or 'fft'")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All sections. ``Config()`` holds the defaults."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def config_hash(*sections: Any) -> str:
+    """A short stable hash of dataclass sections (used to tell runs with other settings apart)."""
+    blob = json.dumps([dataclasses.asdict(s) for s in sections], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the field type ``tp``."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if optional:
+            return None
+        raise ConfigError(f"{key}: may not be empty")
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {tp.__name__}") from None
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = section_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = coerce(value, tp, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (local or object storage), apply overrides, validate.
+
+    Args:
+        path: YAML file, or None for the defaults.
+        overrides: ``["section.key=value", ...]`` or ``{"section.key": value}``; these win over
+            the file.
+
+    Raises:
+        ConfigError: naming the file and key that is wrong.
+    """
+    data: dict = {}
+    where = path or "<defaults>"
+    if path:
+        try:
+            text = storage.read_text(path)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+    items = overrides.items() if isinstance(overrides, dict) else [
+        _split_override(o) for o in (overrides or [])]
+    for key, value in items:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value) if value else value
+            except yaml.YAMLError:
+                pass
+        _set_dotted(data, key, value)
+    try:
+        cfg = _build(Config, data, "")
+        return cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()

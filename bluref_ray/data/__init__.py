@@ -1,0 +1,1 @@
+"""Data: the synthesizer, source readers, sharpness scores and reference selection."""

@@ -1,0 +1,228 @@
+"""The GoPro-protocol synthesizer (``bluref synth``).
+
+Every blurry frame is the average of k consecutive frames of a high-frame-rate sharp stream, taken
+in linear light (inverse gamma, average, gamma again), and its ground truth is the centre frame of
+those k. A sharp output frame is a single frame of the stream. This is how GoPro (Nah et al.) was
+made, with k from 7 to 13 at 240 fps.
+
+Output, for ``--out ROOT``::
+
+    ROOT/videos/<split>/<seq>.mp4          the clip as the camera recorded it (blurry or sharp frames)
+    ROOT/<split>/<seq>/blur/NNNNNN.png     the blurry frames
+    ROOT/<split>/<seq>/sharp/NNNNNN.png    ground truth of every frame index
+    ROOT/manifest.json                     settings and, per frame: blurry, k, exposure window
+
+The sharp stream comes from real photos seen through a virtual camera (:mod:`.camera`), or from
+the frames of a real video (``synth.video``). Output is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from bluref_ray import storage
+from bluref_ray.config import ConfigError, SynthConfig
+from bluref_ray.data import video
+from bluref_ray.data.camera import FrameListStream, PhotoCamera, ShakePath
+from bluref_ray.data.images import encode_png
+from bluref_ray.storage import StorageConfig
+
+SPLITS = ("train", "test")
+
+
+def linear_light_average(frames: list[np.ndarray], gamma: float = 2.2) -> np.ndarray:
+    """Average frames in linear light: ``(mean((x/255)^γ))^(1/γ) · 255``, rounded.
+
+    Shape:
+        k × ``[H, W, 3]`` uint8 → ``[H, W, 3]`` uint8.
+    """
+    lut = (np.arange(256, dtype=np.float64) / 255.0) ** gamma
+    acc = np.zeros(frames[0].shape, np.float64)
+    for f in frames:
+        acc += lut[f]
+    mean = acc / len(frames)
+    return np.clip(np.round(255.0 * mean ** (1.0 / gamma)), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How output frame ``index`` is made from the sharp stream."""
+
+    index: int
+    blurry: bool
+    k: int  # sharp frames averaged (1 for a sharp frame)
+    centre: int  # sub-frame of the ground truth
+    first: int  # first sub-frame of the exposure
+
+    @property
+    def window(self) -> list[int]:
+        return list(range(self.first, self.first + self.k))
+
+
+def plan_clip(cfg: SynthConfig, rng: np.random.Generator) -> list[FramePlan]:
+    """Which frames are blurry, how many sub-frames each averages, and where they lie.
+
+    Each output frame has a slot of ``max(subframes, k)`` sub-frames (as in GoPro, where the
+    exposures of consecutive blurry frames never overlap); its exposure is centred in the slot.
+    """
+    blurry = rng.random(cfg.frames) < cfg.blurry_share
+    ks = rng.integers(cfg.k_min, cfg.k_max + 1, size=cfg.frames)
+    plans, start = [], 0
+    for i in range(cfg.frames):
+        k = int(ks[i]) if blurry[i] else 1
+        slot = max(cfg.subframes, k)
+        centre = start + slot // 2
+        plans.append(FramePlan(i, bool(blurry[i]), k, centre, centre - (k - 1) // 2))
+        start += slot
+    return plans
+
+
+class ClipSynth:
+    """One synthetic clip: its frame plan and its sharp stream.
+
+    Args:
+        cfg: synthesizer settings.
+        split: split name (part of the random seed).
+        number: clip number within the split.
+        source_frames: frames of a real video for the sharp stream, or None for photos.
+    """
+
+    def __init__(self, cfg: SynthConfig, split: str, number: int,
+                 source_frames: list[np.ndarray] | None = None) -> None:
+        self.cfg = cfg
+        self.split, self.number = split, number
+        self.seq = f"clip_{number:04d}"
+        rng = np.random.default_rng([cfg.seed, SPLITS.index(split) if split in SPLITS else 9,
+                                     number])
+        self.plan = plan_clip(cfg, rng)
+        if source_frames is not None:
+            self.stream = FrameListStream(source_frames)
+            self.background = "video"
+        else:
+            windows = [(p.first - 0.5, p.first + p.k - 0.5) for p in self.plan if p.blurry]
+            lengths = cfg.shake_px * rng.uniform(0.5, 1.5, size=len(windows))
+            shake = ShakePath(windows, lengths, rng)
+            self.stream = PhotoCamera(rng, cfg.height, cfg.width, cfg.subframes, cfg.drift_px,
+                                      cfg.rotation_deg, cfg.zoom, cfg.objects, shake,
+                                      shake_reach=2.5 * cfg.shake_px)
+            self.background = self.stream.background_name
+
+    @property
+    def subframes_needed(self) -> int:
+        last = self.plan[-1]
+        return max(last.centre, last.first + last.k - 1) + 1
+
+    def render(self, plan: FramePlan) -> tuple[np.ndarray, np.ndarray]:
+        """``(recorded, ground_truth)`` for one output frame, both ``[H, W, 3]`` uint8."""
+        gt = self.stream.frame(plan.centre)
+        if not plan.blurry:
+            return gt, gt
+        frames = [gt if j == plan.centre else self.stream.frame(j) for j in plan.window]
+        return linear_light_average(frames, self.cfg.gamma), gt
+
+    def frames(self) -> Iterator[tuple[FramePlan, np.ndarray, np.ndarray]]:
+        for p in self.plan:
+            yield (p, *self.render(p))
+
+
+def _read_source_video(cfg: SynthConfig, storage_cfg: StorageConfig | None) -> list[np.ndarray]:
+    """Decode the user's video into frames of the configured size."""
+    frames = []
+    for decoded in video.decode_frames(cfg.video, storage_cfg):
+        f = decoded.rgb
+        if f.shape[:2] != (cfg.height, cfg.width):
+            f = cv2.resize(f, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+        frames.append(f)
+    if not frames:
+        raise ConfigError(f"synth.video={cfg.video}: no frames could be decoded")
+    return frames
+
+
+def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Write a synthetic dataset under ``out`` (local path or ``s3://``) and return its manifest.
+
+    Raises:
+        ConfigError: for invalid settings, or a source video too short for one clip.
+    """
+    cfg.validate()
+    out = storage.normalize(out)
+    storage.makedirs(out, storage_cfg)
+    source = _read_source_video(cfg, storage_cfg) if cfg.video else None
+    clips_wanted = [(s, n) for s, count in zip(SPLITS, (cfg.train_clips, cfg.test_clips))
+                    for n in range(count)]
+    manifest: dict = {"generator": "bluref synth", "config": asdict(cfg), "clips": []}
+    offset = 0
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for split, number in clips_wanted:
+            frames_for_clip = None
+            if source is not None:
+                probe = ClipSynth(cfg, split, number, source_frames=[])
+                need = probe.subframes_needed
+                if offset + need > len(source):
+                    if not manifest["clips"] and offset == 0:
+                        raise ConfigError(
+                            f"synth.video={cfg.video}: {len(source)} frames, but one clip of "
+                            f"{cfg.frames} frames needs {need}; lower synth.frames or "
+                            "synth.subframes")
+                    log(f"[synth] source video exhausted after {len(manifest['clips'])} clips")
+                    break
+                frames_for_clip = source[offset:offset + need]
+                offset += need
+            clip = ClipSynth(cfg, split, number, frames_for_clip)
+            manifest["clips"].append(_write_clip(out, clip, storage_cfg, pool))
+            n_blur = sum(p.blurry for p in clip.plan)
+            log(f"[synth] {split}/{clip.seq}: {cfg.frames} frames ({n_blur} blurry), "
+                f"scene={clip.background} [{len(manifest['clips'])}/{len(clips_wanted)}, "
+                f"{time.time() - t0:.1f}s]")
+    storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=1),
+                       storage_cfg)
+    return manifest
+
+
+def _write_clip(out: str, clip: ClipSynth, storage_cfg: StorageConfig | None,
+                pool: ThreadPoolExecutor) -> dict:
+    cfg = clip.cfg
+    seq_dir = storage.join(out, clip.split, clip.seq)
+    video_rel = f"videos/{clip.split}/{clip.seq}.{cfg.video_ext}"
+    writes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        local_video = os.path.join(tmp, f"clip.{cfg.video_ext}")
+        writer = (video.VideoWriter(local_video, cfg.width, cfg.height, cfg.fps, cfg.crf)
+                  if cfg.write_videos else None)
+        try:
+            for plan, recorded, gt in clip.frames():
+                name = f"{plan.index:06d}.png"
+                if cfg.write_frames:
+                    writes.append(pool.submit(storage.write_bytes, storage.join(
+                        seq_dir, "sharp", name), encode_png(gt), storage_cfg))
+                    if plan.blurry:
+                        writes.append(pool.submit(storage.write_bytes, storage.join(
+                            seq_dir, "blur", name), encode_png(recorded), storage_cfg))
+                if writer:
+                    writer.write(recorded)
+        finally:
+            if writer:
+                writer.close()
+        for w in writes:
+            w.result()
+        if writer:
+            storage.upload_file(local_video, storage.join(out, video_rel), storage_cfg)
+    return {
+        "split": clip.split, "seq": clip.seq, "scene": clip.background,
+        "video": video_rel if cfg.write_videos else None,
+        "frames_dir": f"{clip.split}/{clip.seq}" if cfg.write_frames else None,
+        "fps": cfg.fps, "height": cfg.height, "width": cfg.width,
+        "frames": [asdict(p) for p in clip.plan],
+    }
+

@@ -1,0 +1,1 @@
+"""Ray Data pipelines: ingest (and, later, pseudo-GT and batch deblurring)."""

@@ -1,0 +1,266 @@
+"""Ingest (``bluref ingest``): clips in storage → frames table + rejects table.
+
+Stages, each a plain function that tests call without Ray:
+
+1. **discover** (driver, metadata only): list the sources once, group files into clips
+   (:func:`bluref_ray.data.sources.discover`); skip clips that an earlier run finished.
+2. **ingest_clip** (Ray Data ``map``, 1 CPU per clip task): stream-decode the clip's frames, score
+   sharpness (variance of the Laplacian, FFT score), label blurry/sharp (folders for frame trees,
+   Otsu per clip otherwise), pick up to N sharp references within ±Δ for each blurry frame.
+   Only scores are kept, never pixels, so a task's memory is one frame plus a prefetch window.
+3. **write** (same task): ``OUT/rejects/<clip_id>.parquet`` if anything failed, then
+   ``OUT/frames/<clip_id>.parquet``, each atomically. The frames file marks the clip done, so a
+   killed run, started again, redoes only unfinished clips.
+4. **summarize** (driver): ``OUT/summary.json`` with counts and timings.
+
+One bad file never stops the others: it becomes a row of the rejects table that names the file
+and the reason. Storage that cannot be reached stops the run with a clear error instead, since
+every later clip would fail the same way; the run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bluref_ray import schema, storage
+from bluref_ray.config import Config, ConfigError, IngestConfig, config_hash
+from bluref_ray.data.references import pick_references
+from bluref_ray.data.sharpness import fft_score, laplacian_variance, split_blurry, to_gray
+from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
+from bluref_ray.storage import StorageConfig
+
+
+def ingest_clip(clip: Clip, cfg: IngestConfig,
+                storage_cfg: StorageConfig | None = None) -> tuple[pa.Table, pa.Table]:
+    """Score, label and pick references for one clip.
+
+    Returns:
+        ``(frames, rejects)`` tables with the :data:`schema.FRAMES` and :data:`schema.REJECTS`
+        schemas.
+    """
+    rows: list[dict] = []
+    rejects: list[Reject] = []
+    for item in read_frames(clip, storage_cfg, cfg.max_frames):
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        rows.append(_score(item, cfg))
+    rows = _drop_odd_sizes(clip, rows, rejects)
+    if not rows and not rejects:
+        rejects.append(Reject(clip.clip_id, clip.uri, f"{clip.uri}: no frames", "empty"))
+    _label(clip, rows, cfg)
+    _add_references(clip, rows, cfg)
+    frames = pa.Table.from_pylist(rows, schema=schema.FRAMES)
+    rej = pa.Table.from_pylist([asdict(r) for r in rejects], schema=schema.REJECTS)
+    return frames, rej
+
+
+def _score(f: Frame, cfg: IngestConfig) -> dict:
+    gray = to_gray(f.rgb, cfg.score_max_side)
+    h, w = f.rgb.shape[:2]
+    t = f.time if np.isfinite(f.time) else f.index / cfg.frame_rate
+    return {"frame_index": f.index, "timestamp": t, "source_uri": f.uri, "gt_uri": f.gt_uri,
+            "role": f.role, "laplacian_var": laplacian_variance(gray),
+            "fft_score": fft_score(gray), "height": h, "width": w,
+            "pixel_format": f.pixel_format}
+
+
+def _drop_odd_sizes(clip: Clip, rows: list[dict], rejects: list[Reject]) -> list[dict]:
+    """Keep frames of the clip's most common size; reject the others with their reason."""
+    if not rows:
+        return rows
+    sizes = Counter((r["height"], r["width"]) for r in rows)
+    (h, w), _ = sizes.most_common(1)[0]
+    keep = []
+    for r in rows:
+        if (r["height"], r["width"]) == (h, w):
+            keep.append(r)
+        else:
+            rejects.append(Reject(
+                clip.clip_id, r["source_uri"],
+                f"{r['source_uri']}: frame {r['frame_index']} is {r['width']}x{r['height']}, "
+                f"the clip's frames are {w}x{h}", "size", r["frame_index"]))
+    return keep
+
+
+def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
+    """Roles from the folders (trees), else by the clip's sharpness threshold."""
+    if clip.kind == "tree":
+        for r in rows:
+            r["blur_threshold"] = None
+        return
+    key = "laplacian_var" if cfg.label_score == "laplacian" else "fft_score"
+    blurry, threshold = split_blurry(np.array([r[key] for r in rows]), cfg.threshold,
+                                     cfg.min_spread)
+    for r, b in zip(rows, blurry):
+        r["role"] = "blurry" if b else "sharp"
+        r["blur_threshold"] = None if np.isnan(threshold) else threshold
+
+
+def _add_references(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
+    blurry = [r for r in rows if r["role"] == "blurry"]
+    sharp_idx = [r["frame_index"] for r in rows if r["role"] == "sharp"]
+    refs = pick_references(np.array([r["frame_index"] for r in blurry], np.int64),
+                           np.array(sharp_idx, np.int64), cfg.max_refs, cfg.delta)
+    for r in rows:
+        r.update(clip_id=clip.clip_id, source_kind=clip.kind, references=[],
+                 frame_id=schema.frame_id(clip.clip_id, r["role"], r["frame_index"]))
+    for r, ref in zip(blurry, refs):
+        r["references"] = [schema.frame_id(clip.clip_id, "sharp", i) for i in ref]
+
+
+def frames_uri(out: str, clip_id: str) -> str:
+    return storage.join(out, "frames", f"{clip_id}.parquet")
+
+
+def rejects_uri(out: str, clip_id: str) -> str:
+    return storage.join(out, "rejects", f"{clip_id}.parquet")
+
+
+def ingest_and_write(clip: Clip, out: str, cfg: IngestConfig,
+                     storage_cfg: StorageConfig | None = None) -> dict:
+    """Ingest one clip and write its tables; returns a one-line summary of the clip."""
+    t0 = time.perf_counter()
+    frames, rejects = ingest_clip(clip, cfg, storage_cfg)
+    if rejects.num_rows:
+        schema.write_table(rejects, rejects_uri(out, clip.clip_id), storage_cfg)
+    schema.write_table(frames, frames_uri(out, clip.clip_id), storage_cfg)  # marks the clip done
+    roles = frames.column("role").to_pylist()
+    return {"clip_id": clip.clip_id, "source_uri": clip.uri, "frames": frames.num_rows,
+            "blurry": roles.count("blurry"), "sharp": roles.count("sharp"),
+            "rejects": rejects.num_rows, "seconds": time.perf_counter() - t0,
+            "first_reject": rejects.column("reason")[0].as_py() if rejects.num_rows else ""}
+
+
+def _ingest_row(row: dict, out: str, cfg: IngestConfig, storage_cfg: StorageConfig) -> dict:
+    return ingest_and_write(Clip.from_json(row["clip"]), out, cfg, storage_cfg)
+
+
+def _prepare_out(out: str, cfg: Config, sources: list[str], log: Callable[[str], None]) -> None:
+    """Record the run's settings in OUT; refuse to mix results of other settings."""
+    marker = storage.join(out, "_ingest.json")
+    want = {"config_hash": config_hash(cfg.ingest.__class__(**{
+        **asdict(cfg.ingest), "overwrite": False, "clips_per_task": 1})), "sources": sources}
+    if storage.exists(marker, cfg.storage):
+        have = json.loads(storage.read_text(marker, cfg.storage))
+        if have != want:
+            if not cfg.ingest.overwrite:
+                raise ConfigError(
+                    f"{out} holds an ingest run with other settings or sources "
+                    f"({have.get('sources')}, config {have.get('config_hash')}); use another "
+                    "--out, or --overwrite to replace it")
+        elif not cfg.ingest.overwrite:
+            return
+        log(f"[ingest] --overwrite: deleting earlier results in {out}")
+        for sub in ("frames", "rejects", "summary.json"):
+            storage.delete(storage.join(out, sub), cfg.storage)
+    elif cfg.ingest.overwrite:
+        for sub in ("frames", "rejects", "summary.json"):
+            storage.delete(storage.join(out, sub), cfg.storage)
+    storage.makedirs(out, cfg.storage)
+    storage.write_text(marker, json.dumps(want, indent=1), cfg.storage)
+
+
+def run_ingest(sources: list[str], out: str, cfg: Config,
+               log: Callable[[str], None] = print) -> dict:
+    """Ingest ``sources`` into ``out`` with Ray Data; resumes an interrupted run.
+
+    Returns:
+        The run summary (also written to ``OUT/summary.json``).
+
+    Raises:
+        storage.StorageError: a source or ``out`` cannot be reached or does not exist.
+        ConfigError: ``out`` holds results of other settings (see ``ingest.overwrite``).
+    """
+    t0 = time.time()
+    sources = [storage.normalize(s) for s in sources]
+    out = storage.normalize(out)
+    storage_cfg = cfg.storage.resolved()
+    for uri in [*sources, out]:
+        storage.check_reachable(uri, storage_cfg)
+    clips: list[Clip] = []
+    for s in sources:
+        found = discover(s, storage_cfg)
+        log(f"[ingest] {s}: {len(found)} clips "
+            f"({Counter(c.kind for c in found).most_common()})")
+        clips += found
+    if not clips:
+        raise storage.StorageNotFoundError(
+            f"no videos ({', '.join(('mp4', 'avi', 'mov', 'mkv'))}) or frame folders found "
+            f"under {', '.join(sources)}")
+    dupes = [k for k, v in Counter(c.clip_id for c in clips).items() if v > 1]
+    if dupes:
+        raise ConfigError(f"clip ids occur in more than one source: {dupes[:5]}")
+    _prepare_out(out, cfg, sources, log)
+    done = {storage.basename(f)[:-len(".parquet")]
+            for f in _list_or_empty(storage.join(out, "frames"), storage_cfg)}
+    todo = [c for c in clips if c.clip_id not in done]
+    if done:
+        log(f"[ingest] resuming: {len(clips) - len(todo)} of {len(clips)} clips already done")
+    if todo:
+        _run_ray(todo, out, cfg, storage_cfg, log)
+    summary = _summarize(out, storage_cfg, sources, len(clips), time.time() - t0)
+    storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),
+                       storage_cfg)
+    return summary
+
+
+def _list_or_empty(uri: str, storage_cfg: StorageConfig) -> list[str]:
+    try:
+        return storage.list_files(uri, storage_cfg)
+    except storage.StorageNotFoundError:
+        return []
+
+
+def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig,
+             log: Callable[[str], None]) -> None:
+    import ray
+
+    from bluref_ray.ray_utils import init_ray
+
+    init_ray(cfg.ray)
+    per_task = max(1, cfg.ingest.clips_per_task)
+    ds = ray.data.from_items([{"clip": c.to_json()} for c in todo],
+                             override_num_blocks=max(1, min(len(todo) // per_task, 10_000)))
+    ds = ds.map(functools.partial(_ingest_row, out=out, cfg=cfg.ingest, storage_cfg=storage_cfg),
+                num_cpus=1)
+    t0, n, frames, rejected = time.time(), 0, 0, 0
+    for row in ds.iter_rows():
+        n += 1
+        frames += row["frames"]
+        rejected += row["rejects"] > 0
+        note = f"  ! {row['first_reject']}" if row["rejects"] else ""
+        rate = frames / max(time.time() - t0, 1e-6)
+        log(f"[ingest] {n}/{len(todo)} {row['clip_id']}: {row['frames']} frames "
+            f"({row['blurry']} blurry), {row['rejects']} rejects; {rate:.1f} frames/s{note}")
+
+
+def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips: int,
+               seconds: float) -> dict:
+    frames = schema.read_table(storage.join(out, "frames"), schema.FRAMES, storage_cfg,
+                               columns=["clip_id", "role", "references"])
+    rejects = schema.read_table(storage.join(out, "rejects"), schema.REJECTS, storage_cfg)
+    roles = Counter(frames.column("role").to_pylist())
+    blurry = frames.filter(pc.equal(frames["role"], "blurry"))
+    n_refs = pc.list_value_length(blurry["references"]).to_numpy(zero_copy_only=False)
+    return {
+        "sources": sources, "out": out, "clips": n_clips,
+        "clips_with_frames": len(set(frames.column("clip_id").to_pylist())),
+        "frames": frames.num_rows, "blurry": roles.get("blurry", 0),
+        "sharp": roles.get("sharp", 0),
+        "mean_references": float(n_refs.mean()) if len(n_refs) else 0.0,
+        "blurry_without_references": int((n_refs == 0).sum()) if len(n_refs) else 0,
+        "rejects": rejects.num_rows,
+        "rejected_files": sorted(set(rejects.column("source_uri").to_pylist())),
+        "frames_table": storage.join(out, "frames"), "rejects_table": storage.join(out, "rejects"),
+        "seconds": round(seconds, 2),
+    }

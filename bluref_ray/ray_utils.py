@@ -1,0 +1,28 @@
+"""Starting or joining Ray, the same way from the CLI, from jobs/ and from tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from bluref_ray.config import RayConfig
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster at ``cfg.address`` or ``$RAY_ADDRESS``, else start Ray in-process.
+
+    Does nothing if Ray is already initialised in this process (tests share one cluster).
+    """
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = cfg.progress_bars
+    ctx.print_on_execution_start = cfg.progress_bars

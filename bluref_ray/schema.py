@@ -1,0 +1,77 @@
+"""Schemas of the tables bluref-ray writes, and how to read them back.
+
+Tables are folders of Parquet files (one file per clip for ingest), so they can be written in
+parallel, resumed file by file, and read by Ray Data or pyarrow alike.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from bluref_ray import storage
+from bluref_ray.storage import StorageConfig
+
+#: One row per frame. Blurry rows carry the frame ids of their sharp references, nearest first.
+FRAMES = pa.schema([
+    pa.field("frame_id", pa.string(), nullable=False),  # "<clip_id>:<role>:<index:06d>"
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("source_kind", pa.string(), nullable=False),  # video | tree | images
+    pa.field("frame_index", pa.int32(), nullable=False),
+    pa.field("timestamp", pa.float64()),  # seconds from the clip start
+    pa.field("source_uri", pa.string(), nullable=False),  # the video, or the image file
+    pa.field("gt_uri", pa.string()),  # ground truth of a blurry tree frame, if known
+    pa.field("role", pa.string(), nullable=False),  # blurry | sharp
+    pa.field("laplacian_var", pa.float64(), nullable=False),
+    pa.field("fft_score", pa.float64(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("pixel_format", pa.string()),  # as stored: rgb8, gray16, yuv420p, ...
+    pa.field("blur_threshold", pa.float64()),  # the clip's label threshold (null: none applied)
+    pa.field("references", pa.list_(pa.string()), nullable=False),
+])
+
+#: One row per file (or frame) that could not be used.
+REJECTS = pa.schema([
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32()),
+    pa.field("stage", pa.string(), nullable=False),  # open | decode | size | empty
+    pa.field("reason", pa.string(), nullable=False),
+])
+
+
+def frame_id(clip_id: str, role: str, index: int) -> str:
+    return f"{clip_id}:{role}:{index:06d}"
+
+
+def write_table(table: pa.Table, uri: str, cfg: StorageConfig | None = None) -> None:
+    """Write one Parquet file atomically (local or object storage)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(uri, buf.getvalue(), cfg)
+
+
+def read_table(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """Read a folder of Parquet files as one table (empty, with ``schema``, if there are none)."""
+    try:
+        files = [f for f in storage.list_files(uri, cfg) if f.endswith(".parquet")]
+    except storage.StorageNotFoundError:
+        files = []
+    if not files:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    fs, _ = storage.resolve(uri, cfg)
+    paths = [storage.resolve(f, cfg)[1] for f in files]
+    return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet").to_table(
+        columns=columns)
+
+
+def sort_frames(table: pa.Table) -> pa.Table:
+    """Frames in a stable order: by clip, frame index, role."""
+    return table.sort_by([("clip_id", "ascending"), ("frame_index", "ascending"),
+                          ("role", "ascending")])

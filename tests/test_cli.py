@@ -1,0 +1,70 @@
+"""The bluref command: help, configs, and the demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from bluref_ray.cli import build_parser, main
+from bluref_ray.config import (Config, ConfigError, IngestConfig, SynthConfig, load_config)
+from bluref_ray.storage import StorageConfig
+
+
+@pytest.mark.parametrize("command, sections", [
+    ("synth", [SynthConfig, StorageConfig]), ("ingest", [IngestConfig, StorageConfig]),
+    ("demo", [SynthConfig, IngestConfig, StorageConfig])])
+def test_help_explains_every_option(command, sections):
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    text = sub.format_help()
+    for cls in sections:
+        for f in dataclasses.fields(cls):
+            assert "--" + f.name.replace("_", "-") in text
+            assert f.metadata["help"].split()[0] in text
+    for action in sub._actions:
+        assert action.help, f"{command} {action.option_strings} has no help"
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "bluref_ray.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "synth" in out and "ingest" in out and "demo" in out
+
+
+def test_config_file_overrides_and_errors(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("ingest:\n  delta: 20\n  threshold: 55.5\nstorage:\n  region: eu-west-1\n")
+    cfg = load_config(str(path), ["ingest.max_refs=8"])
+    assert (cfg.ingest.delta, cfg.ingest.threshold, cfg.ingest.max_refs) == (20, 55.5, 8)
+    assert cfg.storage.region == "eu-west-1" and cfg.synth == Config().synth
+    path.write_text("ingest:\n  detla: 3\n")
+    with pytest.raises(ConfigError, match=r"run.yaml.*ingest.*detla"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match=r"ingest.delta.*'many'"):
+        load_config(None, ["ingest.delta=many"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+    path.write_text("ingest: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(path))
+
+
+def test_bad_option_value_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--k-min", "9", "--k-max", "3"]) == 2
+    assert "k_min" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--delta", "x"]) == 2
+    assert "ingest.delta" in capsys.readouterr().err
+
+
+def test_demo_runs_synth_then_ingest(ray_cluster, tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--train-clips", "1", "--test-clips",
+                 "1", "--frames", "12", "--height", "48", "--width", "80", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "bluref demo: what it made" in out
+    assert "videos" in out and "frame trees" in out and "agree with the synthesizer" in out
+    assert (tmp_path / "demo/ingest/videos/frames").is_dir()
+    assert (tmp_path / "demo/data/manifest.json").is_file()

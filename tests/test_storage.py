@@ -1,0 +1,115 @@
+"""Storage on local disk and on a real S3 server (SeaweedFS)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bluref_ray import storage
+from bluref_ray.storage import StorageConfig, StorageError, StorageNotFoundError
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A writable root on local disk, or a fresh bucket on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path), None
+    cfg = request.getfixturevalue("s3_cfg")
+    return request.getfixturevalue("s3_bucket"), cfg
+
+
+def test_write_read_list_glob(root):
+    base, cfg = root
+    storage.write_bytes(storage.join(base, "a", "x.bin"), b"abc", cfg)
+    storage.write_text(storage.join(base, "a", "b", "y.txt"), "hello", cfg)
+    storage.write_bytes(storage.join(base, "z.mp4"), b"v", cfg)
+    assert storage.read_bytes(storage.join(base, "a", "x.bin"), cfg) == b"abc"
+    assert storage.read_text(storage.join(base, "a/b/y.txt"), cfg) == "hello"
+    files = storage.list_files(base, cfg)
+    assert [storage.relative(f, base) for f in files] == ["a/b/y.txt", "a/x.bin", "z.mp4"]
+    assert [storage.relative(f, base) for f in storage.glob(base + "/**/*.txt", cfg)] == [
+        "a/b/y.txt"]
+    assert [storage.relative(f, base) for f in storage.glob(base + "/*.mp4", cfg)] == ["z.mp4"]
+    assert storage.exists(storage.join(base, "a", "x.bin"), cfg)
+    assert not storage.exists(storage.join(base, "nope"), cfg)
+    with storage.open_input(storage.join(base, "a", "x.bin"), cfg) as f:
+        f.seek(1)
+        assert f.read() == b"bc"
+    storage.delete(storage.join(base, "a"), cfg)
+    assert [storage.relative(f, base) for f in storage.list_files(base, cfg)] == ["z.mp4"]
+
+
+def test_failed_write_leaves_nothing_and_keeps_old_content(root):
+    base, cfg = root
+    uri = storage.join(base, "table.parquet")
+    storage.write_bytes(uri, b"old", cfg)
+    with pytest.raises(RuntimeError, match="boom"):
+        with storage.open_atomic(uri, cfg) as f:
+            f.write(b"half-writ")
+            raise RuntimeError("boom")
+    assert storage.read_bytes(uri, cfg) == b"old"
+    with pytest.raises(RuntimeError):
+        with storage.open_atomic(storage.join(base, "new.bin"), cfg) as f:
+            f.write(b"x")
+            raise RuntimeError("boom")
+    assert not storage.exists(storage.join(base, "new.bin"), cfg)
+    # no temporary files are left behind either
+    assert [storage.basename(f) for f in storage.list_files(base, cfg)] == ["table.parquet"]
+
+
+def test_missing_file_is_a_clear_not_found(root):
+    base, cfg = root
+    with pytest.raises(StorageNotFoundError, match="missing.bin"):
+        storage.read_bytes(storage.join(base, "missing.bin"), cfg)
+    with pytest.raises(StorageNotFoundError):
+        storage.list_files(storage.join(base, "no-such-dir"), cfg)
+
+
+def test_uri_forms(tmp_path):
+    assert storage.normalize("s3://b//k/x") == "s3://b/k/x"
+    assert storage.normalize(f"file://{tmp_path}/a") == f"{tmp_path}/a"
+    assert storage.join("s3://b/k", "x", "y.png") == "s3://b/k/x/y.png"
+    assert storage.relative("s3://b/k/x/y.png", "s3://b/k") == "x/y.png"
+    assert storage.parent("s3://b/k/x") == "s3://b/k"
+    with pytest.raises(StorageError, match="unsupported scheme"):
+        storage.normalize("gs://bucket/x")
+    with pytest.raises(StorageError, match="bucket"):
+        storage.normalize("s3://")
+
+
+def test_s3_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://10.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    r = StorageConfig().resolved()
+    assert (r.endpoint_url, r.access_key, r.secret_key, r.region) == (
+        "http://10.0.0.1:9000", "k", "s", "us-east-1")
+    # the config wins over the environment
+    assert StorageConfig(endpoint_url="http://h:1").resolved().endpoint_url == "http://h:1"
+
+
+def test_unreachable_s3_endpoint_gives_a_clear_error():
+    from s3server import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = StorageConfig(endpoint_url=endpoint, access_key="k", secret_key="s",
+                        connect_timeout_s=1, max_attempts=1)
+    t0 = time.time()
+    with pytest.raises(StorageError) as e:
+        storage.check_reachable("s3://fleet/videos", cfg)
+    assert "cannot reach the S3 endpoint" in str(e.value)
+    assert endpoint in str(e.value) and "s3://fleet" in str(e.value)
+    assert time.time() - t0 < 60
+    with pytest.raises(StorageError, match="cannot reach the S3 endpoint"):
+        storage.list_files("s3://fleet/videos", cfg)
+
+
+def test_wrong_s3_keys_are_refused(s3_server, s3_bucket, s3_cfg):
+    storage.write_bytes(storage.join(s3_bucket, "x"), b"1", s3_cfg)
+    bad = StorageConfig(endpoint_url=s3_server.endpoint_url, access_key=s3_server.access_key,
+                        secret_key="wrong", region="us-east-1", max_attempts=1)
+    with pytest.raises(StorageError, match=s3_bucket):
+        storage.read_bytes(storage.join(s3_bucket, "x"), bad)

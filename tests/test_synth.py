@@ -1,0 +1,109 @@
+"""The GoPro-protocol synthesizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+from conftest import TINY
+
+from bluref_ray.config import ConfigError
+from bluref_ray.data.synth import ClipSynth, synthesize
+from bluref_ray.data.video import decode_frames
+
+
+def _png(path):
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+
+
+def test_blur_is_the_linear_light_average_of_its_sharp_frames(tiny_data):
+    manifest = json.load(open(f"{tiny_data}/manifest.json"))
+    clip_info = manifest["clips"][0]
+    clip = ClipSynth(TINY, clip_info["split"], 0)
+    blurry = [f for f in clip_info["frames"] if f["blurry"]]
+    assert blurry, "the tiny dataset must have blurry frames"
+    for f in blurry[:4]:
+        assert TINY.k_min <= f["k"] <= TINY.k_max
+        subframes = np.stack([clip.stream.frame(j) for j in
+                              range(f["first"], f["first"] + f["k"])]).astype(np.float64)
+        assert len(subframes) == f["k"]
+        # independent of the implementation: inverse gamma, mean, gamma, to 8 bits
+        expected = 255.0 * (((subframes / 255.0) ** 2.2).mean(0)) ** (1 / 2.2)
+        written = _png(f"{tiny_data}/{clip_info['frames_dir']}/blur/{f['index']:06d}.png")
+        assert np.abs(written - expected).max() <= 0.5 + 1e-6
+        # and it is not the plain (gamma-space) mean, which is darker in high-contrast regions
+        assert np.abs(written - subframes.mean(0)).max() > 2
+        # the ground truth is the centre frame of the exposure
+        gt = _png(f"{tiny_data}/{clip_info['frames_dir']}/sharp/{f['index']:06d}.png")
+        np.testing.assert_array_equal(gt, clip.stream.frame(f["centre"]))
+        assert f["first"] <= f["centre"] < f["first"] + f["k"]
+
+
+def test_layout_manifest_and_video(tiny_data):
+    manifest = json.load(open(f"{tiny_data}/manifest.json"))
+    assert [(c["split"], c["seq"]) for c in manifest["clips"]] == [
+        ("train", "clip_0000"), ("train", "clip_0001"), ("test", "clip_0000")]
+    c = manifest["clips"][1]
+    import os
+    sharp = sorted(os.listdir(f"{tiny_data}/{c['frames_dir']}/sharp"))
+    blur = sorted(os.listdir(f"{tiny_data}/{c['frames_dir']}/blur"))
+    assert sharp == [f"{i:06d}.png" for i in range(TINY.frames)]
+    assert blur == [f"{f['index']:06d}.png" for f in c["frames"] if f["blurry"]]
+    frames = list(decode_frames(f"{tiny_data}/{c['video']}"))
+    assert len(frames) == TINY.frames
+    assert frames[0].rgb.shape == (TINY.height, TINY.width, 3)
+    # the video holds the recorded frames: blurry where the manifest says so, sharp elsewhere
+    for f, d in zip(c["frames"], frames):
+        folder = "blur" if f["blurry"] else "sharp"
+        ref = _png(f"{tiny_data}/{c['frames_dir']}/{folder}/{f['index']:06d}.png")
+        mse = np.mean((ref.astype(float) - d.rgb) ** 2)
+        assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 30
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    cfg = dataclasses.replace(TINY, train_clips=1, test_clips=0, frames=6, write_videos=False)
+    a = synthesize(str(tmp_path / "a"), cfg, log=lambda _m: None)
+    b = synthesize(str(tmp_path / "b"), cfg, log=lambda _m: None)
+    c = synthesize(str(tmp_path / "c"), dataclasses.replace(cfg, seed=cfg.seed + 1),
+                   log=lambda _m: None)
+    assert a["clips"] == b["clips"]
+    for i in range(cfg.frames):
+        name = f"train/clip_0000/sharp/{i:06d}.png"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a/train/clip_0000/sharp/000000.png").read_bytes() != (
+        tmp_path / "c/train/clip_0000/sharp/000000.png").read_bytes()
+
+
+def test_blurry_share_and_exposures(tmp_path):
+    all_blurry = dataclasses.replace(TINY, blurry_share=1.0, frames=10, k_min=9, k_max=9)
+    clip = ClipSynth(all_blurry, "train", 0)
+    assert all(p.blurry and p.k == 9 for p in clip.plan)
+    windows = [(p.first, p.first + p.k) for p in clip.plan]
+    assert all(a1 >= b0 for (_, b0), (a1, _) in zip(windows, windows[1:])), "exposures overlap"
+    none_blurry = ClipSynth(dataclasses.replace(TINY, blurry_share=0.0), "train", 0)
+    assert not any(p.blurry for p in none_blurry.plan)
+
+
+def test_sharp_stream_from_a_real_video(tiny_data, tmp_path):
+    source = f"{tiny_data}/videos/train/clip_0000.mp4"
+    cfg = dataclasses.replace(TINY, video=source, train_clips=1, test_clips=0, frames=2,
+                              subframes=4, k_min=3, k_max=3, blurry_share=1.0)
+    m = synthesize(str(tmp_path / "v"), cfg, log=lambda _m: None)
+    assert m["clips"][0]["scene"] == "video"
+    src = [f.rgb for f in decode_frames(source)]
+    f0 = m["clips"][0]["frames"][0]
+    gt = _png(tmp_path / "v/train/clip_0000/sharp/000000.png")
+    np.testing.assert_array_equal(gt, src[f0["centre"]])
+    too_long = dataclasses.replace(cfg, frames=500)
+    with pytest.raises(ConfigError, match="clip_0000.mp4"):
+        synthesize(str(tmp_path / "w"), too_long, log=lambda _m: None)
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="k_min"):
+        synthesize(str(tmp_path), dataclasses.replace(TINY, k_min=9, k_max=3))
+    with pytest.raises(ConfigError, match="blurry_share"):
+        synthesize(str(tmp_path), dataclasses.replace(TINY, blurry_share=1.5))
