@@ -132,7 +132,8 @@ class SeaweedS3:
         secret_key: str = "bluref-secret",
         weed: str | None = None,
         startup_timeout_s: float = 60,
-        stop_timeout_s: float = 3,
+        stop_timeout_s: float = 2,
+        auto_create_bucket: bool = False,
         start_attempts: int = 3,
         extra_args: Sequence[str] = (),
     ) -> None:
@@ -146,6 +147,8 @@ class SeaweedS3:
             weed: Path of the ``weed`` binary; default :func:`find_weed`.
             startup_timeout_s: Seconds one start attempt may take until S3 answers.
             stop_timeout_s: Seconds to wait after SIGTERM before SIGKILL.
+            auto_create_bucket: Let a PUT into a missing bucket create it (SeaweedFS's
+                default). Off by default so that, as on AWS, writes need an existing bucket.
             start_attempts: Start attempts (fresh ports each) if ``weed`` exits early, e.g.
                 because another process took one of the chosen ports meanwhile.
             extra_args: More ``weed server`` flags, appended last (so they win).
@@ -156,6 +159,7 @@ class SeaweedS3:
         self.weed = weed or find_weed()
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.auto_create_bucket = auto_create_bucket
         self.start_attempts = max(1, start_attempts)
         self.extra_args = list(extra_args)
         self.log_path = self.workdir / _LOG_NAME
@@ -290,12 +294,14 @@ class SeaweedS3:
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-dir={data}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
+            "-master.peers=none",             # single-master mode: leader at once, no raft wait
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=32",   # tiny volumes: fast to create, little disk
-            "-volume.max=100",                # each bucket is a collection with its own volumes
+            "-master.volumeSizeLimitMB=32",   # small volumes: fast to create, little disk
+            "-volume.max=200",                # each bucket is a collection with its own volume(s)
             "-volume.preStopSeconds=0",
             "-filer=true",
             "-s3", f"-s3.config={s3_config}",
+            f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # would listen on fixed 8181 / 9101
             "-metricsPort=0",
         ]

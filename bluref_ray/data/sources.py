@@ -180,11 +180,13 @@ def _load_image(f: FrameFile, storage_cfg: StorageConfig | None) -> tuple[np.nda
 
 
 def read_frames(clip: Clip, storage_cfg: StorageConfig | None = None,
-                max_frames: int | None = None, prefetch: int = 8) -> Iterator[Frame | Reject]:
+                max_frames: int | None = None, prefetch: int = 8,
+                threads: int = 0) -> Iterator[Frame | Reject]:
     """Yield each frame of ``clip``, or a :class:`Reject` for each file or frame that fails.
 
     Video frames are decoded as a stream; image files are fetched ``prefetch`` at a time in
-    threads, so memory stays bounded by the prefetch window.
+    threads, so memory stays bounded by the prefetch window. ``threads`` caps the video decoder's
+    threads (0: one per core).
 
     Raises:
         storage.StorageError: storage became unreachable (not a problem of one file; the run
@@ -192,7 +194,7 @@ def read_frames(clip: Clip, storage_cfg: StorageConfig | None = None,
     """
     if clip.kind == "video":
         try:
-            for d in decode_frames(clip.uri, storage_cfg, max_frames):
+            for d in decode_frames(clip.uri, storage_cfg, max_frames, threads):
                 yield Frame(d.index, d.time, d.rgb, clip.uri, "", None, d.pixel_format)
         except VideoError as e:
             stage = "decode" if e.frames_decoded else "open"

@@ -39,11 +39,12 @@ class DecodedFrame:
 
 
 def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
-                  max_frames: int | None = None) -> Iterator[DecodedFrame]:
+                  max_frames: int | None = None, threads: int = 0) -> Iterator[DecodedFrame]:
     """Decode a video frame by frame (bounded memory), as RGB uint8.
 
     Works on local paths and on ``s3://`` URIs (read through a seekable stream). Frames of any
-    pixel format (grayscale, 10/16-bit) come out as 8-bit RGB.
+    pixel format (grayscale, 10/16-bit) come out as 8-bit RGB. ``threads`` caps FFmpeg's decoder
+    threads (0: FFmpeg's choice, about one per core).
 
     Raises:
         VideoError: the file is empty, is not a video, has no video stream, or breaks mid-way
@@ -64,6 +65,8 @@ def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
                 raise VideoError(f"{uri}: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            if threads:
+                stream.codec_context.thread_count = threads
             rate = float(stream.average_rate or stream.guessed_rate or 30)
             pix_fmt = stream.codec_context.pix_fmt or "unknown"
             try:

@@ -39,9 +39,12 @@ from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
 from bluref_ray.storage import StorageConfig
 
 
-def ingest_clip(clip: Clip, cfg: IngestConfig,
-                storage_cfg: StorageConfig | None = None) -> tuple[pa.Table, pa.Table]:
+def ingest_clip(clip: Clip, cfg: IngestConfig, storage_cfg: StorageConfig | None = None,
+                threads: int = 0) -> tuple[pa.Table, pa.Table]:
     """Score, label and pick references for one clip.
+
+    Args:
+        threads: decoder threads (0: one per core); Ray tasks pass the CPUs they were given.
 
     Returns:
         ``(frames, rejects)`` tables with the :data:`schema.FRAMES` and :data:`schema.REJECTS`
@@ -49,7 +52,7 @@ def ingest_clip(clip: Clip, cfg: IngestConfig,
     """
     rows: list[dict] = []
     rejects: list[Reject] = []
-    for item in read_frames(clip, storage_cfg, cfg.max_frames):
+    for item in read_frames(clip, storage_cfg, cfg.max_frames, threads=threads):
         if isinstance(item, Reject):
             rejects.append(item)
             continue
@@ -127,10 +130,10 @@ def rejects_uri(out: str, clip_id: str) -> str:
 
 
 def ingest_and_write(clip: Clip, out: str, cfg: IngestConfig,
-                     storage_cfg: StorageConfig | None = None) -> dict:
+                     storage_cfg: StorageConfig | None = None, threads: int = 0) -> dict:
     """Ingest one clip and write its tables; returns a one-line summary of the clip."""
     t0 = time.perf_counter()
-    frames, rejects = ingest_clip(clip, cfg, storage_cfg)
+    frames, rejects = ingest_clip(clip, cfg, storage_cfg, threads)
     if rejects.num_rows:
         schema.write_table(rejects, rejects_uri(out, clip.clip_id), storage_cfg)
     schema.write_table(frames, frames_uri(out, clip.clip_id), storage_cfg)  # marks the clip done
@@ -142,7 +145,14 @@ def ingest_and_write(clip: Clip, out: str, cfg: IngestConfig,
 
 
 def _ingest_row(row: dict, out: str, cfg: IngestConfig, storage_cfg: StorageConfig) -> dict:
-    return ingest_and_write(Clip.from_json(row["clip"]), out, cfg, storage_cfg)
+    """The Ray task: one clip, with its threads capped to the CPUs Ray gave it."""
+    import cv2
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    threads = max(1, int(cpus))
+    cv2.setNumThreads(threads)
+    return ingest_and_write(Clip.from_json(row["clip"]), out, cfg, storage_cfg, threads)
 
 
 def _prepare_out(out: str, cfg: Config, sources: list[str], log: Callable[[str], None]) -> None:
