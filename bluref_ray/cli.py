@@ -16,8 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from bluref_ray import __version__, storage
-from bluref_ray.config import (Config, ConfigError, IngestConfig, RayConfig, SynthConfig,
-                               load_config, section_types)
+from bluref_ray.config import (
+    Config,
+    ConfigError,
+    IngestConfig,
+    RayConfig,
+    SynthConfig,
+    load_config,
+    section_types,
+)
 from bluref_ray.storage import StorageConfig
 
 #: (section name, dataclass, option prefix) that each subcommand exposes.
@@ -60,12 +67,9 @@ def _common(parser: argparse.ArgumentParser, *sections: tuple) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    explicit = {k: v for k, v in vars(args).items() if "." in k}
-    overrides = dict(o.split("=", 1) if "=" in o else (o, "") for o in args.overrides)
-    for k in overrides:
-        if "=" not in next(o for o in args.overrides if o.startswith(k)):
-            raise ConfigError(f"--set {k}: expected KEY=VALUE")
-    return load_config(args.config, {**overrides, **explicit})
+    """Defaults < --config FILE < --set KEY=VALUE < explicit options."""
+    explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
+    return load_config(args.config, [*args.overrides, *explicit])
 
 
 def _log(args: argparse.Namespace) -> Callable[[str], None]:
@@ -84,8 +88,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     nb = sum(f["blurry"] for c in manifest["clips"] for f in c["frames"])
     print(f"synthesized {len(manifest['clips'])} clips, {n} frames ({nb} blurry) in "
           f"{time.time() - t0:.1f}s → {storage.normalize(args.out)}")
-    print(f"  frame trees: {storage.join(args.out, '{train,test}/<seq>/{blur,sharp}')}")
-    print(f"  videos:      {storage.join(args.out, 'videos')}")
+    if cfg.synth.write_frames:
+        print(f"  frame trees: {storage.join(args.out, '{train,test}/<seq>/{blur,sharp}')}")
+    if cfg.synth.write_videos:
+        print(f"  videos:      {storage.join(args.out, 'videos')}")
     print(f"  manifest:    {storage.join(args.out, 'manifest.json')}")
     return 0
 

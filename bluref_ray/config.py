@@ -265,12 +265,7 @@ def load_config(path: str | None = None, overrides: list[str] | dict | None = No
             raise ConfigError(f"config file {path}: top level must be a mapping of sections")
     items = overrides.items() if isinstance(overrides, dict) else [
         _split_override(o) for o in (overrides or [])]
-    for key, value in items:
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value) if value else value
-            except yaml.YAMLError:
-                pass
+    for key, value in items:  # strings are converted by coerce(), by the field's type
         _set_dotted(data, key, value)
     try:
         cfg = _build(Config, data, "")

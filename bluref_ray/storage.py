@@ -212,7 +212,7 @@ def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
 
 
 def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
-    """Fail fast with a clear :class:`StorageError` if the storage behind ``uri`` can't be reached."""
+    """Fail fast with a clear :class:`StorageError` if the storage of ``uri`` can't be reached."""
     if not is_s3(uri):
         return
     fs, path = resolve(uri, cfg)

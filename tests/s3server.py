@@ -33,6 +33,7 @@ Design notes (checked against SeaweedFS 4.48):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -232,6 +233,7 @@ class SeaweedS3:
 
         SIGTERM first, SIGKILL after ``stop_timeout_s``. Idempotent; the log file is kept.
         """
+        atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             # The group leader stays a zombie (not reaped) until proc.wait() below, so its pid
@@ -260,7 +262,7 @@ class SeaweedS3:
         self.stop()
 
     def log_tail(self, n_lines: int = 40) -> str:
-        """The last ``n_lines`` lines of the weed log ('' if there is none)."""
+        """Return the last ``n_lines`` lines of the weed log ('' if there is none)."""
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
@@ -319,6 +321,7 @@ class SeaweedS3:
             self._proc = subprocess.Popen(
                 cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
+        atexit.register(self.stop)  # last resort if the caller never stops it
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -348,7 +351,7 @@ class SeaweedS3:
                     fs = pafs.S3FileSystem(
                         endpoint_override=self.endpoint_host, scheme="http",
                         access_key=self.access_key, secret_key=self.secret_key,
-                        region=_REGION, connect_timeout=2, request_timeout=10,
+                        region=_REGION, connect_timeout=1, request_timeout=5,
                         allow_bucket_creation=True, allow_bucket_deletion=True,
                         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
                 self._probe(fs)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bluref_ray.cli import build_parser, main
-from bluref_ray.config import (Config, ConfigError, IngestConfig, SynthConfig, load_config)
+from bluref_ray.config import Config, ConfigError, IngestConfig, SynthConfig, load_config
 from bluref_ray.storage import StorageConfig
 
 
@@ -68,3 +69,17 @@ def test_demo_runs_synth_then_ingest(ray_cluster, tmp_path, capsys):
     assert "videos" in out and "frame trees" in out and "agree with the synthesizer" in out
     assert (tmp_path / "demo/ingest/videos/frames").is_dir()
     assert (tmp_path / "demo/data/manifest.json").is_file()
+
+
+def test_option_values_keep_their_type(tmp_path):
+    cfg = load_config(None, ["storage.secret_key=a: b", "storage.access_key=0123",
+                             "ingest.threshold=none", "ray.progress_bars=false"])
+    assert cfg.storage.secret_key == "a: b" and cfg.storage.access_key == "0123"
+    assert cfg.ingest.threshold is None and cfg.ray.progress_bars is False
+
+
+def test_job_entrypoint_takes_the_cli_options():
+    job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
+    out = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--max-refs" in out and "--delta" in out and "SOURCE" in out

@@ -7,8 +7,13 @@ import numpy as np
 import skimage.data
 
 from bluref_ray.data.references import pick_references
-from bluref_ray.data.sharpness import (fft_score, laplacian_variance, otsu_threshold,
-                                       split_blurry, to_gray)
+from bluref_ray.data.sharpness import (
+    fft_score,
+    laplacian_variance,
+    otsu_threshold,
+    split_blurry,
+    to_gray,
+)
 
 
 def test_scores_fall_with_blur():

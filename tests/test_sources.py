@@ -31,7 +31,8 @@ def test_discovers_gopro_reds_videos_and_image_folders(tmp_path, tiny_data):
     assert sorted(clips) == [f"{top}-{n}" for n in ("cams-cam1", "gopro-train-seqA",
                                                     "phone-trip", "reds-train-000")]
     assert clips[f"{top}-cams-cam1"].kind == "video"
-    assert clips[f"{top}-phone-trip"].kind == "images" and len(clips[f"{top}-phone-trip"].files) == 3
+    phone = clips[f"{top}-phone-trip"]
+    assert phone.kind == "images" and len(phone.files) == 3
     for name in ("gopro-train-seqA", "reds-train-000"):
         c = clips[f"{top}-{name}"]
         assert c.kind == "tree"
@@ -83,7 +84,8 @@ def test_missing_reference_frames_in_a_tree(tmp_path):
     for i in range(8):
         (tmp_path / "s/blur").mkdir(parents=True, exist_ok=True)
         (tmp_path / "s/sharp").mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(tmp_path / f"s/blur/{i:06d}.png"), cv2.GaussianBlur(_img(seed=i), (0, 0), 3))
+        blurred = cv2.GaussianBlur(_img(seed=i), (0, 0), 3)
+        cv2.imwrite(str(tmp_path / f"s/blur/{i:06d}.png"), blurred)
         if i >= 6:
             cv2.imwrite(str(tmp_path / f"s/sharp/{i:06d}.png"), _img(seed=i))
     (clip,) = discover(str(tmp_path))

@@ -176,8 +176,8 @@ class PhotoCamera:
         need_h = (height + width * sin) * (1 + zoom) + 2 * (0.6 * travel + shake_reach) + 8
         f = max(1.0, need_w / photo.shape[1], need_h / photo.shape[0])
         if f > 1.0:
-            photo = cv2.resize(photo, (math.ceil(photo.shape[1] * f), math.ceil(photo.shape[0] * f)),
-                               interpolation=cv2.INTER_CUBIC)
+            size = (math.ceil(photo.shape[1] * f), math.ceil(photo.shape[0] * f))
+            photo = cv2.resize(photo, size, interpolation=cv2.INTER_CUBIC)
         self.background = photo
         self.bg_centre = np.array([photo.shape[1] / 2, photo.shape[0] / 2])
         self.view_centre = np.array([(width - 1) / 2, (height - 1) / 2])

@@ -30,8 +30,8 @@ def to_gray(rgb: np.ndarray, max_side: int = 0) -> np.ndarray:
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if max_side and max(gray.shape) > max_side:
         s = max_side / max(gray.shape)
-        gray = cv2.resize(gray, (max(1, round(gray.shape[1] * s)), max(1, round(gray.shape[0] * s))),
-                          interpolation=cv2.INTER_AREA)
+        size = (max(1, round(gray.shape[1] * s)), max(1, round(gray.shape[0] * s)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     return gray.astype(np.float32)
 
 
@@ -41,7 +41,8 @@ def laplacian_variance(gray: np.ndarray) -> float:
     Shape:
         ``[H, W]`` float → scalar.
     """
-    return float(cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F, ksize=1).astype(np.float64).var())
+    lap = cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F, ksize=1)
+    return float(lap.astype(np.float64).var())
 
 
 def fft_score(gray: np.ndarray, divisor: float = 1000.0) -> float:

@@ -7,7 +7,7 @@ made, with k from 7 to 13 at 240 fps.
 
 Output, for ``--out ROOT``::
 
-    ROOT/videos/<split>/<seq>.mp4          the clip as the camera recorded it (blurry or sharp frames)
+    ROOT/videos/<split>/<seq>.mp4          the clip as recorded (each frame blurry or sharp)
     ROOT/<split>/<seq>/blur/NNNNNN.png     the blurry frames
     ROOT/<split>/<seq>/sharp/NNNNNN.png    ground truth of every frame index
     ROOT/manifest.json                     settings and, per frame: blurry, k, exposure window

@@ -118,7 +118,7 @@ class VideoWriter:
         even = width % 2 == 0 and height % 2 == 0
         if avi:
             if not even:
-                raise ValueError(f"{path}: avi output needs an even frame size, got {width}x{height}")
+                raise ValueError(f"{path}: avi needs an even frame size, got {width}x{height}")
             self.stream.pix_fmt = "yuv420p"
             self.stream.options = {"qscale": "2"}
         else:

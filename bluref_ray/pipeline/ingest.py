@@ -20,6 +20,7 @@ every later clip would fail the same way; the run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -158,8 +159,9 @@ def _ingest_row(row: dict, out: str, cfg: IngestConfig, storage_cfg: StorageConf
 def _prepare_out(out: str, cfg: Config, sources: list[str], log: Callable[[str], None]) -> None:
     """Record the run's settings in OUT; refuse to mix results of other settings."""
     marker = storage.join(out, "_ingest.json")
-    want = {"config_hash": config_hash(cfg.ingest.__class__(**{
-        **asdict(cfg.ingest), "overwrite": False, "clips_per_task": 1})), "sources": sources}
+    # settings that change the tables; overwrite and clips_per_task do not
+    key = dataclasses.replace(cfg.ingest, overwrite=False, clips_per_task=1)
+    want = {"config_hash": config_hash(key), "sources": sources}
     if storage.exists(marker, cfg.storage):
         have = json.loads(storage.read_text(marker, cfg.storage))
         if have != want:
