@@ -1,0 +1,172 @@
+"""The three fusion strategies of BluRef: references aligned to a blurry frame → pseudo-sharp image.
+
+All work on batches: B targets, each with up to N references (missing ones flagged in
+``available``). ``align(target, reference)`` matches and warps: it returns the reference in the
+target's frame and its confidence (0 where the match leaves the frame); :func:`aligner` builds
+it from any :class:`~bluref_ray.matching.Matcher`.
+
+* :func:`weighted_average`: match every reference to the blurry frame independently; average
+  the aligned references per pixel, weighted by confidence (only matches ≥ τ count).
+* :func:`sequential_accumulation`: the running fused image, sharper after each reference, is the
+  matching input for the next reference.
+* :func:`progressive_average`: take references in order; a new one is matched only for pixels
+  still below τ, and only those pixels take it; stop once every pixel is covered.
+
+Each returns a :class:`Fusion`: the pseudo-sharp image (the blurry frame where nothing matched),
+the confidence map (best confidence per pixel), the coverage (share of pixels with confidence
+≥ τ), and the number of references matched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bluref_ray.matching.base import Matcher
+from bluref_ray.matching.warp import warp
+
+#: ``align(target [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
+Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+STRATEGIES = ("weighted", "sequential", "progressive")
+
+
+@dataclass
+class Fusion:
+    """A fused pseudo-sharp batch.
+
+    Attributes:
+        image: ``[B, 3, H, W]`` pseudo-sharp images.
+        confidence: ``[B, 1, H, W]`` best match confidence per pixel.
+        coverage: ``[B]`` share of pixels with confidence ≥ τ.
+        refs_used: ``[B]`` references matched.
+    """
+
+    image: torch.Tensor
+    confidence: torch.Tensor
+    coverage: torch.Tensor
+    refs_used: torch.Tensor
+
+
+def aligner(matcher: Matcher) -> Align:
+    """Match, then warp the reference into the target's frame; invalid pixels get confidence 0."""
+
+    def align(target: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = matcher(target, reference)
+        aligned, valid = warp(reference, m.flow)
+        return aligned, m.confidence * valid
+
+    return align
+
+
+class _Accumulator:
+    """Running confidence-weighted sum of aligned references (matches ≥ τ only)."""
+
+    def __init__(self, target: torch.Tensor, tau: float) -> None:
+        self.target, self.tau = target, tau
+        self.sum = torch.zeros_like(target)
+        self.weight = torch.zeros_like(target[:, :1])
+        self.best = torch.zeros_like(target[:, :1])
+
+    def add(self, aligned: torch.Tensor, conf: torch.Tensor, idx: torch.Tensor | None = None,
+            only: torch.Tensor | None = None) -> None:
+        """Add references for batch items ``idx`` (all if None), at pixels ``only`` (all)."""
+        if only is not None:
+            conf = conf * only
+        w = conf * (conf >= self.tau)
+        sel = slice(None) if idx is None else idx
+        self.sum[sel] += w * aligned
+        self.weight[sel] += w
+        self.best[sel] = torch.maximum(self.best[sel], conf)
+
+    def image(self) -> torch.Tensor:
+        fused = self.sum / self.weight.clamp_min(1e-8)
+        return torch.where(self.weight > 0, fused, self.target)
+
+    def result(self, refs_used: torch.Tensor) -> Fusion:
+        coverage = (self.best >= self.tau).flatten(1).float().mean(1)
+        return Fusion(self.image(), self.best, coverage, refs_used)
+
+
+def _check(target: torch.Tensor, refs: torch.Tensor, available: torch.Tensor | None
+           ) -> torch.Tensor:
+    if refs.dim() != 5 or refs.shape[0] != target.shape[0] or refs.shape[2:] != target.shape[1:]:
+        raise ValueError(f"references {tuple(refs.shape)} do not fit targets "
+                         f"{tuple(target.shape)}: expected [B, N, 3, H, W]")
+    if available is None:
+        return torch.ones(refs.shape[:2], dtype=torch.bool, device=refs.device)
+    return available.to(torch.bool)
+
+
+def weighted_average(target: torch.Tensor, refs: torch.Tensor, align: Align, tau: float = 0.7,
+                     available: torch.Tensor | None = None) -> Fusion:
+    """Match every reference to the target independently, then average by confidence.
+
+    All ``B × N`` pairs go to the matcher in one batch.
+
+    Shape:
+        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+    """
+    avail = _check(target, refs, available)
+    b, n = refs.shape[:2]
+    acc = _Accumulator(target, tau)
+    pairs = avail.nonzero(as_tuple=True)
+    if len(pairs[0]):
+        aligned, conf = align(target[pairs[0]], refs[pairs])
+        for k in range(n):  # scatter back per reference slot
+            m = pairs[1] == k
+            if m.any():
+                acc.add(aligned[m], conf[m], pairs[0][m])
+    return acc.result(avail.sum(1))
+
+
+def sequential_accumulation(target: torch.Tensor, refs: torch.Tensor, align: Align,
+                            tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
+    """Fuse references one by one; the running fused image is the next matching input.
+
+    Shape:
+        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+    """
+    avail = _check(target, refs, available)
+    acc = _Accumulator(target, tau)
+    for k in range(refs.shape[1]):
+        idx = avail[:, k].nonzero(as_tuple=True)[0]
+        if len(idx):
+            aligned, conf = align(acc.image()[idx], refs[idx, k])
+            acc.add(aligned, conf, idx)
+    return acc.result(avail.sum(1))
+
+
+def progressive_average(target: torch.Tensor, refs: torch.Tensor, align: Align,
+                        tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
+    """Add references in order, each only where pixels are still below τ; then fuse all.
+
+    A reference is not matched at all for a target whose pixels are all covered already.
+
+    Shape:
+        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+    """
+    avail = _check(target, refs, available)
+    acc = _Accumulator(target, tau)
+    used = torch.zeros(target.shape[0], dtype=torch.long, device=target.device)
+    for k in range(refs.shape[1]):
+        uncovered = acc.best < tau  # [B, 1, H, W]
+        idx = (avail[:, k] & uncovered.flatten(1).any(1)).nonzero(as_tuple=True)[0]
+        if not len(idx):
+            continue
+        aligned, conf = align(target[idx], refs[idx, k])
+        acc.add(aligned, conf, idx, only=uncovered[idx])
+        used[idx] += 1
+    return acc.result(used)
+
+
+def fuse(strategy: str, target: torch.Tensor, refs: torch.Tensor, align: Align,
+         tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
+    """Run one of :data:`STRATEGIES` by name."""
+    fns = {"weighted": weighted_average, "sequential": sequential_accumulation,
+           "progressive": progressive_average}
+    if strategy not in fns:
+        raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(fns)}")
+    return fns[strategy](target, refs, align, tau, available)
