@@ -143,6 +143,58 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class PseudoGTConfig:
+    """Pseudo-GT: match references to each blurry frame and fuse them (BluRef)."""
+
+    max_refs: int = field(default=6, metadata=_help("N: most references fused per blurry frame"))
+    tau: float = field(
+        default=0.7, metadata=_help("τ: confidence threshold; pixels at or above it are covered"))
+    strategy: str = field(
+        default="progressive",
+        metadata=_help("fusion: 'weighted' (average of independent matches), 'sequential' (the "
+                       "running fusion is the next matching input) or 'progressive' (new "
+                       "references only for pixels still below τ)"))
+    matcher: str = field(default="dis", metadata=_help("dense matcher: 'dis' (classical baseline)"))
+    dis_preset: str = field(
+        default="medium", metadata=_help("DIS preset: ultrafast, fast or medium"))
+    dis_ref_blur: float = field(
+        default=1.5, metadata=_help("DIS: blur (sigma, px) applied to references before matching"))
+    deblurrer: str | None = field(
+        default=None,
+        metadata=_help("deblurrer checkpoint: match its output instead of the blurry frame "
+                       "(iterative target refinement)"))
+    round: int = field(default=1, metadata=_help("refinement round recorded in the shards"))
+    batch_size: int = field(
+        default=8, metadata=_help("blurry frames matched together in one batch"))
+    targets_per_shard: int = field(
+        default=16, metadata=_help("blurry frames per shard (consecutive frames of one clip)"))
+    concurrency: int | None = field(
+        default=None,
+        metadata=_help("matching actors (default: one per GPU, else half the CPUs)"))
+    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved by each actor"))
+    gpus_per_actor: float | None = field(
+        default=None, metadata=_help("GPUs per actor (default: 1 if the cluster has GPUs, else 0)"))
+    limit: int | None = field(
+        default=None, metadata=_help("process at most this many blurry frames per clip"))
+    overwrite: bool = field(
+        default=False,
+        metadata=_help("delete earlier results in --out instead of resuming from them"))
+
+    def validate(self) -> None:
+        from bluref_ray.fusion import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"pseudo_gt.strategy={self.strategy!r}: use one of "
+                              f"{', '.join(STRATEGIES)}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
+        if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:
+            raise ConfigError("pseudo_gt.max_refs, batch_size and targets_per_shard must be >= 1")
+        if self.matcher not in ("dis",):
+            raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use 'dis'")
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections. ``Config()`` holds the defaults."""
 
@@ -150,6 +202,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    pseudo_gt: PseudoGTConfig = field(default_factory=PseudoGTConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

@@ -44,6 +44,42 @@ REJECTS = pa.schema([
 ])
 
 
+#: One row per blurry frame: the pseudo-pair (PNG bytes) and how it was made.
+PSEUDO_PAIRS = pa.schema([
+    pa.field("row_id", pa.string(), nullable=False),  # hash of clip, frame index, config hash
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("frame_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),
+    pa.field("round", pa.int16(), nullable=False),
+    pa.field("matcher", pa.string(), nullable=False),
+    pa.field("strategy", pa.string(), nullable=False),
+    pa.field("tau", pa.float32(), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("blurry_png", pa.binary(), nullable=False),
+    pa.field("pseudo_png", pa.binary(), nullable=False),
+    pa.field("confidence_png", pa.binary(), nullable=False),  # uint8: round(255 · confidence)
+    pa.field("coverage", pa.float32(), nullable=False),  # share of pixels with confidence ≥ τ
+    pa.field("confidence_hist", pa.list_(pa.int64()), nullable=False),  # 10 bins over [0, 1]
+    pa.field("refs_used", pa.int16(), nullable=False),  # references matched
+    pa.field("reference_ids", pa.list_(pa.string()), nullable=False),  # references available
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("gt_uri", pa.string()),
+    pa.field("psnr_pseudo", pa.float32()),  # vs ground truth, confident pixels (if known)
+    pa.field("psnr_blurry", pa.float32()),  # blurry vs ground truth, same pixels
+])
+
+#: One row per blurry frame that got no pseudo-pair, and why.
+PSEUDO_REJECTS = pa.schema([
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("frame_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+])
+
+
 def frame_id(clip_id: str, role: str, index: int) -> str:
     return f"{clip_id}:{role}:{index:06d}"
 

@@ -37,6 +37,7 @@ from bluref_ray.config import Config, ConfigError, IngestConfig, config_hash
 from bluref_ray.data.references import pick_references
 from bluref_ray.data.sharpness import fft_score, laplacian_variance, split_blurry, to_gray
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
+from bluref_ray.pipeline.common import finished, prepare_out
 from bluref_ray.storage import StorageConfig
 
 
@@ -156,32 +157,6 @@ def _ingest_row(row: dict, out: str, cfg: IngestConfig, storage_cfg: StorageConf
     return ingest_and_write(Clip.from_json(row["clip"]), out, cfg, storage_cfg, threads)
 
 
-def _prepare_out(out: str, cfg: Config, sources: list[str], log: Callable[[str], None]) -> None:
-    """Record the run's settings in OUT; refuse to mix results of other settings."""
-    marker = storage.join(out, "_ingest.json")
-    # settings that change the tables; overwrite and clips_per_task do not
-    key = dataclasses.replace(cfg.ingest, overwrite=False, clips_per_task=1)
-    want = {"config_hash": config_hash(key), "sources": sources}
-    if storage.exists(marker, cfg.storage):
-        have = json.loads(storage.read_text(marker, cfg.storage))
-        if have != want:
-            if not cfg.ingest.overwrite:
-                raise ConfigError(
-                    f"{out} holds an ingest run with other settings or sources "
-                    f"({have.get('sources')}, config {have.get('config_hash')}); use another "
-                    "--out, or --overwrite to replace it")
-        elif not cfg.ingest.overwrite:
-            return
-        log(f"[ingest] --overwrite: deleting earlier results in {out}")
-        for sub in ("frames", "rejects", "summary.json"):
-            storage.delete(storage.join(out, sub), cfg.storage)
-    elif cfg.ingest.overwrite:
-        for sub in ("frames", "rejects", "summary.json"):
-            storage.delete(storage.join(out, sub), cfg.storage)
-    storage.makedirs(out, cfg.storage)
-    storage.write_text(marker, json.dumps(want, indent=1), cfg.storage)
-
-
 def run_ingest(sources: list[str], out: str, cfg: Config,
                log: Callable[[str], None] = print) -> dict:
     """Ingest ``sources`` into ``out`` with Ray Data; resumes an interrupted run.
@@ -212,9 +187,12 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
     dupes = [k for k, v in Counter(c.clip_id for c in clips).items() if v > 1]
     if dupes:
         raise ConfigError(f"clip ids occur in more than one source: {dupes[:5]}")
-    _prepare_out(out, cfg, sources, log)
-    done = {storage.basename(f)[:-len(".parquet")]
-            for f in _list_or_empty(storage.join(out, "frames"), storage_cfg)}
+    # settings that change the tables; overwrite and clips_per_task do not
+    key = dataclasses.replace(cfg.ingest, overwrite=False, clips_per_task=1)
+    prepare_out(out, "_ingest.json", {"config_hash": config_hash(key), "inputs": sources},
+                cfg.ingest.overwrite, ("frames", "rejects", "summary.json"), storage_cfg, log,
+                "ingest")
+    done = finished(storage.join(out, "frames"), storage_cfg)
     todo = [c for c in clips if c.clip_id not in done]
     if done:
         log(f"[ingest] resuming: {len(clips) - len(todo)} of {len(clips)} clips already done")
@@ -224,13 +202,6 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),
                        storage_cfg)
     return summary
-
-
-def _list_or_empty(uri: str, storage_cfg: StorageConfig) -> list[str]:
-    try:
-        return storage.list_files(uri, storage_cfg)
-    except storage.StorageNotFoundError:
-        return []
 
 
 def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig,

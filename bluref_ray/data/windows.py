@@ -1,0 +1,220 @@
+"""Clip windows for pseudo-GT: blurry frames with their references, each frame decoded once.
+
+The blurry frames of a clip are cut into windows of consecutive frames (one window = one output
+shard). :func:`load_windows` walks a clip's windows in order and loads every frame a window needs
+(its blurry frames and their references) exactly once: a video is decoded front to back a single
+time, image files are read once, and a frame stays in memory only until the last window that uses
+it. Each window comes out as one row: a pool of distinct frames ``[F, H, W, 3]`` and, per blurry
+frame, indices into the pool. Frames that cannot be used come out as rejects with the reason:
+a blurry frame that cannot be read, or whose references are all missing, unreadable or of
+another size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from bluref_ray import storage
+from bluref_ray.data.images import ImageError, decode_image
+from bluref_ray.data.video import VideoError, decode_frames
+from bluref_ray.storage import StorageConfig
+
+
+@dataclass
+class Target:
+    """A blurry frame and the frame ids of its references, nearest first."""
+
+    frame_id: str
+    frame_index: int
+    source_uri: str
+    gt_uri: str | None
+    ref_ids: list[str]
+
+
+@dataclass
+class Window:
+    """Consecutive blurry frames of one clip: the unit of work and of output (one shard)."""
+
+    clip_id: str
+    index: int
+    targets: list[Target] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.clip_id}-{self.index:05d}"
+
+    def frame_ids(self) -> list[str]:
+        ids = []
+        for t in self.targets:
+            ids += [t.frame_id, *t.ref_ids]
+        return list(dict.fromkeys(ids))
+
+
+def plan_windows(clip_rows: list[dict], targets_per_window: int, max_refs: int,
+                 limit: int | None = None) -> list[Window]:
+    """Cut one clip's blurry frames (frames-table rows) into windows, in frame order."""
+    blurry = sorted((r for r in clip_rows if r["role"] == "blurry"),
+                    key=lambda r: r["frame_index"])
+    if limit is not None:
+        blurry = blurry[:limit]
+    windows = []
+    for k in range(0, len(blurry), targets_per_window):
+        w = Window(blurry[0]["clip_id"], k // targets_per_window)
+        for r in blurry[k:k + targets_per_window]:
+            w.targets.append(Target(r["frame_id"], r["frame_index"], r["source_uri"],
+                                    r.get("gt_uri"), list(r["references"])[:max_refs]))
+        windows.append(w)
+    return windows
+
+
+class _ClipFrames:
+    """Loads a clip's frames by frame id: a video decoded once in order, or image files."""
+
+    def __init__(self, rows: dict[str, dict], storage_cfg: StorageConfig | None) -> None:
+        self.rows, self.storage_cfg = rows, storage_cfg
+        self.cache: dict[str, np.ndarray] = {}
+        self.failed: dict[str, str] = {}
+        self._decoder: Iterator | None = None
+        self._by_index: dict[int, str] = {}
+
+    def _row(self, fid: str) -> dict:
+        if fid not in self.rows:
+            raise KeyError(fid)
+        return self.rows[fid]
+
+    def get(self, fid: str, wanted: set[str]) -> np.ndarray:
+        """The frame's RGB pixels; raises LookupError with the reason if it cannot be had."""
+        if fid in self.cache:
+            return self.cache[fid]
+        if fid in self.failed:
+            raise LookupError(self.failed[fid])
+        try:
+            row = self._row(fid)
+        except KeyError:
+            self.failed[fid] = f"{fid}: not in the frames table"
+            raise LookupError(self.failed[fid]) from None
+        if row["source_kind"] == "video":
+            return self._from_video(fid, row, wanted)
+        try:
+            rgb, _ = decode_image(storage.read_bytes(row["source_uri"], self.storage_cfg),
+                                  row["source_uri"])
+        except storage.StorageNotFoundError:
+            self.failed[fid] = f"{row['source_uri']}: missing"
+            raise LookupError(self.failed[fid]) from None
+        except ImageError as e:
+            self.failed[fid] = str(e)
+            raise LookupError(self.failed[fid]) from None
+        if fid in wanted:
+            self.cache[fid] = rgb
+        return rgb
+
+    def _from_video(self, fid: str, row: dict, wanted: set[str]) -> np.ndarray:
+        if self._decoder is None:
+            self._by_index = {r["frame_index"]: k for k, r in self.rows.items()
+                              if r["source_kind"] == "video"}
+            self._decoder = iter(decode_frames(row["source_uri"], self.storage_cfg, threads=1))
+        while fid not in self.cache:
+            try:
+                frame = next(self._decoder)
+            except StopIteration:
+                self.failed[fid] = f"{row['source_uri']}: frame {row['frame_index']} missing"
+                raise LookupError(self.failed[fid]) from None
+            except VideoError as e:
+                self.failed[fid] = str(e)
+                raise LookupError(self.failed[fid]) from None
+            got = self._by_index.get(frame.index)
+            if got is not None and (got in wanted or got == fid):
+                self.cache[got] = frame.rgb
+            if frame.index > row["frame_index"] and fid not in self.cache:
+                self.failed[fid] = f"{row['source_uri']}: frame {row['frame_index']} missing"
+                raise LookupError(self.failed[fid])
+        return self.cache[fid]
+
+    def keep_only(self, ids: set[str]) -> None:
+        for k in [k for k in self.cache if k not in ids]:
+            del self.cache[k]
+
+
+def _pack(window: Window, frames: _ClipFrames, wanted: set[str]) -> dict:
+    """Load a window's frames into a pool and index it; collect rejects with their reasons."""
+    pool: list[np.ndarray] = []
+    slot: dict[str, int] = {}
+    targets, rejects = [], []
+
+    def put(fid: str) -> int:
+        if fid not in slot:
+            slot[fid] = len(pool)
+            pool.append(frames.get(fid, wanted))
+        return slot[fid]
+
+    for t in window.targets:
+        reject = {"frame_id": t.frame_id, "frame_index": t.frame_index,
+                  "source_uri": t.source_uri}
+        if not t.ref_ids:
+            rejects.append({**reject, "reason": "no sharp reference within ±Δ"})
+            continue
+        try:
+            target = frames.get(t.frame_id, wanted)
+        except LookupError as e:
+            rejects.append({**reject, "reason": f"blurry frame unreadable: {e}"})
+            continue
+        if pool and target.shape != pool[0].shape:
+            rejects.append({**reject, "reason": f"frame is {target.shape[1]}x{target.shape[0]}, "
+                                                f"the window's frames are "
+                                                f"{pool[0].shape[1]}x{pool[0].shape[0]}"})
+            continue
+        refs, problems = [], []
+        for rid in t.ref_ids:
+            try:
+                ref = frames.get(rid, wanted)
+            except LookupError as e:
+                problems.append(f"reference {rid} unusable: {e}")
+                continue
+            if ref.shape != target.shape:
+                problems.append(f"reference {rid} is {ref.shape[1]}x{ref.shape[0]}, the blurry "
+                                f"frame is {target.shape[1]}x{target.shape[0]}")
+                continue
+            refs.append(rid)
+        if not refs:
+            rejects.append({**reject, "reason": "; ".join(problems)})
+            continue
+        targets.append({**asdict(t), "pool": put(t.frame_id), "refs": [put(r) for r in refs],
+                        "ref_ids": refs, "dropped": problems})
+    pixels = np.stack(pool) if pool else np.zeros((0, 1, 1, 3), np.uint8)
+    meta = {"clip_id": window.clip_id, "shard": window.name, "targets": targets,
+            "rejects": rejects}
+    return {"shard": window.name, "pixels": pixels, "meta": json.dumps(meta)}
+
+
+def load_windows(frames: pa.Table, targets_per_window: int, max_refs: int,
+                 done: set[str] | frozenset = frozenset(), limit: int | None = None,
+                 storage_cfg: StorageConfig | None = None) -> Iterator[dict]:
+    """Yield one packed row per window of each clip in ``frames``, skipping windows in ``done``.
+
+    Yields:
+        ``{"shard": name, "pixels": uint8 [F, H, W, 3], "meta": json}``; ``meta`` lists the
+        targets (pool index of the blurry frame and of each reference) and the rejects.
+    """
+    rows = frames.to_pylist()
+    by_clip: dict[str, list[dict]] = {}
+    for r in rows:
+        by_clip.setdefault(r["clip_id"], []).append(r)
+    for clip_id in sorted(by_clip):
+        clip_rows = by_clip[clip_id]
+        windows = [w for w in plan_windows(clip_rows, targets_per_window, max_refs, limit)
+                   if w.name not in done]
+        if not windows:
+            continue
+        source = _ClipFrames({r["frame_id"]: r for r in clip_rows}, storage_cfg)
+        needs = [set(w.frame_ids()) for w in windows]
+        later = [set() for _ in windows]  # frames needed by windows after i
+        for i in range(len(windows) - 2, -1, -1):
+            later[i] = later[i + 1] | needs[i + 1]
+        for i, w in enumerate(windows):
+            yield _pack(w, source, needs[i] | later[i])
+            source.keep_only(later[i])

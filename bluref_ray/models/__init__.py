@@ -1,0 +1,73 @@
+"""Networks, chosen by name plus keyword arguments, and their checkpoints.
+
+Checkpoints are plain dicts saved with ``torch.save`` and loaded with ``weights_only=True``::
+
+    {"arch": "nafnet", "kwargs": {...}, "state_dict": {...}, ...anything else}
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+from torch import nn
+
+from bluref_ray import storage
+from bluref_ray.models.nafnet import NAFNet
+from bluref_ray.storage import StorageConfig
+
+#: Named configurations: (architecture, keyword arguments).
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "nafnet-width32": ("nafnet", {"width": 32, "enc_blocks": (1, 1, 1, 28), "middle_blocks": 1,
+                                  "dec_blocks": (1, 1, 1, 1)}),
+    "nafnet-width64": ("nafnet", {"width": 64, "enc_blocks": (1, 1, 1, 28), "middle_blocks": 1,
+                                  "dec_blocks": (1, 1, 1, 1)}),
+    "nafnet-tiny": ("nafnet", {"width": 16, "enc_blocks": (1, 1, 2), "middle_blocks": 2,
+                               "dec_blocks": (1, 1, 1)}),
+}
+
+_ARCHS: dict[str, type[nn.Module]] = {"nafnet": NAFNet}
+
+
+def build_model(arch: str, **kwargs: Any) -> nn.Module:
+    """A network by architecture name (``nafnet``) or preset name (see :data:`PRESETS`)."""
+    if arch in PRESETS:
+        arch, preset = PRESETS[arch]
+        kwargs = {**preset, **kwargs}
+    if arch not in _ARCHS:
+        raise ValueError(f"unknown model {arch!r}; known: {', '.join([*_ARCHS, *PRESETS])}")
+    return _ARCHS[arch](**kwargs)
+
+
+def save_checkpoint(model: nn.Module, uri: str, arch: str, kwargs: dict[str, Any],
+                    storage_cfg: StorageConfig | None = None, **extra: Any) -> None:
+    """Write ``{"arch", "kwargs", "state_dict", **extra}`` atomically to ``uri``."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"arch": arch, "kwargs": dict(kwargs), "state_dict": state, **extra}, buf)
+    storage.write_bytes(uri, buf.getvalue(), storage_cfg)
+
+
+def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the network a checkpoint describes and load its weights.
+
+    Returns:
+        ``(model in eval mode, the checkpoint dict)``.
+
+    Raises:
+        storage.StorageNotFoundError: ``uri`` does not exist.
+        ValueError: the file is not a bluref-ray checkpoint.
+    """
+    blob = storage.read_bytes(uri, storage_cfg)
+    try:
+        ckpt = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or not {"arch", "kwargs", "state_dict"} <= set(ckpt):
+        raise ValueError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, state_dict)")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}
+    model = build_model(ckpt["arch"], **kwargs)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
