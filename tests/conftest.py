@@ -66,3 +66,15 @@ def tiny_data(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("synth") / "data")
     synthesize(root, TINY, log=lambda _m: None)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_frames(ray_cluster, tiny_data, tmp_path_factory) -> str:
+    """The tiny dataset's train frame trees, ingested (local frames table folder)."""
+    from bluref_ray.config import Config, IngestConfig, RayConfig
+    from bluref_ray.pipeline.ingest import run_ingest
+
+    out = str(tmp_path_factory.mktemp("ingest") / "train")
+    cfg = Config(ray=RayConfig(progress_bars=False), ingest=IngestConfig(max_refs=4, delta=4))
+    run_ingest([f"{tiny_data}/train"], out, cfg, log=lambda _m: None)
+    return out

@@ -1,0 +1,171 @@
+"""The pseudo-GT pipeline: Ray Data windows, actor pool, shards, resume, rejects."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from bluref_ray import schema, storage
+from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
+from bluref_ray.fusion import STRATEGIES
+from bluref_ray.pipeline.ingest import run_ingest
+from bluref_ray.pipeline.pseudo_gt import actor_resources, run_pseudo_gt
+
+CFG = Config(ray=RayConfig(progress_bars=False),
+             pseudo_gt=PseudoGTConfig(max_refs=3, batch_size=4, targets_per_shard=3, limit=6))
+
+
+def _cfg(**kw) -> Config:
+    return dataclasses.replace(CFG, pseudo_gt=dataclasses.replace(CFG.pseudo_gt, **kw))
+
+
+def _shards(out, cfg=None):
+    t = schema.read_table(f"{out}/shards", schema.PSEUDO_PAIRS, cfg)
+    return t.sort_by("row_id")
+
+
+def _png(b, flags=cv2.IMREAD_UNCHANGED):
+    return cv2.imdecode(np.frombuffer(b, np.uint8), flags)
+
+
+def _check_pairs(t, n_expected):
+    assert t.num_rows == n_expected
+    assert len(set(t.column("row_id").to_pylist())) == t.num_rows
+    for r in t.to_pylist():
+        blurry, pseudo, conf = (_png(r[k]) for k in ("blurry_png", "pseudo_png",
+                                                     "confidence_png"))
+        assert blurry.shape == pseudo.shape == (r["height"], r["width"], 3)
+        assert conf.shape == (r["height"], r["width"]) and conf.dtype == np.uint8
+        assert abs((conf >= round(0.7 * 255)).mean() - r["coverage"]) < 0.02
+        assert 0 < r["coverage"] <= 1 and 1 <= r["refs_used"] <= 3
+        assert sum(r["confidence_hist"]) == r["height"] * r["width"]
+        assert r["psnr_pseudo"] is not None and r["psnr_blurry"] is not None
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_runs_through_ray_data_and_writes_shards(ray_cluster, tiny_frames,
+                                                               tmp_path, strategy):
+    out = str(tmp_path / strategy)
+    s = run_pseudo_gt(tiny_frames, out, _cfg(strategy=strategy), log=lambda _m: None)
+    frames = schema.read_table(f"{tiny_frames}/frames", schema.FRAMES)
+    per_clip = pc.value_counts(frames.filter(pc.equal(frames["role"], "blurry"))["clip_id"])
+    expected = sum(min(6, c["counts"].as_py()) for c in per_clip)
+    t = _shards(out)
+    _check_pairs(t, expected)
+    assert set(t.column("strategy").to_pylist()) == {strategy}
+    assert s["rows"] == expected and s["rejected"] == 0
+    assert sum(s["confidence_hist"]) == sum(r["height"] * r["width"] for r in t.select(
+        ["height", "width"]).to_pylist())
+    # on average the pseudo-sharp frame beats the blurry one where it is confident
+    assert s["quality"]["psnr_pseudo_confident"] > s["quality"]["psnr_blurry_confident"]
+
+
+def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_cluster,
+                                                                        tiny_frames, tmp_path):
+    full_out, out = str(tmp_path / "full"), str(tmp_path / "resumed")
+    run_pseudo_gt(tiny_frames, full_out, CFG, log=lambda _m: None)
+    full = _shards(full_out)
+    run_pseudo_gt(tiny_frames, out, CFG, log=lambda _m: None)
+    shards = sorted(os.listdir(f"{out}/shards"))
+    assert len(shards) >= 3
+    for name in shards[::2]:  # as if the run died before these windows were written
+        os.remove(f"{out}/shards/{name}")
+    os.remove(f"{out}/summary.json")
+    (tmp_path / "resumed/shards/.x.parquet.abcd.tmp").write_bytes(b"half")
+    kept = {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in shards[1::2]}
+    logs = []
+    run_pseudo_gt(tiny_frames, out, CFG, log=logs.append)
+    assert any(f"resuming: {len(kept)} shards already done" in m for m in logs)
+    assert sum("[pseudo-gt] shard" in m for m in logs) == len(shards[::2])
+    assert {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in kept} == kept
+    assert _shards(out).equals(full)
+
+
+def test_missing_and_odd_sized_references_are_rejected_the_others_go_on(ray_cluster, tiny_data,
+                                                                        tmp_path):
+    src = tmp_path / "data" / "seq"
+    shutil.copytree(f"{tiny_data}/train/clip_0000", src)
+    cfg = dataclasses.replace(_cfg(max_refs=1, limit=None),
+                              ingest=IngestConfig(max_refs=1, delta=3))
+    run_ingest([str(tmp_path / "data")], str(tmp_path / "ingest"), cfg, log=lambda _m: None)
+    frames = schema.read_table(str(tmp_path / "ingest/frames"), schema.FRAMES).to_pylist()
+    blurry = sorted((r for r in frames if r["role"] == "blurry"), key=lambda r: r["frame_index"])
+    ref_of = {r["frame_index"]: r["references"][0] for r in blurry}
+    a, b = blurry[0]["frame_index"], blurry[-1]["frame_index"]
+    ref_a, ref_b = (int(ref_of[x].rsplit(":", 1)[1]) for x in (a, b))
+    assert ref_a != ref_b
+    os.remove(src / "sharp" / f"{ref_a:06d}.png")  # A's reference disappeared after ingest
+    cv2.imwrite(str(src / "sharp" / f"{ref_b:06d}.png"), np.zeros((40, 50, 3), np.uint8))
+    out = str(tmp_path / "pg")
+    s = run_pseudo_gt(str(tmp_path / "ingest"), out, cfg, log=lambda _m: None)
+    rejects = {r["frame_index"]: r["reason"] for r in
+               schema.read_table(f"{out}/rejects", schema.PSEUDO_REJECTS).to_pylist()}
+    assert f"{ref_a:06d}.png: missing" in rejects[a]
+    assert "is 50x40, the blurry frame is 128x72" in rejects[b]
+    done = set(_shards(out).column("frame_index").to_pylist())
+    uses_bad = {x for x, ref in ref_of.items() if int(ref.rsplit(":", 1)[1]) in (ref_a, ref_b)}
+    assert done == set(ref_of) - uses_bad and done
+    assert s["rejected"] == len(uses_bad)
+
+
+def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_path):
+    from bluref_ray.models import build_model, save_checkpoint
+
+    net = build_model("nafnet-tiny")
+    with torch.no_grad():
+        net.ending.weight.zero_()
+        net.ending.bias.zero_()  # an identity deblurrer: output = input
+    ckpt = str(tmp_path / "identity.pt")
+    save_checkpoint(net, ckpt, "nafnet-tiny", {})
+    plain = run_pseudo_gt(tiny_frames, str(tmp_path / "plain"), _cfg(limit=2),
+                          log=lambda _m: None)
+    with_net = run_pseudo_gt(tiny_frames, str(tmp_path / "net"), _cfg(limit=2, deblurrer=ckpt,
+                                                                       round=2),
+                             log=lambda _m: None)
+    a, b = _shards(str(tmp_path / "plain")), _shards(str(tmp_path / "net"))
+    assert set(b.column("round").to_pylist()) == {2}
+    assert plain["config_hash"] != with_net["config_hash"]
+    for x, y in zip(a.sort_by("frame_id").to_pylist(), b.sort_by("frame_id").to_pylist()):
+        pa_, pb = _png(x["pseudo_png"]).astype(int), _png(y["pseudo_png"]).astype(int)
+        assert np.abs(pa_ - pb).max() <= 1  # identity deblurrer: same matching input
+    with pytest.raises(ConfigError, match="pseudo_gt.deblurrer.*nope.pt"):
+        run_pseudo_gt(tiny_frames, str(tmp_path / "x"), _cfg(deblurrer=str(tmp_path / "nope.pt")),
+                      log=lambda _m: None)
+
+
+def test_actor_resources():
+    pg = PseudoGTConfig()
+    assert actor_resources(pg, {"CPU": 2}) == (0.0, 1)
+    assert actor_resources(pg, {"CPU": 16, "GPU": 4}) == (1.0, 4)
+    assert actor_resources(dataclasses.replace(pg, cpus_per_actor=0.5), {"CPU": 2}) == (0.0, 2)
+    with pytest.raises(ConfigError, match="no CPU for loading"):
+        actor_resources(dataclasses.replace(pg, concurrency=2), {"CPU": 2})
+
+
+def test_pseudo_gt_on_s3(ray_cluster, s3_cfg, s3_bucket):
+    from conftest import TINY
+
+    from bluref_ray.data.synth import synthesize
+
+    data = f"{s3_bucket}/data"
+    synthesize(data, dataclasses.replace(TINY, train_clips=1, test_clips=0, frames=12,
+                                         write_videos=False), s3_cfg, log=lambda _m: None)
+    cfg = dataclasses.replace(_cfg(limit=3), storage=s3_cfg,
+                              ingest=IngestConfig(max_refs=3, delta=3))
+    run_ingest([f"{data}/train"], f"{s3_bucket}/ingest", cfg, log=lambda _m: None)
+    for strategy in STRATEGIES:
+        out = f"{s3_bucket}/pg-{strategy}"
+        s = run_pseudo_gt(f"{s3_bucket}/ingest", out,
+                          dataclasses.replace(cfg, pseudo_gt=dataclasses.replace(
+                              cfg.pseudo_gt, strategy=strategy)), log=lambda _m: None)
+        t = _shards(out, s3_cfg)
+        _check_pairs(t, 3)
+        assert s["rows"] == 3
+        assert storage.exists(f"{out}/summary.json", s3_cfg)
