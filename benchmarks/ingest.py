@@ -10,8 +10,8 @@ Synthesizes clips (videos only) once, then ingests the same clips twice:
   (Ray start-up and the first worker start are excluded: a warm-up run on one clip comes first).
 
 It prints frames per second of each and their ratio, the cores each kept busy (CPU seconds per
-wall second: FFmpeg's decoder threads let even the loop use more than one), and peak resident
-memory: of the loop's process, and of the driver plus all Ray processes for the pipeline. It
+wall second: FFmpeg's decoder threads let even the loop use more than one), and peak memory
+(PSS): of the loop's process, and of the driver plus all Ray processes for the pipeline. It
 then runs the pipeline on twice as many clips to show that peak memory does not grow with the
 number of clips.
 """
@@ -24,65 +24,14 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
-import psutil
+from common import Usage, gib
 
 from bluref_ray.config import Config, IngestConfig, RayConfig, SynthConfig
 from bluref_ray.data.sources import discover
 from bluref_ray.data.synth import synthesize
 from bluref_ray.pipeline.ingest import ingest_and_write, run_ingest
-
-
-class Usage:
-    """Peak summed RSS, and CPU seconds, of this process and all its descendants (Ray's too)."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._cpu: dict[int, float] = {}
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-                t = p.cpu_times()
-                self._cpu[p.pid] = t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def __enter__(self) -> Usage:
-        self.base = self._sample()
-        self._cpu0 = dict(self._cpu)
-        self.peak = self.base
-        self.t0 = time.perf_counter()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._sample())
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = sum(v - self._cpu0.get(pid, 0.0) for pid, v in self._cpu.items())
-
-    @property
-    def cores(self) -> float:
-        """Average number of cores kept busy (CPU seconds / wall seconds)."""
-        return self.cpu / self.wall
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,18 +108,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.width}x{args.height}, {args.num_cpus} CPUs, {os.cpu_count()} cores on this "
           f"machine")
     print(f"{'run':<28} {'frames':>7} {'seconds':>8} {'frames/s':>9} {'cores busy':>10} "
-          f"{'peak RSS':>10}")
+          f"{'peak mem':>10}")
     print(f"{'single-process loop':<28} {n_frames:>7} {t_loop:>8.2f} {fps_loop:>9.1f} "
-          f"{mem_loop.cores:>10.2f} {_gib(mem_loop.peak):>10}")
+          f"{mem_loop.cores:>10.2f} {gib(mem_loop.peak):>10}")
     print(f"{'Ray Data pipeline':<28} {frames_ray:>7} {t_ray:>8.2f} {fps_ray:>9.1f} "
-          f"{mem_ray.cores:>10.2f} {_gib(mem_ray.peak):>10}")
+          f"{mem_ray.cores:>10.2f} {gib(mem_ray.peak):>10}")
     print(f"{'Ray Data pipeline, 2× clips':<28} {frames_dbl:>7} {t_dbl:>8.2f} "
-          f"{frames_dbl / t_dbl:>9.1f} {mem_dbl.cores:>10.2f} {_gib(mem_dbl.peak):>10}")
+          f"{frames_dbl / t_dbl:>9.1f} {mem_dbl.cores:>10.2f} {gib(mem_dbl.peak):>10}")
     print(f"speed-up, Ray / loop: {fps_ray / fps_loop:.2f}×")
-    print(f"peak memory, Ray (driver + all Ray processes) / loop: "
+    print(f"peak memory (PSS), Ray (driver + all Ray processes) / loop: "
           f"{mem_ray.peak / mem_loop.peak:.2f}×; above the idle cluster: "
-          f"{_gib(mem_ray.peak - mem_ray.base)} for 1× clips, "
-          f"{_gib(mem_dbl.peak - mem_dbl.base)} for 2× clips")
+          f"{gib(mem_ray.peak - mem_ray.base)} for 1× clips, "
+          f"{gib(mem_dbl.peak - mem_dbl.base)} for 2× clips")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

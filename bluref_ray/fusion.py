@@ -104,21 +104,19 @@ def weighted_average(target: torch.Tensor, refs: torch.Tensor, align: Align, tau
                      available: torch.Tensor | None = None) -> Fusion:
     """Match every reference to the target independently, then average by confidence.
 
-    All ``B × N`` pairs go to the matcher in one batch.
+    The matcher gets one reference slot of the whole batch at a time (B pairs per call), so
+    memory stays that of B pairs whatever N is.
 
     Shape:
         target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
     avail = _check(target, refs, available)
-    b, n = refs.shape[:2]
     acc = _Accumulator(target, tau)
-    pairs = avail.nonzero(as_tuple=True)
-    if len(pairs[0]):
-        aligned, conf = align(target[pairs[0]], refs[pairs])
-        for k in range(n):  # scatter back per reference slot
-            m = pairs[1] == k
-            if m.any():
-                acc.add(aligned[m], conf[m], pairs[0][m])
+    for k in range(refs.shape[1]):
+        idx = avail[:, k].nonzero(as_tuple=True)[0]
+        if len(idx):
+            aligned, conf = align(target[idx], refs[idx, k])
+            acc.add(aligned, conf, idx)
     return acc.result(avail.sum(1))
 
 

@@ -37,12 +37,14 @@ def bilinear_sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> to
     flat = image.reshape(b, c, h * w)
 
     def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        idx = (yy * w + xx).reshape(b, 1, -1).expand(b, c, -1)
+        idx = (yy * w + xx).reshape(b, 1, -1).expand(b, c, -1)  # a view: no copy per channel
         return flat.gather(2, idx).reshape(b, c, *x.shape[1:])
 
-    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
-    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
-    return top * (1 - wy) + bottom * wy
+    # Four corners, one at a time, so at most two image-sized temporaries are alive.
+    out = at(y0, x0) * ((1 - wx) * (1 - wy))
+    out = out + at(y0, x1) * (wx * (1 - wy))
+    out = out + at(y1, x0) * ((1 - wx) * wy)
+    return out + at(y1, x1) * (wx * wy)
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,6 +72,8 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float | None:
 
 
 def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    if not pixels.flags.writeable:  # Ray hands out read-only views of the object store
+        pixels = pixels.copy()
     return torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
