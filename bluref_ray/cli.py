@@ -161,21 +161,24 @@ def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bluref_ray.data.synth import synthesize
     from bluref_ray.pipeline.ingest import run_ingest
+    from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
 
     cfg = _config(args)
     log = _log(args)
     out = storage.normalize(args.out)
     data = storage.join(out, "data")
-    log(f"[demo] 1/2 synthesizing a GoPro-protocol dataset → {data}")
+    log(f"[demo] 1/3 synthesizing a GoPro-protocol dataset → {data}")
     synthesize(data, cfg.synth, cfg.storage, log=log)
-    log("[demo] 2/2 ingesting the videos and the frame trees with Ray Data")
+    log("[demo] 2/3 ingesting the videos and the frame trees with Ray Data")
     rows = []
-    for name, src in (("videos", storage.join(data, "videos")), ("frame trees", data)):
+    for name, sources in (("videos", [storage.join(data, "videos")]),
+                          ("frame trees", [storage.join(data, s) for s in ("train", "test")])):
         dest = storage.join(out, "ingest", name.replace(" ", "_"))
-        sources = [src] if name == "videos" else [storage.join(data, s) for s in ("train", "test")]
-        summary = run_ingest(sources, dest, cfg, log=log)
-        rows.append((name, summary))
+        rows.append((name, run_ingest(sources, dest, cfg, log=log)))
     accuracy = _label_accuracy(data, storage.join(out, "ingest", "videos"), cfg.storage)
+    log("[demo] 3/3 pseudo-GT for the blurry frames of the frame trees (they have ground truth)")
+    pg = run_pseudo_gt(storage.join(out, "ingest", "frame_trees"), storage.join(out, "pseudo_gt"),
+                       cfg, log=log)
     print("\nbluref demo: what it made")
     print(f"  dataset: {data} (manifest.json, videos/, train/ and test/ frame trees)")
     print(f"  {'source':<12} {'clips':>5} {'frames':>7} {'blurry':>7} {'sharp':>6} "
@@ -185,6 +188,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{s['mean_references']:>11.2f} {s['rejects']:>7}  {s['frames_table']}")
     print(f"  blurry/sharp labels of video frames agree with the synthesizer's truth on "
           f"{100 * accuracy:.1f}% of frames")
+    q = pg.get("quality", {})
+    print(f"  pseudo-GT ({cfg.pseudo_gt.matcher}, {cfg.pseudo_gt.strategy}, "
+          f"N={cfg.pseudo_gt.max_refs}, τ={cfg.pseudo_gt.tau}): {pg['rows']} pairs, coverage "
+          f"{pg['mean_coverage']:.3f}; PSNR in the confident region: pseudo-GT "
+          f"{q.get('psnr_pseudo_confident', float('nan')):.2f} dB vs blurry "
+          f"{q.get('psnr_blurry_confident', float('nan')):.2f} dB")
+    print(f"  pseudo-pair shards: {storage.join(out, 'pseudo_gt', 'shards')}")
     return 0
 
 
@@ -266,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole method on generated data, on this machine",
                        description="Run bluref-ray end to end on a small synthesized dataset "
                                    "with Ray started in-process, and print what it made. "
-                                   "(Today: synthesize → ingest; later stages join as they land.)")
+                                   "(Today: synthesize → ingest → pseudo-GT; training and "
+                                   "evaluation join as they land.) Pseudo-GT settings: "
+                                   "--set pseudo_gt.KEY=VALUE.")
     p.add_argument("--out", default="bluref-demo", metavar="URI",
                    help="output folder (local or s3://)")
     _common(p, _SYNTH, _INGEST, _RAY, _STORAGE)

@@ -67,6 +67,7 @@ def test_demo_runs_synth_then_ingest(ray_cluster, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bluref demo: what it made" in out
     assert "videos" in out and "frame trees" in out and "agree with the synthesizer" in out
+    assert "pseudo-GT (dis, progressive, N=6" in out
     assert (tmp_path / "demo/ingest/videos/frames").is_dir()
     assert (tmp_path / "demo/data/manifest.json").is_file()
 
@@ -83,3 +84,18 @@ def test_job_entrypoint_takes_the_cli_options():
     out = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--max-refs" in out and "--delta" in out and "SOURCE" in out
+
+
+def test_pseudo_gt_commands(ray_cluster, tiny_frames, tmp_path, capsys):
+    out = str(tmp_path / "pg")
+    assert main(["pseudo-gt", tiny_frames, "--out", out, "--limit", "2", "--max-refs", "2",
+                 "--strategy", "sequential", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "pseudo-GT: 4 pairs, 0 rejected" in printed and "quality on 4 frames" in printed
+    assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q"), "--limit", "2",
+                 "--strategies", "weighted,progressive", "--refs", "1,3", "--quiet"]) == 0
+    table = (tmp_path / "q" / "quality.md").read_text()
+    assert table.count("| weighted |") == 2 and table.count("| progressive |") == 2
+    assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q2"),
+                 "--strategies", "median"]) == 2
+    assert "median" in capsys.readouterr().err
