@@ -154,7 +154,17 @@ class PseudoGTConfig:
         metadata=_help("fusion: 'weighted' (average of independent matches), 'sequential' (the "
                        "running fusion is the next matching input) or 'progressive' (new "
                        "references only for pixels still below τ)"))
-    matcher: str = field(default="dis", metadata=_help("dense matcher: 'dis' (classical baseline)"))
+    matcher: str = field(
+        default="learned",
+        metadata=_help("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
+                       "(OpenCV DIS optical flow, the classical baseline)"))
+    matcher_checkpoint: str = field(
+        default="package://bluref_ray/assets/matcher.pt",
+        metadata=_help("learned matcher checkpoint (default: the one shipped in the package)"))
+    matcher_radius: float | None = field(
+        default=None,
+        metadata=_help("learned matcher: confidence as P(error < R px), R = 1, 2 or 4 "
+                       "(default: the checkpoint's)"))
     dis_preset: str = field(
         default="medium", metadata=_help("DIS preset: ultrafast, fast or medium"))
     dis_ref_blur: float = field(
@@ -190,8 +200,50 @@ class PseudoGTConfig:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
         if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:
             raise ConfigError("pseudo_gt.max_refs, batch_size and targets_per_shard must be >= 1")
-        if self.matcher not in ("dis",):
-            raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use 'dis'")
+        if self.matcher not in ("learned", "dis"):
+            raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use 'learned' or 'dis'")
+        if self.matcher_radius not in (None, 1.0, 2.0, 4.0):
+            raise ConfigError(f"pseudo_gt.matcher_radius={self.matcher_radius}: use 1, 2 or 4")
+
+
+@dataclass(frozen=True)
+class MatcherTrainConfig:
+    """Self-supervised training of the dense matcher on synthetic warps of real photos."""
+
+    steps: int = field(default=3000, metadata=_help("optimizer steps"))
+    batch_size: int = field(
+        default=8, metadata=_help("pairs per step, over all workers together"))
+    lr: float = field(default=4e-4, metadata=_help("AdamW learning rate (cosine decay)"))
+    weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
+    crop: int = field(default=192, metadata=_help("side of the square training crops, pixels"))
+    workers: int = field(default=2, metadata=_help("DDP workers (Ray Train)"))
+    use_gpu: bool | None = field(
+        default=None, metadata=_help("train on GPUs (default: when the cluster has them)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs per worker"))
+    radius_px: float = field(
+        default=1.0,
+        metadata=_help("R of the default confidence, P(|flow error| < R px): 1, 2 or 4 (the "
+                       "network predicts all three)"))
+    global_size: int = field(
+        default=192, metadata=_help("side both images are resized to for global correlation"))
+    images: str | None = field(
+        default=None, metadata=_help("extra training photos: a folder or bucket of images"))
+    backbone: str | None = field(
+        default=None, metadata=_help("checkpoint with feature-pyramid weights to start from"))
+    log_every: int = field(default=25, metadata=_help("steps between TensorBoard scalars"))
+    checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
+    seed: int = field(default=0, metadata=_help("random seed of the synthetic pairs"))
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.workers < 1:
+            raise ConfigError("train_matcher.steps, batch_size and workers must be >= 1")
+        if self.batch_size % self.workers:
+            raise ConfigError(f"train_matcher.batch_size={self.batch_size} must divide by "
+                              f"train_matcher.workers={self.workers}")
+        if self.radius_px not in (1.0, 2.0, 4.0):
+            raise ConfigError(f"train_matcher.radius_px={self.radius_px}: use 1, 2 or 4")
+        if self.crop < 64 or self.global_size % 16:
+            raise ConfigError("train_matcher.crop must be >= 64 and global_size a multiple of 16")
 
 
 @dataclass(frozen=True)
@@ -203,6 +255,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     pseudo_gt: PseudoGTConfig = field(default_factory=PseudoGTConfig)
+    train_matcher: MatcherTrainConfig = field(default_factory=MatcherTrainConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

@@ -67,6 +67,19 @@ def test_each_strategy_runs_through_ray_data_and_writes_shards(ray_cluster, tiny
     assert s["quality"]["psnr_pseudo_confident"] > s["quality"]["psnr_blurry_confident"]
 
 
+def test_classical_matcher_through_the_pipeline(ray_cluster, tiny_frames, tmp_path):
+    s = run_pseudo_gt(tiny_frames, str(tmp_path / "dis"), _cfg(matcher="dis", limit=3),
+                      log=lambda _m: None)
+    t = _shards(str(tmp_path / "dis"))
+    assert set(t.column("matcher").to_pylist()) == {"dis"} and s["rows"] == t.num_rows > 0
+
+
+def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, tmp_path):
+    with pytest.raises(ConfigError, match="matcher_checkpoint.*nope.pt"):
+        run_pseudo_gt(tiny_frames, str(tmp_path / "x"),
+                      _cfg(matcher_checkpoint=str(tmp_path / "nope.pt")), log=lambda _m: None)
+
+
 def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_cluster,
                                                                         tiny_frames, tmp_path):
     full_out, out = str(tmp_path / "full"), str(tmp_path / "resumed")

@@ -39,7 +39,8 @@ class Matcher(Protocol):
 
 
 def build_matcher(name: str, **kwargs: Any) -> Matcher:
-    """A matcher by name: ``"dis"`` (OpenCV DIS optical flow, the classical baseline).
+    """A matcher by name: ``"learned"`` (the dense matcher network; ``checkpoint=``,
+    ``radius_px=``) or ``"dis"`` (OpenCV DIS optical flow, the classical baseline).
 
     Raises:
         ValueError: for an unknown name.
@@ -48,4 +49,8 @@ def build_matcher(name: str, **kwargs: Any) -> Matcher:
         from bluref_ray.matching.classical import DISMatcher
 
         return DISMatcher(**kwargs)
-    raise ValueError(f"unknown matcher {name!r}; known: dis")
+    if name == "learned":
+        from bluref_ray.matching.learned import LearnedMatcher
+
+        return LearnedMatcher(**kwargs)
+    raise ValueError(f"unknown matcher {name!r}; known: learned, dis")

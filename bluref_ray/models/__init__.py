@@ -49,12 +49,9 @@ def save_checkpoint(model: nn.Module, uri: str, arch: str, kwargs: dict[str, Any
     storage.write_bytes(uri, buf.getvalue(), storage_cfg)
 
 
-def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Build the network a checkpoint describes and load its weights.
-
-    Returns:
-        ``(model in eval mode, the checkpoint dict)``.
+def read_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """The dict a bluref-ray checkpoint holds (``arch``, ``kwargs``, ``state_dict``, ...).
 
     Raises:
         storage.StorageNotFoundError: ``uri`` does not exist.
@@ -67,6 +64,21 @@ def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
         raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or not {"arch", "kwargs", "state_dict"} <= set(ckpt):
         raise ValueError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, state_dict)")
+    return ckpt
+
+
+def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the network a checkpoint describes and load its weights.
+
+    Returns:
+        ``(model in eval mode, the checkpoint dict)``.
+
+    Raises:
+        storage.StorageNotFoundError: ``uri`` does not exist.
+        ValueError: the file is not a bluref-ray checkpoint.
+    """
+    ckpt = read_checkpoint(uri, storage_cfg, map_location)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}
     model = build_model(ckpt["arch"], **kwargs)
     model.load_state_dict(ckpt["state_dict"])

@@ -148,12 +148,14 @@ def _row(t: dict, clip_id: str, blurry: np.ndarray, pseudo: np.ndarray, conf: to
     }
 
 
-def build_align(cfg: PseudoGTConfig, device: torch.device) -> Align:
+def build_align(cfg: PseudoGTConfig, device: torch.device,
+                storage_cfg: StorageConfig | None = None) -> Align:
     """The configured matcher, on ``device``, wrapped to align references."""
     if cfg.matcher == "dis":
         matcher = build_matcher("dis", preset=cfg.dis_preset, ref_blur=cfg.dis_ref_blur)
     else:
-        matcher = build_matcher(cfg.matcher)
+        matcher = build_matcher("learned", checkpoint=cfg.matcher_checkpoint,
+                                radius_px=cfg.matcher_radius, storage_cfg=storage_cfg)
     return aligner(matcher.to(device))
 
 
@@ -193,7 +195,7 @@ class PseudoGTWorker:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)
         cv2.setNumThreads(cpus)
-        self.align = build_align(self.cfg, self.device)
+        self.align = build_align(self.cfg, self.device, self.storage_cfg)
         if self.cfg.deblurrer:
             from bluref_ray.models import load_checkpoint
 
@@ -285,7 +287,14 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
     if not files:
         raise storage.StorageNotFoundError(f"{src}: no frames table (Parquet files) found; "
                                            "run `bluref ingest` first")
-    if pg.deblurrer:  # fail here, not in every actor
+    if pg.matcher == "learned":  # fail here, not in every actor
+        from bluref_ray.matching.learned import read_matcher_checkpoint
+
+        try:
+            read_matcher_checkpoint(pg.matcher_checkpoint, storage_cfg)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"pseudo_gt.matcher_checkpoint: {e}") from None
+    if pg.deblurrer:
         from bluref_ray.models import load_checkpoint
 
         try:
@@ -361,8 +370,10 @@ def summarize(out: str, storage_cfg: StorageConfig | None = None) -> dict:
 
 
 def quality_table(frames: str, out: str, cfg: Config, strategies: list[str], refs: list[int],
-                  log: Callable[[str], None] = print) -> list[dict]:
-    """Run pseudo-GT for each strategy × N into ``OUT/<strategy>-n<N>`` and tabulate quality.
+                  log: Callable[[str], None] = print,
+                  matchers: list[str] | None = None) -> list[dict]:
+    """Run pseudo-GT for each matcher × strategy × N into ``OUT/<matcher>-<strategy>-n<N>``
+    and tabulate quality.
 
     Needs ground truth (``gt_uri`` in the frames table: synthesized or GoPro-style trees).
     Writes ``OUT/quality.json`` and ``OUT/quality.md``.
@@ -372,19 +383,10 @@ def quality_table(frames: str, out: str, cfg: Config, strategies: list[str], ref
         confident region, coverage, references matched, seconds.
     """
     results = []
-    for strategy in strategies:
-        for n in refs:
-            pg = dataclasses.replace(cfg.pseudo_gt, strategy=strategy, max_refs=n)
-            sub = storage.join(out, f"{strategy}-n{n}")
-            log(f"[quality] {strategy}, N={n} → {sub}")
-            s = run_pseudo_gt(frames, sub, dataclasses.replace(cfg, pseudo_gt=pg), log=log)
-            q = s.get("quality", {})
-            results.append({"strategy": strategy, "N": n, "frames": s["rows"],
-                            "frames_with_gt": q.get("frames_with_gt", 0),
-                            "psnr_pseudo": q.get("psnr_pseudo_confident"),
-                            "psnr_blurry": q.get("psnr_blurry_confident"),
-                            "coverage": s["mean_coverage"], "refs_used": s["mean_refs_used"],
-                            "seconds": s["this_run"]["seconds"]})
+    for matcher in matchers or [cfg.pseudo_gt.matcher]:
+        for strategy in strategies:
+            for n in refs:
+                results.append(_quality_run(frames, out, cfg, matcher, strategy, n, log))
     storage.write_text(storage.join(out, "quality.json"), json.dumps(results, indent=1),
                        cfg.storage)
     storage.write_text(storage.join(out, "quality.md"), quality_markdown(results, cfg.pseudo_gt),
@@ -392,19 +394,34 @@ def quality_table(frames: str, out: str, cfg: Config, strategies: list[str], ref
     return results
 
 
+def _quality_run(frames: str, out: str, cfg: Config, matcher: str, strategy: str, n: int,
+                 log: Callable[[str], None]) -> dict:
+    pg = dataclasses.replace(cfg.pseudo_gt, matcher=matcher, strategy=strategy, max_refs=n)
+    sub = storage.join(out, f"{matcher}-{strategy}-n{n}")
+    log(f"[quality] {matcher}, {strategy}, N={n} → {sub}")
+    s = run_pseudo_gt(frames, sub, dataclasses.replace(cfg, pseudo_gt=pg), log=log)
+    q = s.get("quality", {})
+    return {"matcher": matcher, "strategy": strategy, "N": n, "frames": s["rows"],
+            "frames_with_gt": q.get("frames_with_gt", 0),
+            "psnr_pseudo": q.get("psnr_pseudo_confident"),
+            "psnr_blurry": q.get("psnr_blurry_confident"),
+            "coverage": s["mean_coverage"], "refs_used": s["mean_refs_used"],
+            "seconds": s["this_run"]["seconds"]}
+
+
 def quality_markdown(results: list[dict], pg: PseudoGTConfig) -> str:
     """The quality table as Markdown."""
     def num(x: float | None, fmt: str) -> str:
         return "–" if x is None else format(x, fmt)
 
-    lines = [f"Pseudo-GT quality, matcher `{pg.matcher}`, τ = {pg.tau}: PSNR (dB) against the "
-             "ground truth over the pixels with confidence ≥ τ, for the pseudo-sharp image and "
-             "for the blurry frame itself.", "",
-             "| strategy | N | frames | pseudo-GT PSNR | blurry PSNR | gain | coverage | "
-             "refs matched |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Pseudo-GT quality, τ = {pg.tau}: PSNR (dB) against the ground truth over the "
+             "pixels with confidence ≥ τ, for the pseudo-sharp image and for the blurry frame "
+             "itself (the same pixels), and coverage (share of pixels with confidence ≥ τ).", "",
+             "| matcher | strategy | N | frames | pseudo-GT PSNR | blurry PSNR | gain | coverage "
+             "| refs matched |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         gain = (r["psnr_pseudo"] - r["psnr_blurry"]) if r["psnr_pseudo"] is not None else None
-        lines.append(f"| {r['strategy']} | {r['N']} | {r['frames']} | "
+        lines.append(f"| {r['matcher']} | {r['strategy']} | {r['N']} | {r['frames']} | "
                      f"{num(r['psnr_pseudo'], '.2f')} | {num(r['psnr_blurry'], '.2f')} | "
                      f"{num(gain, '+.2f')} | {r['coverage']:.3f} | {r['refs_used']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""The learned matcher behind the :class:`~bluref_ray.matching.Matcher` protocol.
+
+``LearnedMatcher(checkpoint)`` loads a :class:`~bluref_ray.matching.network.DenseMatcherNet`
+checkpoint (``bluref train-matcher`` writes one; the package ships a small one,
+:data:`SHIPPED`), and runs it on the device it is moved to, with autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+
+import torch
+
+from bluref_ray import storage
+from bluref_ray.matching.base import MatchResult
+from bluref_ray.matching.network import DenseMatcherNet
+from bluref_ray.storage import StorageConfig
+
+#: The matcher checkpoint shipped in the package (trained on a CPU by `bluref train-matcher`;
+#: see the README for the command).
+SHIPPED = "package://bluref_ray/assets/matcher.pt"
+
+
+def read_matcher_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) -> dict:
+    """The checkpoint dict at ``uri`` (a URI, or ``package://bluref_ray/assets/NAME``).
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``; the message names it.
+        ValueError: not a dense-matcher checkpoint.
+    """
+    if uri.startswith("package://"):
+        pkg, _, name = uri[len("package://"):].partition("/assets/")
+        ref = resources.files(pkg.replace("/", ".")) / "assets" / name
+        if not ref.is_file():
+            raise FileNotFoundError(f"{uri}: the package has no such checkpoint")
+        blob = ref.read_bytes()
+    else:
+        blob = storage.read_bytes(uri, storage_cfg)
+    try:
+        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("arch") != "dense-matcher":
+        raise ValueError(f"{uri}: not a dense-matcher checkpoint")
+    return ckpt
+
+
+class LearnedMatcher:
+    """Dense matcher network as a :class:`~bluref_ray.matching.Matcher`.
+
+    Args:
+        checkpoint: checkpoint URI (default: the shipped one).
+        radius_px: which calibrated confidence to return, P(|error| < R): 1, 2 or 4 pixels
+            (default: the checkpoint's).
+        storage_cfg: storage settings for ``checkpoint``.
+    """
+
+    name = "learned"
+
+    def __init__(self, checkpoint: str = SHIPPED, radius_px: float | None = None,
+                 storage_cfg: StorageConfig | None = None) -> None:
+        ckpt = read_matcher_checkpoint(checkpoint, storage_cfg)
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}
+        if radius_px is not None:
+            kwargs["radius_px"] = float(radius_px)
+        self.net = DenseMatcherNet(**kwargs)
+        self.net.load_state_dict(ckpt["state_dict"])
+        self.net.eval()
+        self.checkpoint = checkpoint
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> LearnedMatcher:
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, target: torch.Tensor, reference: torch.Tensor) -> MatchResult:
+        """Shape: ``[B, 3, H, W]`` twice → flow ``[B, 2, H, W]``, confidence ``[B, 1, H, W]``."""
+        t, r = target.to(self.device), reference.to(self.device)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            out = self.net(t, r)
+        return MatchResult(out["flow"].float().to(target.device),
+                           out["confidence"].float().to(target.device))

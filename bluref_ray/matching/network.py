@@ -1,0 +1,220 @@
+"""The learned dense matcher, in the spirit of GLU-Net / PDC-Net+.
+
+Dict in, dict out::
+
+    net = DenseMatcherNet()
+    out = net(target, reference)        # [B,3,H,W] each, floats in [0, 1], any H, W
+    out["flow"]                         # [B,2,H,W] target → reference, pixels
+    out["confidence"]                   # [B,1,H,W] P(|flow error| < radius_px)
+    out["confidence_logits"]            # [B,K,H,W] one logit per radius in ``radii``
+    out["levels"]                       # for training: [(name, flow on that grid)]
+    out["correlations"]                 # for training: [(name, logits, flow before the level)]
+
+How it works, coarse to fine:
+
+1. **Feature pyramid**, shared by both images: four stride-2 stages (1/2 … 1/16).
+2. **Global correlation**: both images resized to ``global_size``²; every target cell of the
+   1/16 grid is correlated with every reference cell. A soft-argmax gives a first flow and a
+   decoder on the whole correlation volume refines it, so large displacements are found.
+3. **Local correlations** at 1/16, 1/8 and 1/4 of the input size: the reference features are
+   warped by the current flow and correlated within ``radius`` cells; the soft-argmax of that
+   correlation moves the flow, then a decoder predicts a residual from the correlation, the
+   target features and the flow. The decoders' last layers start at zero, so an untrained
+   network is already a (random-feature) correlation matcher, and training sharpens the
+   features and learns the corrections: this is what lets it train in minutes on a CPU.
+4. **Confidence head** at 1/4: from the final local correlation and the last decoder's features,
+   one logit per radius R in ``radii`` that the flow at that pixel is within R pixels of the
+   truth. Trained with binary cross-entropy against those events, each is a calibrated
+   probability; unlike PDC-Net's ``p_r`` it has no ceiling below 1 (DESIGN.md: PDC-Net's ``p_r``
+   with R=1 cannot pass 0.573). ``radius_px`` picks the one returned as ``confidence``.
+5. The 1/4 flow and logit are upsampled bilinearly to the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bluref_ray.matching.warp import warp
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.1, inplace=True))
+
+
+class FeaturePyramid(nn.Module):
+    """Four stride-2 stages. Shape: ``[B,3,H,W]`` → features at 1/2, 1/4, 1/8, 1/16."""
+
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 96)) -> None:
+        super().__init__()
+        stages, cin = [], 3
+        for c in channels:
+            stages.append(nn.Sequential(_conv(cin, c, 2), _conv(c, c), _conv(c, c)))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def global_correlation(ft: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every target cell with every reference cell.
+
+    Shape:
+        ``[B,C,h,w]`` twice → ``[B, h·w (reference cells), h, w]``.
+    """
+    ft, fr = F.normalize(ft, dim=1), F.normalize(fr, dim=1)
+    b, c, h, w = ft.shape
+    return torch.einsum("bcn,bcm->bmn", ft.flatten(2), fr.flatten(2)).reshape(b, h * w, h, w)
+
+
+def local_correlation(ft: torch.Tensor, fr: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cosine similarity of each target cell with reference cells within ``radius``.
+
+    Shape:
+        ``[B,C,H,W]`` twice → ``[B, (2r+1)², H, W]``.
+    """
+    ft, fr = F.normalize(ft, dim=1), F.normalize(fr, dim=1)
+    h, w = ft.shape[-2:]
+    pad = F.pad(fr, (radius,) * 4)
+    out = [(ft * pad[..., dy:dy + h, dx:dx + w]).sum(1) for dy in range(2 * radius + 1)
+           for dx in range(2 * radius + 1)]
+    return torch.stack(out, 1)
+
+
+def soft_argmax_offset(corr: torch.Tensor, radius: int, temperature: torch.Tensor
+                       ) -> torch.Tensor:
+    """Expected displacement under ``softmax(temperature · corr)`` over the local window.
+
+    Shape:
+        ``[B, (2r+1)², H, W]`` → ``[B, 2, H, W]`` in cells.
+    """
+    d = torch.arange(-radius, radius + 1, device=corr.device, dtype=corr.dtype)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    offsets = torch.stack([dx.flatten(), dy.flatten()])  # [2, K], ordered as local_correlation
+    prob = torch.softmax(corr * temperature, dim=1)
+    return torch.einsum("kn,bnhw->bkhw", offsets, prob)
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a flow field to ``size`` and rescale its vectors to the new pixel units."""
+    h, w = flow.shape[-2:]
+    out = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype)
+    return out * scale.view(1, 2, 1, 1)
+
+
+class FlowDecoder(nn.Module):
+    """Conv stack: inputs → residual flow (and its last features)."""
+
+    def __init__(self, cin: int, hidden: tuple[int, ...] = (96, 64, 32)) -> None:
+        super().__init__()
+        layers, c = [], cin
+        for hdim in hidden:
+            layers.append(_conv(c, hdim))
+            c = hdim
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c, 2, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # starts as "no correction": the correlation decides
+        nn.init.zeros_(self.head.bias)
+        self.out_channels = c
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.body(x)
+        return self.head(feats), feats
+
+
+class DenseMatcherNet(nn.Module):
+    """Coarse-to-fine dense matcher with a calibrated confidence (see the module docstring).
+
+    Args:
+        channels: feature pyramid widths at 1/2, 1/4, 1/8, 1/16.
+        global_size: side (multiple of 16) both images are resized to for global correlation.
+        radius: local correlation radius in cells.
+        radii: the radii R (pixels) of the confidences P(|error| < R) the head predicts.
+        radius_px: which of ``radii`` is returned as ``confidence``.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 96), global_size: int = 192,
+                 radius: int = 3, radii: tuple[float, ...] = (1.0, 2.0, 4.0),
+                 radius_px: float = 1.0) -> None:
+        super().__init__()
+        if global_size % 16:
+            raise ValueError(f"global_size={global_size} must be a multiple of 16")
+        if radius_px not in radii:
+            raise ValueError(f"radius_px={radius_px} must be one of radii={radii}")
+        self.global_size, self.radius, self.radii = global_size, radius, tuple(radii)
+        self.radius_px = radius_px
+        self.features = FeaturePyramid(channels)
+        cells = (global_size // 16) ** 2
+        self.temperature = nn.Parameter(torch.tensor(20.0))
+        self.global_decoder = FlowDecoder(cells + 2)
+        k = (2 * radius + 1) ** 2
+        self.local_decoders = nn.ModuleList(
+            [FlowDecoder(k + channels[i] + 2) for i in (3, 2, 1)])  # 1/16, 1/8, 1/4
+        self.local_temperature = nn.Parameter(torch.full((3,), 20.0))
+        c_last = self.local_decoders[-1].out_channels
+        self.confidence_head = nn.Sequential(_conv(k + c_last, 32),
+                                             nn.Conv2d(32, len(self.radii), 3, padding=1))
+
+    def _global_flow(self, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        g = self.global_size
+        t = F.interpolate(target, size=(g, g), mode="bilinear", align_corners=False,
+                          antialias=True)
+        r = F.interpolate(reference, size=(g, g), mode="bilinear", align_corners=False,
+                          antialias=True)
+        ft, fr = self.features(t)[-1], self.features(r)[-1]
+        corr = global_correlation(ft, fr)  # [B, h*w, h, w]
+        b, m, h, w = corr.shape
+        prob = torch.softmax(corr * self.temperature, dim=1)
+        ys, xs = torch.meshgrid(torch.arange(h, device=corr.device, dtype=corr.dtype),
+                                torch.arange(w, device=corr.device, dtype=corr.dtype),
+                                indexing="ij")
+        pos = torch.stack([xs, ys]).reshape(2, m)  # reference cell positions
+        expected = torch.einsum("km,bmhw->bkhw", pos, prob)
+        flow = expected - torch.stack([xs, ys])[None]
+        residual, _ = self.global_decoder(torch.cat([corr, flow], 1))
+        self._corrs.append(("global", corr * self.temperature, torch.zeros_like(flow)))
+        return flow + residual  # in 1/16 cells of the global_size² image
+
+    def forward(self, target: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape: ``[B,3,H,W]`` twice → see the module docstring."""
+        h, w = target.shape[-2:]
+        levels = []
+        self._corrs: list = []
+        g16 = self._global_flow(target, reference)
+        levels.append(("global", g16))
+        ft = self.features(target)
+        fr = self.features(reference)
+        flow = None
+        for i, (name, decoder, (t_feat, r_feat)) in enumerate(zip(
+                ("local16", "local8", "local4"), self.local_decoders,
+                [(ft[3], fr[3]), (ft[2], fr[2]), (ft[1], fr[1])])):
+            size = t_feat.shape[-2:]
+            if flow is None:  # from the global grid to this level, through pixel units
+                init = resize_flow(resize_flow(g16, (self.global_size,) * 2), (h, w))
+                flow = resize_flow(init, size)
+            else:
+                flow = resize_flow(flow, size)
+            warped, _ = warp(r_feat, flow)
+            corr = local_correlation(t_feat, warped, self.radius)
+            self._corrs.append((name, corr * self.local_temperature[i], flow))
+            flow = flow + soft_argmax_offset(corr, self.radius, self.local_temperature[i])
+            residual, feats = decoder(torch.cat([corr, t_feat, flow], 1))
+            flow = flow + residual
+            levels.append((name, flow))
+        warped, _ = warp(fr[1], flow)
+        corr = local_correlation(ft[1], warped, self.radius)
+        logit = self.confidence_head(torch.cat([corr, feats], 1))
+        full = resize_flow(flow, (h, w))
+        logits = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
+        k = self.radii.index(self.radius_px)
+        corrs, self._corrs = self._corrs, []
+        return {"flow": full, "confidence_logits": logits,
+                "confidence": torch.sigmoid(logits[:, k:k + 1]), "levels": levels,
+                "correlations": corrs}

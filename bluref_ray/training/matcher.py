@@ -1,0 +1,302 @@
+"""Training the dense matcher (``bluref train-matcher``) with Ray Train.
+
+:func:`train_matcher` starts a ``TorchTrainer``: ``workers`` DDP processes (NCCL and one GPU each
+on a GPU cluster, gloo on CPUs), each making its own synthetic pairs
+(:mod:`bluref_ray.matching.synthetic`) from a seed, its rank and the step, so a resumed run sees
+the same pairs it would have seen. Losses: end-point error at every level of the network and at
+full resolution, and binary cross-entropy of the confidence against the event "flow error < R
+pixels" (which makes the confidence a calibrated probability).
+
+Output in ``OUT`` (local or ``s3://``)::
+
+    OUT/ray-train/step_NNNNNN/state.pt    checkpoints (model, optimizer, schedule, step)
+    OUT/matcher.pt                        the final model: {"arch", "kwargs", "state_dict", ...}
+    OUT/tensorboard/                      losses, AEPE, PCK, example warps
+
+Started again with the same ``OUT``, it resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bluref_ray import storage
+from bluref_ray.config import Config, MatcherTrainConfig
+from bluref_ray.matching.network import DenseMatcherNet, resize_flow
+from bluref_ray.matching.synthetic import PairConfig, load_photos, make_batch
+from bluref_ray.matching.warp import warp
+from bluref_ray.storage import StorageConfig
+
+ARCH = "dense-matcher"
+LEVEL_WEIGHTS = {"global": 0.25, "local16": 0.25, "local8": 0.5, "local4": 0.5}
+
+
+def net_kwargs(cfg: MatcherTrainConfig) -> dict:
+    return {"global_size": cfg.global_size, "radius_px": cfg.radius_px}
+
+
+def level_epe(flow: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean end-point error, in full-resolution pixels, of a flow on a coarser grid.
+
+    Shape:
+        flow ``[B,2,h,w]`` (grid units), gt ``[B,2,H,W]`` (pixels), valid ``[B,1,H,W]`` → scalar.
+    """
+    h, w = flow.shape[-2:]
+    big_h, big_w = gt.shape[-2:]
+    gt_l = resize_flow(gt, (h, w))
+    v = F.interpolate(valid, size=(h, w), mode="area") > 0.99
+    scale = torch.tensor([big_w / w, big_h / h], device=flow.device).view(1, 2, 1, 1)
+    epe = torch.sqrt((((flow - gt_l) * scale) ** 2).sum(1, keepdim=True) + 1e-6)
+    return (epe * v).sum() / v.sum().clamp_min(1)
+
+
+def correlation_ce(name: str, logits: torch.Tensor, base: torch.Tensor, gt: torch.Tensor,
+                   valid: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cross-entropy of a correlation volume against the cell the true flow points to.
+
+    The global volume classifies every reference cell; a local one the ``(2r+1)²`` offsets
+    around the flow the level started from. Pixels whose true cell is out of reach are ignored.
+
+    Shape:
+        logits ``[B, K, h, w]``, base ``[B, 2, h, w]`` (cells), gt ``[B, 2, H, W]`` (pixels).
+    """
+    h, w = logits.shape[-2:]
+    gt_l = resize_flow(gt, (h, w))
+    v = F.interpolate(valid, size=(h, w), mode="area")[:, 0] > 0.99
+    if name == "global":
+        ys, xs = torch.meshgrid(torch.arange(h, device=gt.device), torch.arange(w,
+                                device=gt.device), indexing="ij")
+        tx = (xs + gt_l[:, 0]).round().long()
+        ty = (ys + gt_l[:, 1]).round().long()
+        ok = v & (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+        target = ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)
+    else:
+        off = (gt_l - base).round().long()
+        ok = v & (off.abs() <= radius).all(1)
+        side = 2 * radius + 1
+        target = (off[:, 1] + radius).clamp(0, side - 1) * side + (off[:, 0] + radius).clamp(
+            0, side - 1)
+    ce = F.cross_entropy(logits, target, reduction="none")
+    return (ce * ok).sum() / ok.sum().clamp_min(1)
+
+
+def matcher_loss(out: dict, batch: dict, radii: tuple[float, ...],
+                 radius: int = 3) -> tuple[torch.Tensor, dict]:
+    """Multi-level EPE, correlation cross-entropy and confidence BCE; also metrics to log."""
+    gt, valid = batch["flow"], batch["valid"]
+    loss = torch.zeros((), device=gt.device)
+    logs = {}
+    for name, logits, base in out.get("correlations", []):
+        ce = correlation_ce(name, logits, base.detach(), gt, valid, radius)
+        loss = loss + 0.5 * ce
+        logs[f"ce_{name}"] = ce.detach()
+    for name, flow in out["levels"]:
+        e = level_epe(flow, gt, valid)
+        loss = loss + LEVEL_WEIGHTS[name] * e
+        logs[f"epe_{name}"] = e.detach()
+    err = torch.sqrt(((out["flow"] - gt) ** 2).sum(1, keepdim=True) + 1e-6)
+    aepe = (err * valid).sum() / valid.sum().clamp_min(1)
+    radii = torch.tensor(radii, device=gt.device).view(1, -1, 1, 1)
+    label = ((err.detach() < radii) & (valid > 0.5)).float()  # one event per radius
+    bce = F.binary_cross_entropy_with_logits(out["confidence_logits"], label)
+    loss = loss + aepe + bce
+    logs.update(aepe=aepe.detach(), bce=bce.detach(),
+                pck1=((err < 1) * valid).sum().detach() / valid.sum().clamp_min(1))
+    return loss, logs
+
+
+def _save_state(path: str, model: torch.nn.Module, opt, sched, step: int,
+                cfg: MatcherTrainConfig) -> None:
+    torch.save({"arch": ARCH, "kwargs": net_kwargs(cfg), "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                "config": dataclasses.asdict(cfg)}, path)
+
+
+def _example_grid(batch: dict, out: dict) -> torch.Tensor:
+    """target | reference warped by the predicted flow | confidence, for TensorBoard."""
+    n = min(4, batch["target"].shape[0])
+    warped, _ = warp(batch["reference"][:n], out["flow"][:n].detach())
+    conf = out["confidence"][:n].detach().expand(-1, 3, -1, -1)
+    rows = torch.cat([batch["target"][:n], warped, conf], dim=3)
+    return torch.cat(list(rows), dim=1).clamp(0, 1)
+
+
+def train_loop(config: dict) -> None:
+    """The per-worker loop (Ray Train ``train_loop_per_worker``)."""
+    import ray.train
+    import ray.train.torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg: MatcherTrainConfig = config["cfg"]
+    out, storage_cfg = config["out"], config["storage_cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    model = DenseMatcherNet(**net_kwargs(cfg))
+    if cfg.backbone:
+        from bluref_ray.models import read_checkpoint
+
+        state = read_checkpoint(cfg.backbone, storage_cfg)["state_dict"]
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        model.features.load_state_dict(feats)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, min(200, cfg.steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 *
+                                              (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    start = 0
+    state = _resume_state(config.get("resume"), storage_cfg, device)
+    if state:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = state["step"]
+    ddp = ray.train.torch.prepare_model(model)
+    photos = load_photos(folder=cfg.images, storage_cfg=storage_cfg)
+    pair_cfg = PairConfig(size=cfg.crop)
+    per_worker = cfg.batch_size // world
+    tb_dir = storage.join(out, "tensorboard") if not storage.is_s3(out) else tempfile.mkdtemp()
+    writer = SummaryWriter(tb_dir, purge_step=start) if rank == 0 else None
+    t0, seen = time.time(), 0
+    for step in range(start, cfg.steps):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+        batch = {k: v.to(device) for k, v in make_batch(photos, per_worker, pair_cfg,
+                                                       gen).items()}
+        out_ = ddp(batch["target"], batch["reference"])
+        loss, logs = matcher_loss(out_, batch, model.radii)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ddp.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        seen += per_worker * world
+        done = step + 1
+        if writer and (done % cfg.log_every == 0 or done == cfg.steps):
+            for k, v in logs.items():
+                writer.add_scalar(f"train/{k}", float(v), done)
+            writer.add_scalar("train/loss", float(loss.detach()), done)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
+            writer.add_scalar("train/pairs_per_s", seen / (time.time() - t0), done)
+            if done % (cfg.log_every * 10) == 0 or done == cfg.steps:
+                writer.add_image("train/target|warped reference|confidence",
+                                 _example_grid(batch, out_), done)
+            print(f"[train-matcher] step {done}/{cfg.steps} loss {float(loss):.3f} "
+                  f"aepe {float(logs['aepe']):.2f} px pck1 {float(logs['pck1']):.3f} "
+                  f"bce {float(logs['bce']):.3f} {seen / (time.time() - t0):.1f} pairs/s",
+                  flush=True)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            metrics = {"step": done, "loss": float(loss.detach()), "aepe": float(logs["aepe"])}
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:
+                    _save_state(os.path.join(d, "state.pt"), model, opt, sched, done, cfg)
+                    checkpoint = ray.train.Checkpoint.from_directory(d)
+                    if writer:
+                        writer.flush()
+                        if storage.is_s3(out):
+                            _upload_dir(tb_dir, storage.join(out, "tensorboard"), storage_cfg)
+                ray.train.report(metrics, checkpoint=checkpoint,
+                                 checkpoint_dir_name=f"step_{done:06d}")
+    if writer:
+        writer.close()
+
+
+def _resume_state(resume: str | None, storage_cfg: StorageConfig,
+                  device: torch.device) -> dict | None:
+    """The newest checkpoint: the one Ray Train restored, or ``resume`` (a step folder URI)."""
+    import ray.train
+
+    states = []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            states.append(torch.load(os.path.join(d, "state.pt"), map_location=device,
+                                     weights_only=True))
+    if resume:
+        blob = storage.read_bytes(storage.join(resume, "state.pt"), storage_cfg)
+        states.append(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
+    return max(states, key=lambda s: s["step"]) if states else None
+
+
+def _upload_dir(local: str, uri: str, storage_cfg: StorageConfig) -> None:
+    for name in os.listdir(local):
+        storage.upload_file(os.path.join(local, name), storage.join(uri, name), storage_cfg)
+
+
+def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
+    """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
+    try:
+        files = storage.list_files(storage.join(out, "ray-train"), storage_cfg)
+    except storage.StorageNotFoundError:
+        return None
+    steps = [f for f in files if re.search(r"/step_\d{6}/state\.pt$", f)]
+    return storage.parent(max(steps)) if steps else None
+
+
+def export_model(state_uri: str, out_uri: str, storage_cfg: StorageConfig | None,
+                 **extra) -> dict:
+    """Write the model of a training checkpoint as a plain matcher checkpoint (no optimizer)."""
+    state = torch.load(io.BytesIO(storage.read_bytes(state_uri, storage_cfg)),
+                       map_location="cpu", weights_only=True)
+    ckpt = {"arch": ARCH, "kwargs": state["kwargs"], "state_dict": state["state_dict"],
+            "step": state["step"], "train_config": state["config"], **extra}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    storage.write_bytes(out_uri, buf.getvalue(), storage_cfg)
+    return ckpt
+
+
+def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
+                  command: str | None = None) -> str:
+    """Train (or resume training) the dense matcher with Ray Train; returns ``OUT/matcher.pt``.
+
+    Args:
+        command: the command line that started it, recorded in the exported checkpoint.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from bluref_ray.ray_utils import init_ray
+
+    tc = cfg.train_matcher
+    storage_cfg = cfg.storage.resolved()
+    out = storage.normalize(out)
+    storage.check_reachable(out, storage_cfg)
+    storage.makedirs(out, storage_cfg)
+    init_ray(cfg.ray)
+    use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    resume = latest_checkpoint(out, storage_cfg)
+    fs, path = storage.resolve(out, storage_cfg)
+    if resume:
+        log(f"[train-matcher] resuming from {resume}")
+    log(f"[train-matcher] {tc.workers} worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
+        f"{tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px → {out}")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": tc, "out": out, "storage_cfg": storage_cfg, "resume": resume},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+        run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs),
+    )
+    trainer.fit()
+    final = latest_checkpoint(out, storage_cfg)
+    if final is None:
+        raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")
+    target = storage.join(out, "matcher.pt")
+    export_model(storage.join(final, "state.pt"), target, storage_cfg,
+                 command=command or "train_matcher()")
+    log(f"[train-matcher] model written to {target}")
+    return target

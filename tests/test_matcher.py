@@ -1,0 +1,133 @@
+"""The learned dense matcher: network, synthetic pairs, training on Ray Train, shipped model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bluref_ray.config import Config, MatcherTrainConfig, RayConfig
+from bluref_ray.matching import build_matcher, warp
+from bluref_ray.matching.evaluate import calibration_error, sparsification
+from bluref_ray.matching.learned import SHIPPED, read_matcher_checkpoint
+from bluref_ray.matching.network import DenseMatcherNet
+from bluref_ray.matching.synthetic import (
+    HELD_OUT_PHOTOS,
+    PairConfig,
+    load_photos,
+    make_batch,
+    motion_kernel,
+)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 64, 64), (1, 3, 61, 99)])
+def test_network_shapes_and_gradients_for_odd_sizes(shape):
+    net = DenseMatcherNet(global_size=64)
+    t = torch.rand(shape, requires_grad=True)
+    r = torch.rand(shape, requires_grad=True)
+    out = net(t, r)
+    b, _, h, w = shape
+    assert out["flow"].shape == (b, 2, h, w)
+    assert out["confidence"].shape == (b, 1, h, w)
+    assert out["confidence_logits"].shape == (b, 3, h, w)
+    assert 0 <= out["confidence"].min() and out["confidence"].max() <= 1
+    (out["flow"].square().mean() + out["confidence_logits"].mean()).backward()
+    assert t.grad.abs().sum() > 0 and r.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_synthetic_pairs_are_consistent_with_their_flow():
+    photos = load_photos(("astronaut", "coffee"))
+    cfg = PairConfig(size=96, p_blur=0.0, noise=0.0, p_jpeg=0.0, p_occluder=0.0, p_identity=0.0)
+    b = make_batch(photos, 4, cfg, torch.Generator().manual_seed(0))
+    warped, inside = warp(b["reference"], b["flow"])
+    m = (b["valid"] * inside).bool().expand_as(warped)
+    # only the exposure change separates the target from the warped reference
+    assert (warped - b["target"]).abs()[m].mean() < 0.08
+    assert b["flow"].norm(dim=1).mean() > 2  # it does move
+    again = make_batch(photos, 4, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(again["target"], b["target"])  # deterministic for a seed
+    k = motion_kernel(9.0, 0.3, 0.2, 13)
+    assert abs(k.sum().item() - 1) < 1e-5
+    ys, xs = torch.meshgrid(torch.arange(13.0) - 6, torch.arange(13.0) - 6, indexing="ij")
+    assert abs((k * xs).sum()) < 0.05 and abs((k * ys).sum()) < 0.05  # centred
+
+
+def test_sparsification_and_calibration_metrics():
+    err = np.array([0.1, 0.2, 5.0, 9.0])
+    good, bad = np.array([0.9, 0.8, 0.2, 0.1]), np.array([0.1, 0.2, 0.8, 0.9])
+    assert sparsification(err, good)[1] == pytest.approx(0.0, abs=1e-9)
+    assert sparsification(err, bad)[1] > 1.0
+    hit = np.array([1, 1, 0, 0], bool)
+    assert calibration_error(np.array([1.0, 1.0, 0.0, 0.0]), hit) == pytest.approx(0.0)
+    assert calibration_error(np.array([0.0, 0.0, 1.0, 1.0]), hit) == pytest.approx(1.0)
+
+
+def test_shipped_matcher_recovers_a_known_homography():
+    import kornia
+
+    photo = load_photos(("retina",))[0]  # a photo held out of training
+    s = 160
+    ref = torch.nn.functional.interpolate(photo[None], size=(s, s), mode="area")
+    src = torch.tensor([[[0.0, 0.0], [s - 1.0, 0.0], [s - 1.0, s - 1.0], [0.0, s - 1.0]]])
+    dst = src + torch.tensor([[[9.0, -6.0], [12.0, -4.0], [8.0, 5.0], [5.0, 3.0]]])
+    hom = kornia.geometry.transform.get_perspective_transform(src, dst)[0]
+    ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32),
+                            torch.arange(s, dtype=torch.float32), indexing="ij")
+    p = hom @ torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, -1)
+    g = (p[:2] / p[2:]).reshape(2, s, s)
+    flow = (g - torch.stack([xs, ys]))[None]
+    target, valid = warp(ref, flow)
+    m = build_matcher("learned")
+    res = m(target, ref)
+    err = (res.flow - flow).norm(dim=1, keepdim=True)
+    assert (err * valid).sum() / valid.sum() < 2.0  # a few pixels at most, for ~11 px motion
+    assert flow.norm(dim=1).mean() > 8
+
+
+def test_shipped_confidence_is_one_on_identity_and_falls_where_images_disagree():
+    photos = load_photos(HELD_OUT_PHOTOS)
+    m = build_matcher("learned")
+    ident = make_batch(photos, 2, PairConfig(size=128, p_identity=1.0),
+                       torch.Generator().manual_seed(3), blur=False)
+    same = m(ident["target"], ident["reference"])
+    assert same.confidence.mean() > 0.95 and same.flow.norm(dim=1).mean() < 0.5
+    cfg = PairConfig(size=128, p_identity=0.0, p_occluder=1.0)
+    pairs = make_batch(photos, 6, cfg, torch.Generator().manual_seed(4), blur=True)
+    res = m(pairs["target"], pairs["reference"])
+    conf, valid = res.confidence, pairs["valid"] > 0.5
+    assert conf[~valid].mean() < conf[valid].mean() - 0.3  # occluded / out of view: low
+    covered = (conf >= 0.7).float().mean()
+    assert 0.2 < covered < 0.98  # τ = 0.7 keeps a sensible share of pixels
+
+
+def test_shipped_checkpoint_is_small_and_documented():
+    ckpt = read_matcher_checkpoint(SHIPPED)
+    assert ckpt["arch"] == "dense-matcher" and ckpt["step"] >= 1000
+    size = sum(v.numel() * v.element_size() for v in ckpt["state_dict"].values())
+    assert size < 8 * 2**20
+    assert "bluref train-matcher" in ckpt["command"]
+
+
+def test_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    from bluref_ray.training.matcher import latest_checkpoint, train_matcher
+
+    tc = MatcherTrainConfig(steps=2, batch_size=2, workers=2, crop=64, global_size=64,
+                            checkpoint_every=1, log_every=1)
+    cfg = Config(ray=RayConfig(progress_bars=False), train_matcher=tc)
+    out = str(tmp_path / "run")
+    train_matcher(out, cfg, log=lambda _m: None)
+    first = read_matcher_checkpoint(f"{out}/matcher.pt")
+    assert first["step"] == 2 and latest_checkpoint(out, None).endswith("step_000002")
+    logs = []
+    more = dataclasses.replace(cfg, train_matcher=dataclasses.replace(tc, steps=3))
+    train_matcher(out, more, log=logs.append)
+    assert any("resuming from" in m and "step_000002" in m for m in logs)
+    second = read_matcher_checkpoint(f"{out}/matcher.pt")
+    assert second["step"] == 3
+    changed = [k for k in first["state_dict"]
+               if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
+    assert changed  # it trained one more step from where it stopped
+    assert (tmp_path / "run" / "tensorboard").is_dir()
