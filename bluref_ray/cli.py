@@ -57,6 +57,11 @@ def _add_section(parser: argparse.ArgumentParser, section: str, cls: type, prefi
                                help=helptext + shown)
 
 
+def _out(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--out", required=default is None, default=default, metavar="URI",
+                        help="output folder (local or s3://)")
+
+
 def _common(parser: argparse.ArgumentParser, *sections: tuple) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="YAML config with sections storage, ray, synth, ingest "
@@ -270,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "camera with moving objects, or a video you give) whose "
                                    "frames are averaged in linear light into blurry frames. "
                                    "Writes videos, a {blur,sharp} frame tree and a manifest.")
-    p.add_argument("--out", required=True, metavar="URI", help="output folder (local or s3://)")
+    _out(p)
     _common(p, _SYNTH, _STORAGE)
     p.set_defaults(func=cmd_synth)
 
@@ -283,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "An interrupted run resumes where it stopped.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="folder, bucket prefix or video file (local or s3://)")
-    p.add_argument("--out", required=True, metavar="URI", help="output folder (local or s3://)")
+    _out(p)
     _common(p, _INGEST, _RAY, _STORAGE)
     p.set_defaults(func=cmd_ingest)
 
@@ -296,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and OUT/summary.json. An interrupted run resumes.")
     p.add_argument("frames", metavar="FRAMES",
                    help="ingest output folder (or its frames/ folder), local or s3://")
-    p.add_argument("--out", required=True, metavar="URI", help="output folder (local or s3://)")
+    _out(p)
     _common(p, _PSEUDO, _RAY, _STORAGE)
     p.set_defaults(func=cmd_pseudo_gt)
 
@@ -308,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the blurry frame inside the confident region, and coverage. "
                                    "Writes OUT/quality.md and OUT/quality.json.")
     p.add_argument("frames", metavar="FRAMES", help="ingest output folder of frame trees")
-    p.add_argument("--out", required=True, metavar="URI", help="output folder (local or s3://)")
+    _out(p)
     p.add_argument("--strategies", default="weighted,sequential,progressive",
                    help="comma-separated fusion strategies")
     p.add_argument("--refs", default="1,2,4,6", help="comma-separated reference counts N")
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/ray-train/, TensorBoard logs in OUT/tensorboard/, the "
                                    "final model in OUT/matcher.pt. Run it again with the same "
                                    "--out to resume.")
-    p.add_argument("--out", required=True, metavar="URI", help="output folder (local or s3://)")
+    _out(p)
     _common(p, _TRAIN_MATCHER, _RAY, _STORAGE)
     p.set_defaults(func=cmd_train_matcher)
 
@@ -333,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "PCK-1/3/5, AUSE (how well confidence ranks errors), "
                                    "calibration error, coverage. With --frames, also the "
                                    "pseudo-GT quality of both on data with ground truth.")
-    p.add_argument("--out", required=True, metavar="URI", help="output folder (local or s3://)")
+    _out(p)
     p.add_argument("--pairs", type=int, default=48, help="held-out pairs per condition")
     p.add_argument("--size", type=int, default=192, help="side of the pairs, pixels")
     p.add_argument("--frames", metavar="FRAMES", default=None,
@@ -348,8 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Today: synthesize → ingest → pseudo-GT; training and "
                                    "evaluation join as they land.) Pseudo-GT settings: "
                                    "--set pseudo_gt.KEY=VALUE.")
-    p.add_argument("--out", default="bluref-demo", metavar="URI",
-                   help="output folder (local or s3://)")
+    _out(p, default="bluref-demo")
     _common(p, _SYNTH, _INGEST, _RAY, _STORAGE)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -81,6 +81,9 @@ class SynthConfig:
     zoom: float = field(default=0.08, metadata=_help("largest smooth zoom change (0.08 = ±8%)"))
     objects: int = field(
         default=2, metadata=_help("independently moving foreground objects per clip"))
+    scenes: str = field(
+        default="coffee,rocket,astronaut,chelsea,hubble_deep_field,immunohistochemistry,retina",
+        metadata=_help("comma-separated scikit-image photos the clips' backgrounds come from"))
     video: str | None = field(
         default=None,
         metadata=_help("take the sharp stream from this video file (path or URI) instead of "
@@ -100,6 +103,12 @@ class SynthConfig:
             raise ConfigError(f"synth.blurry_share={self.blurry_share}: must be within [0, 1]")
         if self.frames < 1 or self.height < 16 or self.width < 16:
             raise ConfigError("synth.frames must be >= 1 and synth.height/width >= 16")
+        from bluref_ray.data.camera import available_photos
+
+        unknown = [s for s in self.scenes.split(",") if s not in available_photos()]
+        if unknown or not self.scenes:
+            raise ConfigError(f"synth.scenes: unknown photo(s) {unknown}; available: "
+                              f"{', '.join(available_photos())}")
         if self.video_ext not in ("mp4", "mkv", "avi", "mov"):
             raise ConfigError(f"synth.video_ext={self.video_ext!r}: use mp4, mkv, avi or mov")
 

@@ -100,24 +100,32 @@ def _check(target: torch.Tensor, refs: torch.Tensor, available: torch.Tensor | N
     return available.to(torch.bool)
 
 
-def weighted_average(target: torch.Tensor, refs: torch.Tensor, align: Align, tau: float = 0.7,
-                     available: torch.Tensor | None = None) -> Fusion:
-    """Match every reference to the target independently, then average by confidence.
+def _every_reference(target: torch.Tensor, refs: torch.Tensor, align: Align, tau: float,
+                     available: torch.Tensor | None, running: bool) -> Fusion:
+    """Add every reference, matched to the target (or, if ``running``, to the fusion so far).
 
     The matcher gets one reference slot of the whole batch at a time (B pairs per call), so
     memory stays that of B pairs whatever N is.
-
-    Shape:
-        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
     avail = _check(target, refs, available)
     acc = _Accumulator(target, tau)
     for k in range(refs.shape[1]):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
-            aligned, conf = align(target[idx], refs[idx, k])
+            source = acc.image() if running else target
+            aligned, conf = align(source[idx], refs[idx, k])
             acc.add(aligned, conf, idx)
     return acc.result(avail.sum(1))
+
+
+def weighted_average(target: torch.Tensor, refs: torch.Tensor, align: Align, tau: float = 0.7,
+                     available: torch.Tensor | None = None) -> Fusion:
+    """Match every reference to the target independently, then average by confidence.
+
+    Shape:
+        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+    """
+    return _every_reference(target, refs, align, tau, available, running=False)
 
 
 def sequential_accumulation(target: torch.Tensor, refs: torch.Tensor, align: Align,
@@ -127,14 +135,7 @@ def sequential_accumulation(target: torch.Tensor, refs: torch.Tensor, align: Ali
     Shape:
         target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
-    avail = _check(target, refs, available)
-    acc = _Accumulator(target, tau)
-    for k in range(refs.shape[1]):
-        idx = avail[:, k].nonzero(as_tuple=True)[0]
-        if len(idx):
-            aligned, conf = align(acc.image()[idx], refs[idx, k])
-            acc.add(aligned, conf, idx)
-    return acc.result(avail.sum(1))
+    return _every_reference(target, refs, align, tau, available, running=True)
 
 
 def progressive_average(target: torch.Tensor, refs: torch.Tensor, align: Align,

@@ -30,7 +30,14 @@ BACKGROUNDS = ("coffee", "rocket", "astronaut", "chelsea", "hubble_deep_field",
 OBJECTS = ("astronaut", "chelsea", "coffee", "rocket", "colorwheel", "immunohistochemistry")
 
 
-@functools.lru_cache(maxsize=16)
+def available_photos() -> tuple[str, ...]:
+    """scikit-image sample photos that ship with the package (no download needed)."""
+    return ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
+            "colorwheel", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
+            "page", "retina", "rocket", "text")
+
+
+@functools.lru_cache(maxsize=32)
 def load_photo(name: str) -> np.ndarray:
     """A scikit-image sample photo as RGB uint8 (``[H, W, 3]``)."""
     import skimage.data
@@ -159,10 +166,11 @@ class PhotoCamera:
 
     def __init__(self, rng: np.random.Generator, height: int, width: int, subframes: int,
                  drift_px: float, rotation_deg: float, zoom: float, n_objects: int,
-                 shake: ShakePath, shake_reach: float) -> None:
+                 shake: ShakePath, shake_reach: float,
+                 scenes: tuple[str, ...] = BACKGROUNDS) -> None:
         self.height, self.width = height, width
         self.shake = shake
-        self.background_name = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+        self.background_name = scenes[rng.integers(len(scenes))]
         photo = load_photo(self.background_name)
         period = (60.0 * subframes, 180.0 * subframes)
         # A drift of `drift_px` per output frame on a sinusoid of period P has amplitude v·P/2π.

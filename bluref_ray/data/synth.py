@@ -113,7 +113,8 @@ class ClipSynth:
             shake = ShakePath(windows, lengths, rng)
             self.stream = PhotoCamera(rng, cfg.height, cfg.width, cfg.subframes, cfg.drift_px,
                                       cfg.rotation_deg, cfg.zoom, cfg.objects, shake,
-                                      shake_reach=2.5 * cfg.shake_px)
+                                      shake_reach=2.5 * cfg.shake_px,
+                                      scenes=tuple(cfg.scenes.split(",")))
             self.background = self.stream.background_name
 
     @property
