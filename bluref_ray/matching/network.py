@@ -87,18 +87,28 @@ def local_correlation(ft: torch.Tensor, fr: torch.Tensor, radius: int) -> torch.
     return torch.stack(out, 1)
 
 
-def soft_argmax_offset(corr: torch.Tensor, radius: int, temperature: torch.Tensor
-                       ) -> torch.Tensor:
-    """Expected displacement under ``softmax(temperature · corr)`` over the local window.
+def windowed_soft_argmax(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Expected position under the softmax of ``logits``, within 1 cell of the arg max.
+
+    A plain soft-argmax over a wide window is pulled towards the window's centre of mass
+    whenever the distribution is not sharply peaked; restricted to the 3×3 cells around the
+    best match it stays unbiased and still interpolates below a cell.
 
     Shape:
-        ``[B, (2r+1)², H, W]`` → ``[B, 2, H, W]`` in cells.
+        logits ``[B, K, H, W]``, positions ``[2, K]`` (x, y of each of the K candidates) →
+        ``[B, 2, H, W]``.
     """
-    d = torch.arange(-radius, radius + 1, device=corr.device, dtype=corr.dtype)
+    best = positions[:, logits.argmax(1)]  # [2, B, H, W]
+    near = ((positions.view(2, 1, -1, 1, 1) - best.unsqueeze(2)).abs() <= 1.0).all(0)
+    prob = torch.softmax(logits.masked_fill(~near, float("-inf")), dim=1)
+    return torch.einsum("kn,bnhw->bkhw", positions, prob)
+
+
+def window_offsets(radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(dx, dy) of the ``(2r+1)²`` local correlation channels, in their order. Shape ``[2, K]``."""
+    d = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
-    offsets = torch.stack([dx.flatten(), dy.flatten()])  # [2, K], ordered as local_correlation
-    prob = torch.softmax(corr * temperature, dim=1)
-    return torch.einsum("kn,bnhw->bkhw", offsets, prob)
+    return torch.stack([dx.flatten(), dy.flatten()])
 
 
 def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -152,12 +162,13 @@ class DenseMatcherNet(nn.Module):
         self.radius_px = radius_px
         self.features = FeaturePyramid(channels)
         cells = (global_size // 16) ** 2
-        self.temperature = nn.Parameter(torch.tensor(20.0))
+        # log-temperatures: sharpening a softmax must not wait on a learning rate of 1e-4
+        self.log_temperature = nn.Parameter(torch.tensor(3.4))
         self.global_decoder = FlowDecoder(cells + 2)
         k = (2 * radius + 1) ** 2
         self.local_decoders = nn.ModuleList(
             [FlowDecoder(k + channels[i] + 2) for i in (3, 2, 1)])  # 1/16, 1/8, 1/4
-        self.local_temperature = nn.Parameter(torch.full((3,), 20.0))
+        self.local_log_temperature = nn.Parameter(torch.full((3,), 3.4))
         c_last = self.local_decoders[-1].out_channels
         self.confidence_head = nn.Sequential(_conv(k + c_last, 32),
                                              nn.Conv2d(32, len(self.radii), 3, padding=1))
@@ -171,15 +182,14 @@ class DenseMatcherNet(nn.Module):
         ft, fr = self.features(t)[-1], self.features(r)[-1]
         corr = global_correlation(ft, fr)  # [B, h*w, h, w]
         b, m, h, w = corr.shape
-        prob = torch.softmax(corr * self.temperature, dim=1)
         ys, xs = torch.meshgrid(torch.arange(h, device=corr.device, dtype=corr.dtype),
                                 torch.arange(w, device=corr.device, dtype=corr.dtype),
                                 indexing="ij")
         pos = torch.stack([xs, ys]).reshape(2, m)  # reference cell positions
-        expected = torch.einsum("km,bmhw->bkhw", pos, prob)
-        flow = expected - torch.stack([xs, ys])[None]
+        logits = corr * self.log_temperature.exp()
+        flow = windowed_soft_argmax(logits, pos) - torch.stack([xs, ys])[None]
         residual, _ = self.global_decoder(torch.cat([corr, flow], 1))
-        self._corrs.append(("global", corr * self.temperature, torch.zeros_like(flow)))
+        self._corrs.append(("global", logits, torch.zeros_like(flow)))
         return flow + residual  # in 1/16 cells of the global_size² image
 
     def forward(self, target: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -203,8 +213,10 @@ class DenseMatcherNet(nn.Module):
                 flow = resize_flow(flow, size)
             warped, _ = warp(r_feat, flow)
             corr = local_correlation(t_feat, warped, self.radius)
-            self._corrs.append((name, corr * self.local_temperature[i], flow))
-            flow = flow + soft_argmax_offset(corr, self.radius, self.local_temperature[i])
+            logits = corr * self.local_log_temperature[i].exp()
+            self._corrs.append((name, logits, flow))
+            flow = flow + windowed_soft_argmax(logits, window_offsets(self.radius, corr.device,
+                                                                       corr.dtype))
             residual, feats = decoder(torch.cat([corr, t_feat, flow], 1))
             flow = flow + residual
             levels.append((name, flow))
