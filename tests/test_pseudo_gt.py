@@ -155,9 +155,11 @@ def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_pa
 
 def test_actor_resources():
     pg = PseudoGTConfig()
-    assert actor_resources(pg, {"CPU": 2}) == (0.0, 1)
-    assert actor_resources(pg, {"CPU": 16, "GPU": 4}) == (1.0, 4)
-    assert actor_resources(dataclasses.replace(pg, cpus_per_actor=0.5), {"CPU": 2}) == (0.0, 2)
+    assert actor_resources(pg, {"CPU": 2}) == (0.0, 1, 1.0)
+    assert actor_resources(pg, {"CPU": 16, "GPU": 4}) == (1.0, 4, 1.0)
+    assert actor_resources(pg, {"CPU": 1}) == (0.0, 1, 0.5)
+    assert actor_resources(dataclasses.replace(pg, cpus_per_actor=0.5), {"CPU": 2}) == (0.0, 2,
+                                                                                       0.5)
     with pytest.raises(ConfigError, match="no CPU for loading"):
         actor_resources(dataclasses.replace(pg, concurrency=2), {"CPU": 2})
 

@@ -234,11 +234,12 @@ def _load_task(batch: dict[str, np.ndarray], cfg: PseudoGTConfig, done: frozense
             yield {"shard": [w["shard"]], "pixels": w["pixels"][None], "meta": [w["meta"]]}
 
 
-def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int]:
-    """GPUs per actor and number of actors for the cluster's resources.
+def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, float]:
+    """GPUs per actor, number of actors and CPUs per actor for the cluster's resources.
 
     Default: one actor per GPU; without GPUs, as many actors as fit while leaving one CPU for
-    the tasks that load frames (they would starve otherwise, and the pipeline would stall).
+    the tasks that load frames (they would starve otherwise, and the pipeline would stall). On a
+    cluster of fewer than two CPUs, one actor gets half of them.
 
     Raises:
         ConfigError: the requested actors leave no CPU for loading frames.
@@ -246,18 +247,22 @@ def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int]:
     n_gpus = int(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
     gpus = pg.gpus_per_actor if pg.gpus_per_actor is not None else (1.0 if n_gpus else 0.0)
+    per_actor = pg.cpus_per_actor
     if pg.concurrency:
         concurrency = pg.concurrency
     elif gpus:
         concurrency = max(1, int(n_gpus / gpus))
+    elif cpus - 1 < per_actor:
+        concurrency, per_actor = 1, cpus / 2
     else:
-        concurrency = max(1, int((cpus - 1) // pg.cpus_per_actor))
-    if concurrency * pg.cpus_per_actor > cpus - 1:
+        concurrency = max(1, int((cpus - 1) // per_actor))
+    loader = min(1.0, cpus / 2)
+    if concurrency * per_actor > cpus - loader:
         raise ConfigError(
-            f"pseudo_gt: {concurrency} actors × {pg.cpus_per_actor:g} CPU leave no CPU for "
+            f"pseudo_gt: {concurrency} actors × {per_actor:g} CPU leave no CPU for "
             f"loading frames on a cluster of {cpus:g} CPUs; lower --concurrency or "
             "--cpus-per-actor")
-    return gpus, concurrency
+    return gpus, concurrency, per_actor
 
 
 def frames_dir(uri: str, storage_cfg: StorageConfig) -> str:
@@ -311,17 +316,18 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
     if done:
         log(f"[pseudo-gt] resuming: {len(done)} shards already done")
     init_ray(cfg.ray)
-    gpus, concurrency = actor_resources(pg, ray.cluster_resources())
+    gpus, concurrency, cpus_per_actor = actor_resources(pg, ray.cluster_resources())
+    loader_cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
     log(f"[pseudo-gt] {len(files)} clips from {src}; matcher={pg.matcher} "
         f"strategy={pg.strategy} N={pg.max_refs} τ={pg.tau}; {concurrency} actor(s) with "
-        f"{gpus:g} GPU and {pg.cpus_per_actor:g} CPU each")
+        f"{gpus:g} GPU and {cpus_per_actor:g} CPU each")
     ds = ray.data.from_items([{"frames_file": f} for f in files],
                              override_num_blocks=max(1, min(len(files), 10_000)))
     ds = ds.map_batches(functools.partial(_load_task, cfg=pg, done=done, storage_cfg=storage_cfg),
-                        batch_size=1, num_cpus=1)
+                        batch_size=1, num_cpus=loader_cpus)
     ds = ds.map_batches(PseudoGTWorker, fn_constructor_kwargs={
         "cfg": pg, "out": out, "storage_cfg": storage_cfg, "chash": chash},
-        batch_size=1, concurrency=concurrency, num_cpus=pg.cpus_per_actor, num_gpus=gpus)
+        batch_size=1, concurrency=concurrency, num_cpus=cpus_per_actor, num_gpus=gpus)
     n_rows = n_rej = n_shards = 0
     t_run = time.time()
     for r in ds.iter_rows():
