@@ -159,14 +159,15 @@ class PseudoGTConfig:
     tau: float = field(
         default=0.7, metadata=_help("τ: confidence threshold; pixels at or above it are covered"))
     strategy: str = field(
-        default="progressive",
-        metadata=_help("fusion: 'weighted' (average of independent matches), 'sequential' (the "
-                       "running fusion is the next matching input) or 'progressive' (new "
-                       "references only for pixels still below τ)"))
+        default="sequential",
+        metadata=_help("fusion: 'sequential' (the running fusion is the next matching input; "
+                       "best measured with the default matcher), 'weighted' (average of "
+                       "independent matches) or 'progressive' (new references only for pixels "
+                       "still below τ)"))
     matcher: str = field(
-        default="learned",
-        metadata=_help("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
-                       "(OpenCV DIS optical flow, the classical baseline)"))
+        default="dis",
+        metadata=_help("dense matcher: 'dis' (OpenCV DIS optical flow, the classical baseline) "
+                       "or 'learned' (the network; --matcher-checkpoint)"))
     matcher_checkpoint: str = field(
         default="package://bluref_ray/assets/matcher.pt",
         metadata=_help("learned matcher checkpoint (default: the one shipped in the package)"))

@@ -67,7 +67,7 @@ def test_demo_runs_synth_then_ingest(ray_cluster, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bluref demo: what it made" in out
     assert "videos" in out and "frame trees" in out and "agree with the synthesizer" in out
-    assert "pseudo-GT (dis, progressive, N=6" in out
+    assert "pseudo-GT (dis, sequential, N=6" in out
     assert (tmp_path / "demo/ingest/videos/frames").is_dir()
     assert (tmp_path / "demo/data/manifest.json").is_file()
 

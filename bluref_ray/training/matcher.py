@@ -153,8 +153,11 @@ def train_loop(config: dict) -> None:
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, min(200, cfg.steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 *
-                                              (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+
+    def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay to 0 at cfg.steps
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start = 0
     state = _resume_state(config.get("resume"), storage_cfg, device)
     if state:
@@ -162,6 +165,10 @@ def train_loop(config: dict) -> None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
+        # The optimizer comes back with the learning rate of the step it stopped at (0 at the
+        # end of a finished schedule); continue on this run's schedule instead.
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = base * lr_factor(start)
     ddp = ray.train.torch.prepare_model(model)
     photos = load_photos(folder=cfg.images, storage_cfg=storage_cfg)
     pair_cfg = PairConfig(size=cfg.crop)
