@@ -327,7 +327,8 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
                         batch_size=1, num_cpus=loader_cpus)
     ds = ds.map_batches(PseudoGTWorker, fn_constructor_kwargs={
         "cfg": pg, "out": out, "storage_cfg": storage_cfg, "chash": chash},
-        batch_size=1, concurrency=concurrency, num_cpus=cpus_per_actor, num_gpus=gpus)
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=cpus_per_actor, num_gpus=gpus)
     n_rows = n_rej = n_shards = 0
     t_run = time.time()
     for r in ds.iter_rows():
