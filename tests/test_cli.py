@@ -10,13 +10,25 @@ from pathlib import Path
 import pytest
 
 from bluref_ray.cli import build_parser, main
-from bluref_ray.config import Config, ConfigError, IngestConfig, SynthConfig, load_config
+from bluref_ray.config import (
+    Config,
+    ConfigError,
+    IngestConfig,
+    MatcherTrainConfig,
+    PseudoGTConfig,
+    SynthConfig,
+    load_config,
+)
 from bluref_ray.storage import StorageConfig
 
 
 @pytest.mark.parametrize("command, sections", [
     ("synth", [SynthConfig, StorageConfig]), ("ingest", [IngestConfig, StorageConfig]),
-    ("demo", [SynthConfig, IngestConfig, StorageConfig])])
+    ("demo", [SynthConfig, IngestConfig, StorageConfig]),
+    ("pseudo-gt", [PseudoGTConfig, StorageConfig]),
+    ("pseudo-gt-quality", [PseudoGTConfig, StorageConfig]),
+    ("train-matcher", [MatcherTrainConfig, StorageConfig]),
+    ("eval-matcher", [PseudoGTConfig, StorageConfig])])
 def test_help_explains_every_option(command, sections):
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices[command]
