@@ -7,7 +7,6 @@ checkpoint (``bluref train-matcher`` writes one; the package ships a small one,
 
 from __future__ import annotations
 
-import io
 from importlib import resources
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from bluref_ray import storage
 from bluref_ray.matching.base import MatchResult
 from bluref_ray.matching.network import DenseMatcherNet
+from bluref_ray.models import checkpoint_from_bytes
 from bluref_ray.storage import StorageConfig
 
 #: The matcher checkpoint shipped in the package (trained on a CPU by `bluref train-matcher`;
@@ -37,11 +37,8 @@ def read_matcher_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) 
         blob = ref.read_bytes()
     else:
         blob = storage.read_bytes(uri, storage_cfg)
-    try:
-        ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("arch") != "dense-matcher":
+    ckpt = checkpoint_from_bytes(blob, uri)
+    if ckpt["arch"] != "dense-matcher":
         raise ValueError(f"{uri}: not a dense-matcher checkpoint")
     return ckpt
 

@@ -49,6 +49,22 @@ def save_checkpoint(model: nn.Module, uri: str, arch: str, kwargs: dict[str, Any
     storage.write_bytes(uri, buf.getvalue(), storage_cfg)
 
 
+def checkpoint_from_bytes(blob: bytes, uri: str,
+                          map_location: str | torch.device = "cpu") -> dict:
+    """Unpickle checkpoint bytes safely (``weights_only``); errors name ``uri``.
+
+    Raises:
+        ValueError: not a readable checkpoint, or not a bluref-ray one.
+    """
+    try:
+        ckpt = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or not {"arch", "kwargs", "state_dict"} <= set(ckpt):
+        raise ValueError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, state_dict)")
+    return ckpt
+
+
 def read_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
                     map_location: str | torch.device = "cpu") -> dict:
     """The dict a bluref-ray checkpoint holds (``arch``, ``kwargs``, ``state_dict``, ...).
@@ -57,14 +73,7 @@ def read_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
         storage.StorageNotFoundError: ``uri`` does not exist.
         ValueError: the file is not a bluref-ray checkpoint.
     """
-    blob = storage.read_bytes(uri, storage_cfg)
-    try:
-        ckpt = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
-    if not isinstance(ckpt, dict) or not {"arch", "kwargs", "state_dict"} <= set(ckpt):
-        raise ValueError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, state_dict)")
-    return ckpt
+    return checkpoint_from_bytes(storage.read_bytes(uri, storage_cfg), uri, map_location)
 
 
 def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
