@@ -15,6 +15,7 @@ from torch import nn
 
 from bluref_ray import storage
 from bluref_ray.models.nafnet import NAFNet
+from bluref_ray.models.restormer import Restormer
 from bluref_ray.storage import StorageConfig
 
 #: Named configurations: (architecture, keyword arguments).
@@ -25,13 +26,25 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                                   "dec_blocks": (1, 1, 1, 1)}),
     "nafnet-tiny": ("nafnet", {"width": 16, "enc_blocks": (1, 1, 2), "middle_blocks": 2,
                                "dec_blocks": (1, 1, 1)}),
+    "restormer": ("restormer", {"width": 48, "blocks": (4, 6, 6, 8), "refinement_blocks": 4,
+                                "heads": (1, 2, 4, 8), "ffn_expansion": 2.66}),
+    "restormer-tiny": ("restormer", {"width": 16, "blocks": (1, 1, 1, 2), "refinement_blocks": 1,
+                                     "heads": (1, 1, 2, 2), "ffn_expansion": 2.0}),
 }
 
-_ARCHS: dict[str, type[nn.Module]] = {"nafnet": NAFNet}
+_ARCHS: dict[str, type[nn.Module]] = {"nafnet": NAFNet, "restormer": Restormer}
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
-    """A network by architecture name (``nafnet``) or preset name (see :data:`PRESETS`)."""
+    """A network by architecture name (``nafnet``, ``restormer``) or preset name.
+
+    Args:
+        arch: an architecture name or a preset name (see :data:`PRESETS`).
+        **kwargs: constructor arguments; for a preset they override the preset's own.
+
+    Raises:
+        ValueError: unknown name.
+    """
     if arch in PRESETS:
         arch, preset = PRESETS[arch]
         kwargs = {**preset, **kwargs}

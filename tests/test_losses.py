@@ -1,0 +1,109 @@
+"""Masked reconstruction losses: masked-out pixels neither count nor get gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bluref_ray.losses import (
+    LOSSES,
+    build_loss,
+    confidence_mask,
+    fft_l1,
+    masked_l1,
+    masked_l2,
+    masked_psnr_loss,
+)
+
+
+def _pair(b: int = 2, c: int = 3, h: int = 8, w: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(b, c, h, w, generator=g), torch.rand(b, c, h, w, generator=g)
+
+
+def _left_half_mask(pred: torch.Tensor) -> torch.Tensor:
+    """1 on the left half of each image, 0 on the right half."""
+    mask = torch.zeros(pred.shape[0], 1, *pred.shape[2:])
+    mask[..., : pred.shape[-1] // 2] = 1.0
+    return mask
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_masked_pixels_get_no_gradient(name: str) -> None:
+    pred, target = _pair()
+    pred.requires_grad_(True)
+    mask = _left_half_mask(pred)
+    build_loss(name)(pred, target, mask).backward()
+    half = pred.shape[-1] // 2
+    assert torch.all(pred.grad[..., half:] == 0)
+    assert pred.grad[..., :half].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_target_under_zero_mask_does_not_matter(name: str) -> None:
+    pred, target = _pair()
+    mask = _left_half_mask(pred)
+    other = target.clone()
+    other[..., pred.shape[-1] // 2:] = 5.0
+    loss = build_loss(name)
+    assert loss(pred, target, mask) == loss(pred, other, mask)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_empty_mask_gives_zero_loss_and_zero_gradient(name: str) -> None:
+    pred, target = _pair()
+    pred.requires_grad_(True)
+    value = build_loss(name)(pred, target, torch.zeros(2, 1, 8, 10))
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.isfinite(pred.grad).all() and torch.all(pred.grad == 0)
+
+
+def test_unmasked_and_full_mask_match_torch() -> None:
+    pred, target = _pair()
+    ones = torch.ones(2, 1, 8, 10)
+    for fn, ref in ((masked_l1, F.l1_loss), (masked_l2, F.mse_loss)):
+        assert torch.allclose(fn(pred, target), ref(pred, target))
+        assert torch.allclose(fn(pred, target, ones), ref(pred, target))
+
+
+def test_masked_mean_is_over_masked_pixels_and_channels() -> None:
+    pred, target = _pair()
+    mask = _left_half_mask(pred)
+    half = pred.shape[-1] // 2
+    expected = F.l1_loss(pred[..., :half], target[..., :half])
+    assert torch.allclose(masked_l1(pred, target, mask), expected)
+
+
+def test_psnr_loss_is_mean_per_image_log_mse() -> None:
+    pred, target = _pair()
+    mse = ((pred - target) ** 2).flatten(1).mean(1)
+    expected = (10 * torch.log10(mse + 1e-8)).mean()
+    assert torch.allclose(masked_psnr_loss(pred, target), expected)
+    # An image with an empty mask is left out of the mean.
+    mask = torch.ones(2, 1, 8, 10)
+    mask[1] = 0
+    assert math.isclose(masked_psnr_loss(pred, target, mask).item(),
+                        10 * math.log10(mse[0].item() + 1e-8), rel_tol=1e-5)
+
+
+def test_confidence_mask_threshold_is_inclusive() -> None:
+    confidence = torch.tensor([0.0, 0.49, 0.5, 0.51, 1.0]).reshape(1, 1, 1, 5)
+    confidence.requires_grad_(True)
+    mask = confidence_mask(confidence, 0.5)
+    assert mask.dtype == torch.float32 and not mask.requires_grad
+    assert mask.flatten().tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_fft_l1() -> None:
+    pred, target = _pair()
+    assert fft_l1(pred, pred).item() == 0.0
+    assert fft_l1(pred, target).item() > 0.0
+
+
+def test_build_loss_unknown_name() -> None:
+    with pytest.raises(ValueError, match="l1, l2, psnr, charbonnier"):
+        build_loss("ssim")
