@@ -1,0 +1,425 @@
+"""Batch deblurring (``bluref deblur``): images and videos → deblurred copies, with Ray Data.
+
+Stages (each with its resources):
+
+1. **plan** (driver, metadata only): each input is an image file, a video file, or a folder /
+   bucket prefix listed recursively (images: png, jpg, jpeg, bmp, tif, tiff; videos: mp4, avi,
+   mov, mkv, webm, m4v). A file below a folder input goes to ``OUT/<path below the folder>``, a
+   file input to ``OUT/<its name>``; images become PNG (same stem), videos keep their container
+   (mp4, mkv, mov, avi; others become mp4). Outputs that exist already are skipped unless
+   ``deblur.overwrite``, so a stopped run, started again, does only what is left; files under
+   ``OUT`` itself are never inputs.
+2. **deblur** (actor pool, ``concurrency`` actors, 1 GPU each when the cluster has GPUs, else
+   ``cpus_per_actor`` CPUs): :class:`DeblurWorker` loads the checkpoint once per actor, on its
+   first batch, and runs it tile by tile (:func:`bluref_ray.models.tiling.tiled_forward`, so
+   memory is bounded by ``deblur.tile``) in bfloat16 autocast on CUDA, float32 on the CPU.
+   Videos are streamed: decoded, deblurred and encoded a few frames at a time.
+3. **write** (same actor): an image's PNG atomically; a video is encoded to a local temporary
+   file at the source frame rate (audio is not kept) and uploaded whole once it is complete.
+   A bad file (unreadable, empty, corrupt, breaking mid-way) becomes a failed entry that names
+   the file and the reason, leaves no output behind and does not stop the other files.
+4. **summarize** (driver): ``OUT/deblur_summary.json`` with files done, skipped and failed (with
+   the errors), frames, seconds and frames per second; a progress line per file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from bluref_ray import storage
+from bluref_ray.config import Config, ConfigError, DeblurConfig
+from bluref_ray.data.images import ImageError, decode_image, encode_png
+from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, decode_frames
+from bluref_ray.models.tiling import tiled_forward
+from bluref_ray.storage import StorageConfig, StorageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Containers an output video keeps; other video inputs are written as mp4.
+VIDEO_OUT_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
+#: Video frames deblurred per model call (tiles of one frame are batched by tiled_forward).
+FRAMES_PER_BATCH = 4
+SUMMARY = "deblur_summary.json"
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    """``("dir/clip", ".mp4")`` for ``"dir/clip.MP4"``: the extension in lower case."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base.lstrip("."):
+        return name, ""
+    cut = len(name) - len(base) + base.rindex(".")
+    return name[:cut], name[cut:].lower()
+
+
+def file_kind(uri: str) -> str | None:
+    """``"image"``, ``"video"`` or None (not deblurred), from the file's extension."""
+    ext = _split_ext(uri)[1]
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def output_name(rel: str, kind: str) -> str:
+    """The output's path below ``OUT``: images become ``.png``, videos keep mp4/mkv/mov/avi."""
+    stem, ext = _split_ext(rel)
+    if kind == "image":
+        return stem + ".png"
+    return stem + (ext if ext in VIDEO_OUT_EXTENSIONS else ".mp4")
+
+
+def plan(inputs: list[str], out: str,
+         storage_cfg: StorageConfig | None = None) -> list[dict[str, str]]:
+    """The files to deblur and where each goes, sorted by output.
+
+    Two inputs that would land on one output (``a.png`` and ``a.jpg`` in one folder) keep
+    their source extension in the name instead: ``a_png.png``, ``a_jpg.png``.
+
+    Returns:
+        One ``{"src", "dst", "name", "kind"}`` per file; ``name`` is ``dst`` below ``out``.
+
+    Raises:
+        storage.StorageNotFoundError: an input does not exist (the message names it).
+        storage.StorageError: an input's storage cannot be reached.
+        ValueError: the inputs hold no image or video.
+    """
+    out = storage.normalize(out)
+    found: list[tuple[str, str, str]] = []  # (src, path below out, kind)
+    for given in inputs:
+        uri = storage.normalize(given)
+        storage.check_reachable(uri, storage_cfg)
+        if not storage.exists(uri, storage_cfg):
+            raise storage.StorageNotFoundError(f"deblur input {given}: not found")
+        if storage.is_file(uri, storage_cfg):
+            files, root = [uri], storage.parent(uri)
+        else:
+            files, root = storage.list_files(uri, storage_cfg), uri
+        for f in files:
+            kind = file_kind(f)
+            if kind and f != out and not f.startswith(out.rstrip("/") + "/"):
+                found.append((f, storage.relative(f, root), kind))
+    if not found:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) or videos "
+                         f"({', '.join(VIDEO_EXTENSIONS)}) found in {', '.join(inputs)}")
+    by_name: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for src, rel, kind in dict.fromkeys(found):  # the same file named twice counts once
+        by_name[output_name(rel, kind)].append((src, rel, kind))
+    rows = []
+    for name, group in by_name.items():
+        for src, rel, kind in group:
+            if len(group) > 1:
+                stem, ext = _split_ext(rel)
+                name = output_name(f"{stem}_{ext.lstrip('.')}{ext}", kind)
+            rows.append({"src": src, "dst": storage.join(out, name), "name": name, "kind": kind})
+    names = [r["name"] for r in rows]
+    if len(set(names)) != len(names):  # same relative path under two input folders
+        clash = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"deblur inputs {', '.join(inputs)} map several files to the same "
+                         f"output(s) {', '.join(clash[:5])}; deblur them into separate --out "
+                         "folders")
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def _to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``[N, H, W, 3]`` uint8 → ``[N, 3, H, W]`` float in [0, 1] on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2) \
+        .float().div_(255.0)
+
+
+def _to_u8(t: torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` float in [0, 1] → ``[N, H, W, 3]`` uint8 (rounded)."""
+    return (t.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def deblur_frames(model: torch.nn.Module, frames: np.ndarray, cfg: DeblurConfig,
+                  device: torch.device) -> np.ndarray:
+    """Deblur a batch of RGB frames (tiled; bfloat16 autocast on CUDA).
+
+    Shape:
+        ``[N, H, W, 3]`` uint8 → ``[N, H, W, 3]`` uint8.
+    """
+    x = _to_tensor(frames, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        y = tiled_forward(model, x, cfg.tile, cfg.tile_overlap)
+    return _to_u8(y)
+
+
+def deblur_image(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
+                 device: torch.device, storage_cfg: StorageConfig | None = None) -> int:
+    """Deblur one image file into a PNG at ``dst`` (written atomically). Returns 1 (frames).
+
+    Raises:
+        ImageError: ``src`` is empty or not a readable image.
+        storage.StorageError: ``src`` or ``dst`` cannot be read or written.
+    """
+    rgb, _ = decode_image(storage.read_bytes(src, storage_cfg), src)
+    storage.write_bytes(dst, encode_png(deblur_frames(model, rgb[None], cfg, device)[0]),
+                        storage_cfg)
+    return 1
+
+
+def probe_fps(uri: str, storage_cfg: StorageConfig | None = None) -> float | None:
+    """The frame rate a video's container declares, or None if it cannot tell."""
+    import av
+
+    try:
+        with storage.open_input(uri, storage_cfg) as f, av.open(f, mode="r") as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            return float(rate) if rate and float(rate) > 0 else None
+    except Exception:  # noqa: BLE001 - decode_frames reports the real problem
+        return None
+
+
+def _batches(frames: Iterator, size: int) -> Iterator[list]:
+    batch: list = []
+    for f in frames:
+        batch.append(f)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
+                 device: torch.device, storage_cfg: StorageConfig | None = None,
+                 threads: int = 0) -> int:
+    """Deblur a video frame by frame into ``dst`` at the source frame rate.
+
+    Frames are streamed (memory is a few frames); the output is encoded to a local temporary
+    file and uploaded only once complete, so a video that breaks mid-way leaves no output.
+
+    Returns:
+        The number of frames written.
+
+    Raises:
+        VideoError: ``src`` is empty, not a video, or breaks mid-way.
+        ValueError: the frame size changes within the video, or the container cannot hold it.
+        storage.StorageError: ``src`` or ``dst`` cannot be read or written.
+    """
+    import av
+
+    fps = probe_fps(src, storage_cfg)
+    n = 0
+    with tempfile.TemporaryDirectory(prefix="bluref-deblur-") as tmp:
+        local = os.path.join(tmp, "out" + _split_ext(dst)[1])
+        decoded = decode_frames(src, storage_cfg, threads=threads)
+        writer: VideoWriter | None = None
+        shape: tuple[int, ...] | None = None
+        try:
+            for batch in _batches(decoded, FRAMES_PER_BATCH):
+                shape = shape or batch[0].rgb.shape
+                if any(d.rgb.shape != shape for d in batch):
+                    raise VideoError(f"{src}: the frame size changes within the video", n)
+                if writer is None:
+                    if fps is None:  # from the frame times, else a common default
+                        step = float(np.median(np.diff([d.time for d in batch]))) \
+                            if len(batch) > 1 else 0.0
+                        fps = 1.0 / step if step > 0 else 30.0
+                    writer = VideoWriter(local, shape[1], shape[0], fps, cfg.crf)
+                for rgb in deblur_frames(model, np.stack([d.rgb for d in batch]), cfg, device):
+                    writer.write(rgb)
+                n += len(batch)
+            if writer is None:
+                raise VideoError(f"{src}: the video holds no frames")
+            finishing, writer = writer, None
+            finishing.close()
+        except av.FFmpegError as e:
+            raise VideoError(f"{src}: encoding {dst} failed after {n} frames ({e})", n) from None
+        finally:
+            decoded.close()
+            if writer is not None:  # failed mid-way: the partial file is discarded with tmp
+                try:
+                    writer.close()
+                except Exception:  # noqa: BLE001 - already failing
+                    pass
+        storage.upload_file(local, dst, storage_cfg)
+    return n
+
+
+class DeblurWorker:
+    """Ray Data actor: deblurs the files of its batches and writes the outputs.
+
+    The constructor is cheap; the checkpoint loads on the worker at the first batch, on the GPU
+    Ray assigned, else the CPU, with as many torch threads as the actor has CPUs.
+    """
+
+    def __init__(self, checkpoint: str, cfg: DeblurConfig, storage_cfg: StorageConfig) -> None:
+        self.checkpoint, self.cfg, self.storage_cfg = checkpoint, cfg, storage_cfg
+        self.model: torch.nn.Module | None = None
+        self.device = torch.device("cpu")
+        self.threads = 1
+
+    def _setup(self) -> None:
+        import cv2
+        import ray
+
+        from bluref_ray.models import load_checkpoint
+
+        gpus = ray.get_gpu_ids()
+        self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        self.threads = max(1, int(cpus))
+        torch.set_num_threads(self.threads)
+        cv2.setNumThreads(self.threads)
+        model, _ = load_checkpoint(self.checkpoint, self.storage_cfg, map_location="cpu")
+        self.model = model.to(self.device).eval()
+
+    def process(self, src: str, dst: str, kind: str) -> dict[str, Any]:
+        """Deblur one file; a failure becomes ``error`` (naming the file), never an exception."""
+        if self.model is None:
+            self._setup()
+        assert self.model is not None
+        t0 = time.perf_counter()
+        frames, error = 0, ""
+        try:
+            if kind == "image":
+                frames = deblur_image(self.model, src, dst, self.cfg, self.device,
+                                      self.storage_cfg)
+            else:
+                frames = deblur_video(self.model, src, dst, self.cfg, self.device,
+                                      self.storage_cfg, self.threads)
+        except (ImageError, VideoError, StorageError) as e:
+            error = str(e) if src in str(e) else f"{src}: {e}"
+        except (ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
+            hint = " (lower deblur.tile)" if isinstance(e, torch.cuda.OutOfMemoryError) else ""
+            error = f"{src}: {type(e).__name__}: {e}{hint}"
+        if error and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"frames": frames, "seconds": time.perf_counter() - t0, "error": error}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {k: [] for k in ("src", "dst", "name", "kind", "frames",
+                                                "seconds", "error")}
+        for src, dst, name, kind in zip(batch["src"], batch["dst"], batch["name"],
+                                        batch["kind"]):
+            r = self.process(str(src), str(dst), str(kind))
+            for k, v in (("src", str(src)), ("dst", str(dst)), ("name", str(name)),
+                         ("kind", str(kind)), *r.items()):
+                out[k].append(v)
+        return out
+
+
+def actor_resources(dc: DeblurConfig, resources: dict, n_files: int) -> tuple[float, int, float]:
+    """GPUs per actor, number of actors and CPUs per actor.
+
+    Default: one actor per GPU (1 GPU each), else a single CPU actor; never more actors than
+    files.
+
+    Raises:
+        ConfigError: the actors ask for more CPUs or GPUs than the cluster has.
+    """
+    n_gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    gpus = dc.gpus_per_actor if dc.gpus_per_actor is not None else (1.0 if n_gpus else 0.0)
+    if dc.concurrency:
+        concurrency = dc.concurrency
+    elif gpus:
+        concurrency = max(1, int(n_gpus / gpus))
+    else:
+        concurrency = 1
+    concurrency = max(1, min(concurrency, n_files))
+    per_actor = min(dc.cpus_per_actor, cpus)
+    if concurrency * per_actor > cpus or concurrency * gpus > n_gpus:
+        raise ConfigError(
+            f"deblur: {concurrency} actors × ({per_actor:g} CPU, {gpus:g} GPU) do not fit a "
+            f"cluster of {cpus:g} CPUs and {n_gpus:g} GPUs; lower --concurrency, "
+            "--cpus-per-actor or --gpus-per-actor")
+    return gpus, concurrency, per_actor
+
+
+def _existing(out: str, storage_cfg: StorageConfig) -> set[str]:
+    try:
+        return set(storage.list_files(out, storage_cfg))
+    except storage.StorageNotFoundError:
+        return set()
+
+
+def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
+               log: Callable[[str], None] = print) -> dict:
+    """Deblur every image and video of ``inputs`` into ``out`` with Ray Data; resumable.
+
+    Returns:
+        The run summary (also written to ``OUT/deblur_summary.json``): ``files`` (found),
+        ``done``, ``skipped`` (outputs already there), ``failed`` (``[{"input", "error"}]``),
+        ``frames`` (deblurred by this run), ``seconds`` (of the Ray stage, actor start
+        included), ``frames_per_second`` (frames / seconds), ``busy_seconds`` (time the actors
+        spent on the files that succeeded, summed), ``total_seconds``, and the checkpoint,
+        inputs, output folder and settings.
+
+    Raises:
+        storage.StorageNotFoundError: the checkpoint or an input does not exist.
+        storage.StorageError: storage cannot be reached.
+        ValueError: no images or videos in the inputs, or the checkpoint is not one.
+        ConfigError: the actors do not fit the cluster.
+    """
+    import ray
+
+    from bluref_ray.models import load_checkpoint
+    from bluref_ray.ray_utils import init_ray
+
+    t0 = time.time()
+    dc = cfg.deblur
+    storage_cfg = cfg.storage.resolved()
+    out = storage.normalize(out)
+    checkpoint = storage.normalize(checkpoint)
+    storage.check_reachable(out, storage_cfg)
+    rows = plan(inputs, out, storage_cfg)
+    storage.check_reachable(checkpoint, storage_cfg)
+    if not storage.is_file(checkpoint, storage_cfg):  # fail here, not in every actor
+        raise storage.StorageNotFoundError(f"deblur checkpoint {checkpoint}: not found")
+    _, ckpt = load_checkpoint(checkpoint, storage_cfg)
+    have = set() if dc.overwrite else _existing(out, storage_cfg)
+    todo = [r for r in rows if r["dst"] not in have]
+    skipped = len(rows) - len(todo)
+    n_video = sum(r["kind"] == "video" for r in rows)
+    log(f"[deblur] {len(rows)} files ({len(rows) - n_video} images, {n_video} videos) from "
+        f"{', '.join(inputs)} → {out}; {skipped} already done (skipped); model "
+        f"{ckpt['arch']}, tile {dc.tile or 'off'}")
+    done, frames, failed, busy = 0, 0, [], 0.0
+    t_run = time.time()
+    if todo:
+        init_ray(cfg.ray)
+        gpus, concurrency, cpus_per_actor = actor_resources(dc, ray.cluster_resources(),
+                                                            len(todo))
+        log(f"[deblur] {concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
+        ds = ds.map_batches(DeblurWorker, fn_constructor_kwargs={
+            "checkpoint": checkpoint, "cfg": dc, "storage_cfg": storage_cfg},
+            batch_size=dc.batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_cpus=cpus_per_actor, num_gpus=gpus)
+        for i, r in enumerate(ds.iter_rows(), 1):
+            head = f"[deblur] {i}/{len(todo)} {r['name']}"
+            if r["error"]:
+                failed.append({"input": r["src"], "output": r["dst"], "error": r["error"]})
+                log(f"{head}: FAILED: {r['error']}")
+                continue
+            done += 1
+            frames += int(r["frames"])
+            busy += float(r["seconds"])
+            rate = r["frames"] / r["seconds"] if r["seconds"] > 0 else 0.0
+            log(f"{head}: {r['frames']} frame{'s' * (r['frames'] != 1)}, {rate:.1f} frames/s")
+    seconds = time.time() - t_run
+    summary = {
+        "checkpoint": checkpoint, "inputs": list(inputs), "out": out,
+        "files": len(rows), "done": done, "skipped": skipped, "failed": failed,
+        "frames": frames, "seconds": round(seconds, 2),
+        "frames_per_second": round(frames / seconds, 3) if frames and seconds > 0 else 0.0,
+        "busy_seconds": round(busy, 2),
+        "total_seconds": round(time.time() - t0, 2), "settings": dataclasses.asdict(dc),
+    }
+    storage.write_text(storage.join(out, SUMMARY), json.dumps(summary, indent=1), storage_cfg)
+    log(f"[deblur] {done} done, {skipped} skipped, {len(failed)} failed; {frames} frames in "
+        f"{seconds:.1f} s ({summary['frames_per_second']:.2f} frames/s) → {out}/{SUMMARY}")
+    return summary

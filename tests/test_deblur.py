@@ -1,0 +1,168 @@
+"""Batch deblurring: seamless tiling, and the Ray Data pipeline on a video and an image folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bluref_ray.config import Config, DeblurConfig, RayConfig
+from bluref_ray.data.video import VideoWriter, decode_frames
+from bluref_ray.models import PRESETS, build_model, save_checkpoint
+from bluref_ray.models.tiling import tiled_forward
+from bluref_ray.pipeline.deblur import output_name, plan, run_deblur
+
+CFG = Config(ray=RayConfig(progress_bars=False),
+             deblur=DeblurConfig(tile=32, tile_overlap=8, batch_size=2))
+
+
+def _local_model() -> nn.Module:
+    """Two 3×3 convolutions: an output pixel sees inputs within 2 pixels."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 3, 3, padding=1), nn.Sigmoid()).eval()
+
+
+@pytest.mark.parametrize("shape,tile,overlap", [
+    ((1, 3, 70, 97), 32, 8), ((2, 3, 61, 130), 32, 12), ((1, 3, 33, 90), 32, 16),
+    ((1, 3, 60, 60), 24, 8)])
+def test_tiled_forward_matches_whole_frame_for_a_local_model(shape, tile, overlap):
+    model = _local_model()
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        whole = model(x)
+    tiled = tiled_forward(model, x, tile, overlap)
+    assert tiled.shape == x.shape and tiled.dtype == torch.float32
+    assert (tiled - whole).abs().max().item() < 1e-5
+
+
+def test_tiled_forward_small_overlap_margin_and_whole_frame_paths():
+    model = _local_model()
+    x = torch.rand(1, 3, 70, 97)
+    with torch.no_grad():
+        whole = model(x)
+    # overlap 4 = 2 × the receptive radius: exact once the 2 edge pixels get no weight
+    assert (tiled_forward(model, x, 32, 4, margin=2) - whole).abs().max() < 1e-5
+    assert torch.equal(tiled_forward(model, x, 0, 8), whole.clamp(0, 1))  # tiling off
+    assert torch.equal(tiled_forward(model, x, 128, 8), whole.clamp(0, 1))  # fits one tile
+    with pytest.raises(ValueError, match="overlap"):
+        tiled_forward(model, x, 32, 32)
+
+
+def test_output_names():
+    assert output_name("a/b.JPG", "image") == "a/b.png"
+    assert output_name("clip.mkv", "video") == "clip.mkv"
+    assert output_name("clip.webm", "video") == "clip.mp4"
+
+
+def _checkpoint(path: str) -> str:
+    """A nafnet-tiny checkpoint whose residual scales are non-zero (so it is not identity)."""
+    arch, kwargs = PRESETS["nafnet-tiny"]
+    torch.manual_seed(1)
+    model = build_model(arch, **kwargs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.uniform_(0.2, 0.5)
+    save_checkpoint(model, path, arch, kwargs)
+    return path
+
+
+def _video(path: str, frames: int = 6, width: int = 64, height: int = 48) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = []
+    with VideoWriter(path, width, height, fps=24.0, crf=0) as w:
+        for t in range(frames):
+            rgb = np.stack([128 + 100 * np.sin((xx + 3 * t) / 7), 128 + 90 * np.cos(yy / 5),
+                            128 + 80 * np.sin((xx + yy - 2 * t) / 9)], -1).astype(np.uint8)
+            w.write(rgb)
+            out.append(rgb)
+    return np.stack(out)
+
+
+def test_deblur_round_trips_a_video(ray_cluster, tmp_path):
+    ckpt = _checkpoint(str(tmp_path / "model.pt"))
+    src = str(tmp_path / "in" / "clip.mp4")
+    os.makedirs(os.path.dirname(src))
+    _video(src)
+    out = str(tmp_path / "out")
+    lines: list[str] = []
+    s = run_deblur(ckpt, [src], out, CFG, log=lines.append)
+    assert s["done"] == 1 and s["failed"] == [] and s["frames"] == 6 and s["skipped"] == 0
+    assert s["frames_per_second"] > 0
+    got = [d.rgb for d in decode_frames(f"{out}/clip.mp4")]
+    want = [d.rgb for d in decode_frames(src)]
+    assert len(got) == 6 and got[0].shape == (48, 64, 3)
+    diff = np.abs(np.stack(got).astype(int) - np.stack(want).astype(int)).mean()
+    assert diff > 1.0  # the random network is no identity
+    with av.open(f"{out}/clip.mp4") as c:
+        assert float(c.streams.video[0].average_rate) == pytest.approx(24.0)
+    assert any("1/1 clip.mp4: 6 frames" in line and "frames/s" in line for line in lines)
+    with open(f"{out}/deblur_summary.json") as f:
+        assert json.load(f)["frames"] == 6
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporary files left
+
+
+def test_deblur_folder_with_a_corrupt_image_and_resume(ray_cluster, tmp_path):
+    ckpt = _checkpoint(str(tmp_path / "model.pt"))
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(src / "color.jpg"), rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    cv2.imwrite(str(src / "sub" / "gray16.png"),
+                rng.integers(0, 65536, (48, 64), dtype=np.uint16))
+    (src / "broken.png").write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    (src / "notes.txt").write_text("not an image")
+    out = str(tmp_path / "out")
+    assert [r["name"] for r in plan([str(src)], out)] == ["broken.png", "color.png",
+                                                          "sub/gray16.png"]
+
+    s = run_deblur(ckpt, [str(src)], out, CFG, log=lambda _m: None)
+    assert s["files"] == 3 and s["done"] == 2 and s["frames"] == 2 and s["skipped"] == 0
+    assert len(s["failed"]) == 1 and "broken.png" in s["failed"][0]["error"]
+    color = cv2.imread(f"{out}/color.png", cv2.IMREAD_UNCHANGED)
+    gray = cv2.imread(f"{out}/sub/gray16.png", cv2.IMREAD_UNCHANGED)
+    assert color.shape == (40, 56, 3) and color.dtype == np.uint8
+    assert gray.shape == (48, 64, 3) and gray.dtype == np.uint8
+    assert not os.path.exists(f"{out}/broken.png")
+
+    # a second run skips what is done and tries the broken file again
+    s2 = run_deblur(ckpt, [str(src)], out, CFG, log=lambda _m: None)
+    assert s2["skipped"] == 2 and s2["done"] == 0 and len(s2["failed"]) == 1
+
+
+def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):
+    from bluref_ray.storage import StorageNotFoundError
+
+    with pytest.raises(StorageNotFoundError, match="nowhere"):
+        plan([str(tmp_path / "nowhere")], str(tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="empty"):
+        plan([str(tmp_path / "empty")], str(tmp_path / "out"))
+
+
+def test_a_video_breaking_mid_way_leaves_no_output(tmp_path, monkeypatch):
+    from bluref_ray.data.video import DecodedFrame, VideoError
+    from bluref_ray.pipeline import deblur
+
+    def broken(uri, storage_cfg=None, max_frames=None, threads=0):
+        for i in range(5):
+            yield DecodedFrame(i, i / 24, np.full((16, 24, 3), 9 * i, np.uint8), "yuv420p")
+        raise VideoError(f"{uri}: decoding failed after 5 frames (test)", 5)
+
+    worker = deblur.DeblurWorker("unused.pt", CFG.deblur, CFG.storage)
+    worker.model = _local_model()  # skip loading a checkpoint on a Ray worker
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    r = worker.process(str(tmp_path / "empty.mp4"), str(tmp_path / "o1.mp4"), "video")
+    assert "empty.mp4" in r["error"] and "empty file" in r["error"]
+    monkeypatch.setattr(deblur, "decode_frames", broken)
+    r = worker.process(str(tmp_path / "clip.mkv"), str(tmp_path / "o2.mkv"), "video")
+    assert "clip.mkv" in r["error"] and "after 5 frames" in r["error"]
+    assert not os.path.exists(tmp_path / "o1.mp4") and not os.path.exists(tmp_path / "o2.mkv")
