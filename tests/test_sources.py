@@ -80,19 +80,21 @@ def test_corrupt_and_odd_sized_frames_are_rejected_the_rest_go_on(tmp_path):
 
 
 def test_missing_reference_frames_in_a_tree(tmp_path):
-    """A blurry frame whose sharp neighbours are missing gets fewer (or no) references."""
+    """A blurry frame whose sharp neighbours are missing gets fewer (or no) references, and the
+    sharp twin of a blurry frame (its ground truth) is never anyone's reference."""
     for i in range(8):
         (tmp_path / "s/blur").mkdir(parents=True, exist_ok=True)
         (tmp_path / "s/sharp").mkdir(parents=True, exist_ok=True)
         blurred = cv2.GaussianBlur(_img(seed=i), (0, 0), 3)
-        cv2.imwrite(str(tmp_path / f"s/blur/{i:06d}.png"), blurred)
+        if i <= 6:
+            cv2.imwrite(str(tmp_path / f"s/blur/{i:06d}.png"), blurred)
         if i >= 6:
             cv2.imwrite(str(tmp_path / f"s/sharp/{i:06d}.png"), _img(seed=i))
     (clip,) = discover(str(tmp_path))
     frames, _ = ingest_clip(clip, IngestConfig(max_refs=4, delta=2))
     refs = {r["frame_index"]: r["references"] for r in frames.to_pylist() if r["role"] == "blurry"}
     assert refs[0] == [] and refs[3] == []
-    assert [x.rsplit(":", 1)[1] for x in refs[5]] == ["000006", "000007"]
+    assert [x.rsplit(":", 1)[1] for x in refs[5]] == ["000007"]  # not 6: blurry 6's truth
     assert [x.rsplit(":", 1)[1] for x in refs[6]] == ["000007"]  # never its own index
 
 

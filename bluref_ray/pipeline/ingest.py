@@ -113,7 +113,11 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
 
 def _add_references(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
     blurry = [r for r in rows if r["role"] == "blurry"]
-    sharp_idx = [r["frame_index"] for r in rows if r["role"] == "sharp"]
+    # In a paired tree, the sharp frame at a blurry frame's index is that frame's ground truth,
+    # which a real camera never records: only sharp frames without a blurry twin are references.
+    blurry_idx = {r["frame_index"] for r in blurry}
+    sharp_idx = [r["frame_index"] for r in rows
+                 if r["role"] == "sharp" and r["frame_index"] not in blurry_idx]
     refs = pick_references(np.array([r["frame_index"] for r in blurry], np.int64),
                            np.array(sharp_idx, np.int64), cfg.max_refs, cfg.delta)
     for r in rows:
