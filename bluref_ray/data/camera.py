@@ -67,14 +67,22 @@ class ShakePath:
             not overlapping.
         lengths: travel of each jerk in pixels.
         rng: random generator for the directions and bends.
+        axis_deg: if given, jerks run along this axis (degrees from horizontal, either way),
+            as a camera on a vehicle mount shakes, give or take ``spread_deg``; otherwise in
+            any direction, as a hand-held camera does.
+        spread_deg: largest deviation of a jerk from ``axis_deg``.
     """
 
     def __init__(self, windows: list[tuple[float, float]], lengths: np.ndarray,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, axis_deg: float | None = None,
+                 spread_deg: float = 15.0) -> None:
         pos = np.zeros(2)
         self.jerks: list[Jerk] = []
         for (a, b), length in zip(windows, lengths):
-            angle = rng.uniform(0, 2 * math.pi)
+            if axis_deg is None:
+                angle = rng.uniform(0, 2 * math.pi)
+            else:
+                angle = math.radians(axis_deg + rng.uniform(-spread_deg, spread_deg))
             d = np.array([math.cos(angle), math.sin(angle)])
             if d @ pos > 0:  # walk back towards the origin so the shake stays bounded
                 d = -d

@@ -110,7 +110,7 @@ class ClipSynth:
         else:
             windows = [(p.first - 0.5, p.first + p.k - 0.5) for p in self.plan if p.blurry]
             lengths = cfg.shake_px * rng.uniform(0.5, 1.5, size=len(windows))
-            shake = ShakePath(windows, lengths, rng)
+            shake = ShakePath(windows, lengths, rng, cfg.shake_axis, cfg.shake_spread)
             self.stream = PhotoCamera(rng, cfg.height, cfg.width, cfg.subframes, cfg.drift_px,
                                       cfg.rotation_deg, cfg.zoom, cfg.objects, shake,
                                       shake_reach=2.5 * cfg.shake_px,
