@@ -75,6 +75,12 @@ class SynthConfig:
         default=2.2, metadata=_help("camera response gamma: frames are averaged in linear light"))
     shake_px: float = field(
         default=14.0, metadata=_help("typical hand-shake travel during a blurry exposure, pixels"))
+    shake_axis: float | None = field(
+        default=None,
+        metadata=_help("shake along this axis (degrees from horizontal), as a camera on a "
+                       "vehicle mount does; default: any direction, as a hand-held camera"))
+    shake_spread: float = field(
+        default=15.0, metadata=_help("largest deviation of the shake from shake_axis, degrees"))
     drift_px: float = field(
         default=3.0, metadata=_help("typical smooth camera drift per output frame, pixels"))
     rotation_deg: float = field(default=4.0, metadata=_help("largest smooth camera roll, degrees"))
@@ -257,6 +263,107 @@ class MatcherTrainConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Training the deblurrer on (blurry, pseudo-sharp) pairs with the masked BluRef loss."""
+
+    model: str = field(
+        default="nafnet-tiny",
+        metadata=_help("network: a preset (nafnet-tiny, nafnet-width32, nafnet-width64, "
+                       "restormer-tiny, restormer) or an architecture name (nafnet, restormer)"))
+    loss: str = field(
+        default="l1", metadata=_help("reconstruction loss: l1, l2, psnr or charbonnier"))
+    tau: float = field(
+        default=0.7,
+        metadata=_help("τ: the loss counts only pixels whose pseudo-GT confidence is >= tau"))
+    supervised: bool = field(
+        default=False,
+        metadata=_help("train on the ground truth (gt_uri of each pair) without a mask: the "
+                       "supervised upper bound"))
+    steps: int = field(default=600, metadata=_help("optimizer steps"))
+    batch_size: int = field(
+        default=8, metadata=_help("crops per step, over all workers together"))
+    crop: int = field(default=96, metadata=_help("side of the square random training crops"))
+    crops_per_frame: int = field(
+        default=8, metadata=_help("random crops cut from each pair per pass over the data"))
+    lr: float = field(default=2e-3, metadata=_help("AdamW peak learning rate (cosine decay)"))
+    weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
+    workers: int = field(default=1, metadata=_help("DDP workers (Ray Train)"))
+    use_gpu: bool | None = field(
+        default=None, metadata=_help("train on GPUs (default: when the cluster has them)"))
+    cpus_per_worker: float = field(
+        default=1.0, metadata=_help("CPUs each worker reserves (leave some for data loading)"))
+    threads: int | None = field(
+        default=None, metadata=_help("torch threads per worker (default: cpus_per_worker)"))
+    amp: bool = field(default=True, metadata=_help("mixed precision (bfloat16), on CUDA only"))
+    val: str | None = field(
+        default=None,
+        metadata=_help("validation frames with ground truth: GoPro-style tree "
+                       "(<seq>/{blur,sharp}/) or its parent; PSNR/SSIM are reported"))
+    val_frames: int = field(default=16, metadata=_help("validation frames used (evenly picked)"))
+    val_every: int = field(default=200, metadata=_help("steps between validations"))
+    init: str | None = field(
+        default=None,
+        metadata=_help("checkpoint to start from (weights only: warm start of a refinement "
+                       "round)"))
+    log_every: int = field(default=25, metadata=_help("steps between log lines and scalars"))
+    checkpoint_every: int = field(default=100, metadata=_help("steps between checkpoints"))
+    seed: int = field(default=0, metadata=_help("random seed"))
+
+    def validate(self) -> None:
+        from bluref_ray.losses import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss={self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.crop < 16:
+            raise ConfigError("train.steps, batch_size, workers must be >= 1 and crop >= 16")
+        if self.batch_size % self.workers:
+            raise ConfigError(f"train.batch_size={self.batch_size} must divide by "
+                              f"train.workers={self.workers}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ConfigError(f"train.tau={self.tau}: must be within [0, 1]")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Iterative target refinement: pseudo-GT and training, round after round."""
+
+    rounds: int = field(default=2, metadata=_help("K: rounds of pseudo-GT + training"))
+    steps_later: int | None = field(
+        default=None,
+        metadata=_help("training steps of rounds 2..K, warm-started (default: train.steps)"))
+
+    def validate(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"refine.rounds={self.rounds}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class DeblurConfig:
+    """Batch deblurring of images and videos with a trained checkpoint."""
+
+    tile: int = field(
+        default=512, metadata=_help("frames larger than this are deblurred in tiles of this "
+                                    "side (0 = whole frames)"))
+    tile_overlap: int = field(default=32, metadata=_help("overlap of neighbouring tiles, pixels"))
+    batch_size: int = field(default=4, metadata=_help("files per batch of an actor"))
+    concurrency: int | None = field(
+        default=None, metadata=_help("deblurring actors (default: one per GPU, else 1)"))
+    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved by each actor"))
+    gpus_per_actor: float | None = field(
+        default=None, metadata=_help("GPUs per actor (default: 1 if the cluster has GPUs)"))
+    crf: int = field(default=12, metadata=_help("H.264 quality of output videos (0 = lossless)"))
+    overwrite: bool = field(
+        default=False, metadata=_help("redo outputs that already exist instead of skipping"))
+
+    def validate(self) -> None:
+        if self.tile and self.tile <= 2 * self.tile_overlap:
+            raise ConfigError(f"deblur.tile={self.tile} must exceed twice "
+                              f"deblur.tile_overlap={self.tile_overlap} (or be 0)")
+        if self.batch_size < 1:
+            raise ConfigError("deblur.batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections. ``Config()`` holds the defaults."""
 
@@ -266,6 +373,9 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     pseudo_gt: PseudoGTConfig = field(default_factory=PseudoGTConfig)
     train_matcher: MatcherTrainConfig = field(default_factory=MatcherTrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    deblur: DeblurConfig = field(default_factory=DeblurConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

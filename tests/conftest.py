@@ -78,3 +78,16 @@ def tiny_frames(ray_cluster, tiny_data, tmp_path_factory) -> str:
     cfg = Config(ray=RayConfig(progress_bars=False), ingest=IngestConfig(max_refs=4, delta=4))
     run_ingest([f"{tiny_data}/train"], out, cfg, log=lambda _m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(ray_cluster, tiny_frames, tmp_path_factory) -> str:
+    """Pseudo-GT of the tiny dataset's train clips (local pseudo-gt output folder)."""
+    from bluref_ray.config import Config, PseudoGTConfig, RayConfig
+    from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
+
+    out = str(tmp_path_factory.mktemp("pairs") / "pseudo_gt")
+    cfg = Config(ray=RayConfig(progress_bars=False),
+                 pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=6))
+    run_pseudo_gt(tiny_frames, out, cfg, log=lambda _m: None)
+    return out

@@ -13,10 +13,13 @@ from bluref_ray.cli import build_parser, main
 from bluref_ray.config import (
     Config,
     ConfigError,
+    DeblurConfig,
     IngestConfig,
     MatcherTrainConfig,
     PseudoGTConfig,
+    RefineConfig,
     SynthConfig,
+    TrainConfig,
     load_config,
 )
 from bluref_ray.storage import StorageConfig
@@ -24,7 +27,9 @@ from bluref_ray.storage import StorageConfig
 
 @pytest.mark.parametrize("command, sections", [
     ("synth", [SynthConfig, StorageConfig]), ("ingest", [IngestConfig, StorageConfig]),
-    ("demo", [SynthConfig, IngestConfig, StorageConfig]),
+    ("demo", [SynthConfig, StorageConfig]),
+    ("train", [TrainConfig, StorageConfig]), ("refine", [RefineConfig, PseudoGTConfig]),
+    ("deblur", [DeblurConfig, StorageConfig]), ("eval", [DeblurConfig, StorageConfig]),
     ("pseudo-gt", [PseudoGTConfig, StorageConfig]),
     ("pseudo-gt-quality", [PseudoGTConfig, StorageConfig]),
     ("train-matcher", [MatcherTrainConfig, StorageConfig]),
@@ -72,16 +77,23 @@ def test_bad_option_value_exits_2_with_a_message(tmp_path, capsys):
     assert "ingest.delta" in capsys.readouterr().err
 
 
-def test_demo_runs_synth_then_ingest(ray_cluster, tmp_path, capsys):
+def test_demo_runs_end_to_end(ray_cluster, tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path / "demo"), "--train-clips", "1", "--test-clips",
-                 "1", "--frames", "12", "--height", "48", "--width", "80", "--quiet"])
+                 "1", "--frames", "12", "--height", "48", "--width", "80", "--quiet",
+                 "--set", "train.steps=2", "--set", "refine.steps_later=1",
+                 "--set", "train.crop=32", "--set", "train.cpus_per_worker=0.5",
+                 "--set", "train.threads=1"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "bluref demo: what it made" in out
-    assert "videos" in out and "frame trees" in out and "agree with the synthesizer" in out
-    assert "pseudo-GT (dis, sequential, N=6" in out
-    assert (tmp_path / "demo/ingest/videos/frames").is_dir()
-    assert (tmp_path / "demo/data/manifest.json").is_file()
+    for row in ("| blurry input |", "| BluRef round 1 |", "| BluRef round 2 |",
+                "| supervised |"):
+        assert row in out
+    assert "agree with the synthesizer" in out and "report:" in out
+    demo = tmp_path / "demo"
+    assert (demo / "eval" / "report.html").is_file() and (demo / "eval" / "rounds.png").is_file()
+    assert (demo / "refine" / "round_2" / "train" / "model.pt").is_file()
+    table = __import__("json").loads((demo / "demo.json").read_text())["table"]
+    assert table[3]["steps"] == 3 and table[0]["psnr"] > 10
 
 
 def test_option_values_keep_their_type(tmp_path):

@@ -112,8 +112,10 @@ def make_pairs(pixels: np.ndarray, meta: dict, align: Align, cfg: PseudoGTConfig
         target = pool[[t["pool"] for t in batch]]
         match_input = target
         if deblurrer is not None:
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                match_input = deblurrer(target).float().clamp(0, 1)
+            from bluref_ray.models.tiling import tiled_forward
+
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                match_input = tiled_forward(deblurrer, target, tile=512, overlap=32)
         fused = fuse(cfg.strategy, match_input, pool[ref_idx], align, cfg.tau, available)
         for i, t in enumerate(batch):
             rows.append(_row(t, meta["clip_id"], pixels[t["pool"]], _to_u8(fused.image[i]),
@@ -199,8 +201,9 @@ class PseudoGTWorker:
         if self.cfg.deblurrer:
             from bluref_ray.models import load_checkpoint
 
-            self.deblurrer, _ = load_checkpoint(self.cfg.deblurrer, self.storage_cfg,
-                                                map_location=self.device)
+            model, _ = load_checkpoint(self.cfg.deblurrer, self.storage_cfg,
+                                       map_location=self.device)
+            self.deblurrer = model.to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         if self.align is None:

@@ -19,11 +19,6 @@ Started again with the same ``OUT``, it resumes from the newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import io
-import math
-import os
-import re
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -35,7 +30,16 @@ from bluref_ray.config import Config, MatcherTrainConfig
 from bluref_ray.matching.network import DenseMatcherNet, resize_flow
 from bluref_ray.matching.synthetic import PairConfig, load_photos, make_batch
 from bluref_ray.matching.warp import warp
-from bluref_ray.storage import StorageConfig
+from bluref_ray.training.common import (
+    export_model,
+    latest_checkpoint,
+    report_checkpoint,
+    restore_schedule,
+    resume_state,
+    sync_tensorboard,
+    tensorboard_dir,
+    warmup_cosine,
+)
 
 ARCH = "dense-matcher"
 LEVEL_WEIGHTS = {"global": 0.25, "local16": 0.25, "local8": 0.5, "local4": 0.5}
@@ -115,11 +119,10 @@ def matcher_loss(out: dict, batch: dict, radii: tuple[float, ...],
     return loss, logs
 
 
-def _save_state(path: str, model: torch.nn.Module, opt, sched, step: int,
-                cfg: MatcherTrainConfig) -> None:
-    torch.save({"arch": ARCH, "kwargs": net_kwargs(cfg), "state_dict": model.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                "config": dataclasses.asdict(cfg)}, path)
+def _state(model: torch.nn.Module, opt, sched, step: int, cfg: MatcherTrainConfig) -> dict:
+    return {"arch": ARCH, "kwargs": net_kwargs(cfg), "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+            "config": dataclasses.asdict(cfg)}
 
 
 def _example_grid(batch: dict, out: dict) -> torch.Tensor:
@@ -152,28 +155,21 @@ def train_loop(config: dict) -> None:
         model.features.load_state_dict(feats)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, min(200, cfg.steps // 10))
-
-    def lr_factor(s: int) -> float:  # linear warm-up, then cosine decay to 0 at cfg.steps
-        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))
-
+    lr_factor = warmup_cosine(cfg.steps, max(1, min(200, cfg.steps // 10)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start = 0
-    state = _resume_state(config.get("resume"), storage_cfg, device)
+    state = resume_state(config.get("resume"), storage_cfg, device)
     if state:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
-        # The optimizer comes back with the learning rate of the step it stopped at (0 at the
-        # end of a finished schedule); continue on this run's schedule instead.
-        for group, base in zip(opt.param_groups, sched.base_lrs):
-            group["lr"] = base * lr_factor(start)
+        restore_schedule(opt, sched, lr_factor, start)
     ddp = ray.train.torch.prepare_model(model)
     photos = load_photos(folder=cfg.images, storage_cfg=storage_cfg)
     pair_cfg = PairConfig(size=cfg.crop)
     per_worker = cfg.batch_size // world
-    tb_dir = storage.join(out, "tensorboard") if not storage.is_s3(out) else tempfile.mkdtemp()
+    tb_dir = tensorboard_dir(out)
     writer = SummaryWriter(tb_dir, purge_step=start) if rank == 0 else None
     t0, seen = time.time(), 0
     for step in range(start, cfg.steps):
@@ -204,64 +200,13 @@ def train_loop(config: dict) -> None:
                   flush=True)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             metrics = {"step": done, "loss": float(loss.detach()), "aepe": float(logs["aepe"])}
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    _save_state(os.path.join(d, "state.pt"), model, opt, sched, done, cfg)
-                    checkpoint = ray.train.Checkpoint.from_directory(d)
-                    if writer:
-                        writer.flush()
-                        if storage.is_s3(out):
-                            _upload_dir(tb_dir, storage.join(out, "tensorboard"), storage_cfg)
-                ray.train.report(metrics, checkpoint=checkpoint,
-                                 checkpoint_dir_name=f"step_{done:06d}")
+            if writer:
+                writer.flush()
+                sync_tensorboard(tb_dir, out, storage_cfg)
+            report_checkpoint(_state(model, opt, sched, done, cfg) if rank == 0 else None,
+                              metrics, done)
     if writer:
         writer.close()
-
-
-def _resume_state(resume: str | None, storage_cfg: StorageConfig,
-                  device: torch.device) -> dict | None:
-    """The newest checkpoint: the one Ray Train restored, or ``resume`` (a step folder URI)."""
-    import ray.train
-
-    states = []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            states.append(torch.load(os.path.join(d, "state.pt"), map_location=device,
-                                     weights_only=True))
-    if resume:
-        blob = storage.read_bytes(storage.join(resume, "state.pt"), storage_cfg)
-        states.append(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
-    return max(states, key=lambda s: s["step"]) if states else None
-
-
-def _upload_dir(local: str, uri: str, storage_cfg: StorageConfig) -> None:
-    for name in os.listdir(local):
-        storage.upload_file(os.path.join(local, name), storage.join(uri, name), storage_cfg)
-
-
-def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
-    """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
-    try:
-        files = storage.list_files(storage.join(out, "ray-train"), storage_cfg)
-    except storage.StorageNotFoundError:
-        return None
-    steps = [f for f in files if re.search(r"/step_\d{6}/state\.pt$", f)]
-    return storage.parent(max(steps)) if steps else None
-
-
-def export_model(state_uri: str, out_uri: str, storage_cfg: StorageConfig | None,
-                 **extra) -> dict:
-    """Write the model of a training checkpoint as a plain matcher checkpoint (no optimizer)."""
-    state = torch.load(io.BytesIO(storage.read_bytes(state_uri, storage_cfg)),
-                       map_location="cpu", weights_only=True)
-    ckpt = {"arch": ARCH, "kwargs": state["kwargs"], "state_dict": state["state_dict"],
-            "step": state["step"], "train_config": state["config"], **extra}
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    storage.write_bytes(out_uri, buf.getvalue(), storage_cfg)
-    return ckpt
 
 
 def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,

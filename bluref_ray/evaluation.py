@@ -1,0 +1,164 @@
+"""Evaluation of deblurrers (``bluref eval``): metrics, image grids and a report.
+
+For every frame of the evaluation data, the blurry input and each model's output are scored:
+PSNR and SSIM against the ground truth when the frame has one (GoPro-style trees), and NIQE
+(no reference, lower is better) always. With the pseudo-GT of the same frames, the grids show
+blurry | pseudo-sharp | each model | truth.
+
+Output in ``OUT``::
+
+    OUT/eval.json           per method: mean PSNR, SSIM, NIQE, frames; and per frame
+    OUT/report.md, .html    the table, the image grids and a plot of PSNR per model
+    OUT/grid_NN.png         image grids
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from bluref_ray import schema, storage
+from bluref_ray.config import Config, ConfigError
+from bluref_ray.data.images import decode_image
+from bluref_ray.storage import StorageConfig
+
+COLUMNS = [("method", "method", "{}"), ("psnr", "PSNR (dB)", "{:.2f}"),
+           ("ssim", "SSIM", "{:.4f}"), ("niqe", "NIQE (lower is better)", "{:.2f}"),
+           ("frames", "frames", "{}")]
+
+
+def eval_frames(data: list[str], max_frames: int | None,
+                storage_cfg: StorageConfig | None) -> list[dict]:
+    """Blurry frames to evaluate (with ``gt_uri`` when known), evenly picked, at most
+    ``max_frames``: the blurry frames of GoPro-style trees, or every image of other folders."""
+    from bluref_ray.data.sources import discover
+
+    frames = []
+    for source in data:
+        for clip in discover(source, storage_cfg):
+            if clip.kind == "video":
+                raise ConfigError(f"{clip.uri}: bluref eval takes frame trees or image folders; "
+                                  "deblur videos with `bluref deblur`")
+            frames += [{"uri": f.uri, "gt_uri": f.gt_uri, "clip_id": clip.clip_id,
+                        "index": f.index} for f in clip.files if f.role in ("blurry", "")]
+    if not frames:
+        raise ConfigError(f"no frames to evaluate in {', '.join(data)}")
+    if max_frames and len(frames) > max_frames:
+        pick = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+        frames = [frames[i] for i in sorted(set(pick.tolist()))]
+    return frames
+
+
+def pseudo_sharp_by_source(pairs: str | None, storage_cfg: StorageConfig | None) -> dict:
+    """source URI of a blurry frame → pseudo-sharp PNG bytes, from pseudo-GT shards."""
+    if not pairs:
+        return {}
+    from bluref_ray.training.deblur import shards_dir
+
+    t = schema.read_table(shards_dir(pairs, storage_cfg), schema.PSEUDO_PAIRS, storage_cfg,
+                          columns=["source_uri", "pseudo_png"])
+    return dict(zip(t.column("source_uri").to_pylist(), t.column("pseudo_png").to_pylist()))
+
+
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+@torch.no_grad()
+def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
+             pairs: str | None = None, max_frames: int | None = 32, grids: int = 4,
+             log: Callable[[str], None] = print) -> dict:
+    """Score the blurry frames and each model's output; write ``eval.json`` and a report.
+
+    Args:
+        models: label → checkpoint URI, in the order the table and plot show them.
+        data: GoPro-style trees (PSNR/SSIM/NIQE) or image folders (NIQE only).
+        out: output folder.
+        pairs: pseudo-GT output of the same frames, for the pseudo-sharp column of the grids.
+        max_frames: frames evaluated, evenly picked (None: all).
+        grids: frames shown as image grids.
+
+    Returns:
+        ``{"methods": [{"method", "psnr", "ssim", "niqe", "frames"}], "frames": [...],
+        "report": URI}``.
+    """
+    from bluref_ray.metrics import NIQE_MIN_SIZE, ImageMetrics
+    from bluref_ray.models import load_checkpoint
+    from bluref_ray.models.tiling import tiled_forward
+    from bluref_ray.report import image_grid, round_plot, write_report
+
+    sc = cfg.storage.resolved()
+    out = storage.normalize(out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    nets = {label: load_checkpoint(uri, sc, map_location=device)[0].to(device)
+            for label, uri in models.items()}
+    frames = eval_frames(data, max_frames, sc)
+    pseudo = pseudo_sharp_by_source(pairs, sc)
+    metrics = ImageMetrics(device)
+    methods = ["blurry", *nets]
+    scores: dict[str, dict[str, list]] = {m: {"psnr": [], "ssim": [], "niqe": []}
+                                          for m in methods}
+    per_frame, grid_rows = [], []
+    t0 = time.time()
+    log(f"[eval] {len(frames)} frames, methods: {', '.join(methods)}")
+    for n, f in enumerate(frames):
+        blurry = decode_image(storage.read_bytes(f["uri"], sc), f["uri"])[0]
+        gt = decode_image(storage.read_bytes(f["gt_uri"], sc), f["gt_uri"])[0] \
+            if f["gt_uri"] else None
+        if gt is not None and gt.shape != blurry.shape:
+            raise ValueError(f"{f['gt_uri']}: size {gt.shape[:2]} differs from the blurry "
+                             f"frame {f['uri']} ({blurry.shape[:2]})")
+        x = torch.from_numpy(blurry).permute(2, 0, 1)[None].float().div(255).to(device)
+        y = torch.from_numpy(gt).permute(2, 0, 1)[None].float().div(255).to(device) \
+            if gt is not None else None
+        outputs = {"blurry": x}
+        for label, net in nets.items():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                pred = tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
+            outputs[label] = (pred.clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
+        row = {"uri": f["uri"], "gt_uri": f["gt_uri"]}
+        for m, img in outputs.items():
+            s = {"psnr": float(metrics.psnr(img, y)[0]) if y is not None else None,
+                 "ssim": float(metrics.ssim(img, y)[0]) if y is not None else None,
+                 "niqe": float(metrics.niqe(img)[0]) if min(img.shape[-2:]) >= NIQE_MIN_SIZE
+                 else None}
+            for k, v in s.items():
+                scores[m][k].append(v)
+            row[m] = s
+        per_frame.append(row)
+        if n < grids:
+            ps = pseudo.get(f["uri"])
+            grid_rows.append([blurry, decode_image(ps)[0] if ps else None,
+                              *[(o[0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+                                for m, o in outputs.items() if m != "blurry"], gt])
+        if (n + 1) % 8 == 0 or n + 1 == len(frames):
+            log(f"[eval] {n + 1}/{len(frames)} frames, {time.time() - t0:.1f}s")
+    table = [{"method": m, **{k: _mean(v) for k, v in scores[m].items()},
+              "frames": len(frames)} for m in methods]
+    result = {"methods": table, "frames": per_frame, "models": models, "data": data}
+    storage.write_text(storage.join(out, "eval.json"), json.dumps(result, indent=1), sc)
+    images = []
+    labels = ["blurry", "pseudo-sharp", *nets, "truth"]
+    for i, r in enumerate(grid_rows):
+        images.append((f"grid_{i:02d}.png", f"{frames[i]['clip_id']} frame {frames[i]['index']}",
+                       image_grid([r], labels)))
+    sections = [{"heading": "Metrics", "rows": table, "columns": COLUMNS,
+                 "text": f"{len(frames)} frames of {', '.join(data)}. PSNR and SSIM on RGB "
+                         "against the ground truth (where known); NIQE needs no reference."},
+                {"heading": "Images", "images": images}]
+    if nets and table[0]["psnr"] is not None:
+        round_plot(list(range(1, len(nets) + 1)), {
+            "model output": [t["psnr"] for t in table[1:]], "blurry": [table[0]["psnr"]]},
+            storage.join(out, "psnr.png"), sc, title=" → ".join(nets))
+        sections.insert(1, {"heading": "PSNR per model", "images": [
+            ("psnr.png", "PSNR per model, in the order given (x: model number)")]})
+    md, html = write_report(out, "bluref eval", sections, sc)
+    result["report"] = html
+    log(f"[eval] report: {md} and {html}")
+    return result

@@ -1,0 +1,110 @@
+"""What the Ray Train loops share: checkpoints in storage, resume, schedule, TensorBoard.
+
+A training run writes ``OUT/ray-train/step_NNNNNN/state.pt`` (model, optimizer, schedule, step)
+through ``ray.train.report``. Started again with the same ``OUT``, the driver finds the newest one
+(:func:`latest_checkpoint`) and hands it to the loop (Ray Train V2 has no
+``resume_from_checkpoint``); the loop loads it with :func:`resume_state`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+
+import torch
+
+from bluref_ray import storage
+from bluref_ray.storage import StorageConfig
+
+
+def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
+
+    def factor(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+
+    return factor
+
+
+def restore_schedule(opt: torch.optim.Optimizer, sched, factor: Callable[[int], float],
+                     step: int) -> None:
+    """After loading an optimizer, set its lr to this run's schedule at ``step``.
+
+    The optimizer comes back with the learning rate of the step it stopped at (0 at the end of
+    a finished schedule); a resumed or extended run continues on its own schedule instead.
+    """
+    for group, base in zip(opt.param_groups, sched.base_lrs):
+        group["lr"] = base * factor(step)
+
+
+def resume_state(resume: str | None, storage_cfg: StorageConfig,
+                 device: torch.device) -> dict | None:
+    """The newest checkpoint: the one Ray Train restored, or ``resume`` (a step folder URI)."""
+    import ray.train
+
+    states = []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            states.append(torch.load(os.path.join(d, "state.pt"), map_location=device,
+                                     weights_only=True))
+    if resume:
+        blob = storage.read_bytes(storage.join(resume, "state.pt"), storage_cfg)
+        states.append(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
+    return max(states, key=lambda s: s["step"]) if states else None
+
+
+def report_checkpoint(state: dict | None, metrics: dict, step: int) -> None:
+    """``ray.train.report`` with ``state`` saved as ``step_NNNNNN/state.pt`` (rank 0 passes it,
+    the other ranks pass None)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if state is not None:
+            torch.save(state, os.path.join(d, "state.pt"))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:06d}")
+
+
+def tensorboard_dir(out: str) -> str:
+    """Where a rank-0 SummaryWriter writes: ``OUT/tensorboard`` locally, a temp dir for S3
+    (copied up by :func:`sync_tensorboard`)."""
+    return storage.join(out, "tensorboard") if not storage.is_s3(out) else tempfile.mkdtemp()
+
+
+def sync_tensorboard(local: str, out: str, storage_cfg: StorageConfig) -> None:
+    """Copy the event files of a temp TensorBoard dir to ``OUT/tensorboard`` on object storage."""
+    if not storage.is_s3(out):
+        return
+    for name in os.listdir(local):
+        storage.upload_file(os.path.join(local, name), storage.join(out, "tensorboard", name),
+                            storage_cfg)
+
+
+def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
+    """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
+    try:
+        files = storage.list_files(storage.join(out, "ray-train"), storage_cfg)
+    except storage.StorageNotFoundError:
+        return None
+    steps = [f for f in files if re.search(r"/step_\d{6}/state\.pt$", f)]
+    return storage.parent(max(steps)) if steps else None
+
+
+def export_model(state_uri: str, out_uri: str, storage_cfg: StorageConfig | None,
+                 **extra) -> dict:
+    """Write the model of a training checkpoint as a plain checkpoint (no optimizer state):
+    ``{"arch", "kwargs", "state_dict", "step", "train_config", **extra}``."""
+    state = torch.load(io.BytesIO(storage.read_bytes(state_uri, storage_cfg)),
+                       map_location="cpu", weights_only=True)
+    ckpt = {"arch": state["arch"], "kwargs": state["kwargs"], "state_dict": state["state_dict"],
+            "step": state["step"], "train_config": state["config"], **extra}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    storage.write_bytes(out_uri, buf.getvalue(), storage_cfg)
+    return ckpt

@@ -1,0 +1,137 @@
+"""Deblurrer training on Ray Train: data stage, DDP, validation, kill and resume, refinement."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bluref_ray.config import Config, ConfigError, RayConfig, RefineConfig, TrainConfig
+from bluref_ray.data.images import encode_png
+from bluref_ray.models import read_checkpoint
+from bluref_ray.training.common import latest_checkpoint
+from bluref_ray.training.deblur import crop_pairs, train_deblurrer
+
+TINY_TRAIN = TrainConfig(steps=3, batch_size=2, crop=32, crops_per_frame=2, workers=1,
+                         cpus_per_worker=0.5, val_frames=2, val_every=3, checkpoint_every=3,
+                         log_every=1)
+
+
+def _cfg(**train) -> Config:
+    return Config(ray=RayConfig(progress_bars=False),
+                  train=dataclasses.replace(TINY_TRAIN, **train))
+
+
+def test_crops_carry_the_confidence_mask_at_tau():
+    blurry = np.full((20, 30, 3), 10, np.uint8)
+    pseudo = np.full((20, 30, 3), 200, np.uint8)
+    pseudo[..., 0] = np.arange(30)  # the column, to check the mask pixel by pixel
+    conf = np.zeros((20, 30), np.uint8)
+    conf[:, 15:] = 179  # 179/255 = 0.702 ≥ 0.7; 0 elsewhere
+    batch = {"row_id": np.array(["r"]), "blurry_png": np.array([encode_png(blurry)], object),
+             "pseudo_png": np.array([encode_png(pseudo)], object),
+             "confidence_png": np.array([encode_png(conf)], object),
+             "gt_uri": np.array([None], object)}
+    out = crop_pairs(batch, crop=16, crops_per_frame=5, tau=0.7, supervised=False,
+                     rng=np.random.default_rng(0))
+    assert out["blurry"].shape == (5, 16, 16, 3) and out["mask"].shape == (5, 16, 16)
+    assert set(np.unique(out["blurry"])) == {10} and set(np.unique(out["target"][..., 1])) == {200}
+    np.testing.assert_array_equal(out["mask"], (out["target"][..., 0] >= 15).astype(np.uint8))
+    small = crop_pairs(batch, crop=24, crops_per_frame=1, tau=0.7, supervised=False)
+    assert small["blurry"].shape == (1, 24, 24, 3)  # padded by reflection
+    with pytest.raises(ConfigError, match="no ground truth"):
+        crop_pairs(batch, crop=16, crops_per_frame=1, tau=0.7, supervised=True)
+
+
+def test_two_ddp_workers_train_and_end_with_equal_weights(ray_cluster, tiny_pairs, tiny_data,
+                                                          tmp_path):
+    out = str(tmp_path / "ddp")
+    cfg = _cfg(workers=2, batch_size=4, val=f"{tiny_data}/test")
+    s = train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
+    sums = json.loads((tmp_path / "ddp" / "final.json").read_text())["weight_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    ckpt = read_checkpoint(s["model"])
+    assert ckpt["step"] == 3 and ckpt["arch"] == "nafnet"
+    from bluref_ray.models import build_model
+
+    torch.manual_seed(0)  # the loop starts from seed-0 weights
+    init = build_model("nafnet-tiny").state_dict()
+    assert any(not torch.equal(init[k], ckpt["state_dict"][k]) for k in init)  # it trained
+    v = s["val"]
+    assert v["step"] == 3 and 10 < v["psnr_blurry"] < 60 and 0 < v["ssim"] <= 1
+    assert (tmp_path / "ddp" / "tensorboard").is_dir()
+
+
+def test_supervised_mode_trains_on_ground_truth(ray_cluster, tiny_pairs, tmp_path):
+    s = train_deblurrer(tiny_pairs, str(tmp_path / "sup"), _cfg(supervised=True, steps=2),
+                        log=lambda _m: None)
+    assert read_checkpoint(s["model"])["train_config"]["supervised"] is True
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pairs, tmp_path):
+    """A `bluref train` process is killed mid-way (SIGKILL); the same command resumes."""
+    import ray
+
+    out = tmp_path / "killed"
+    args = [tiny_pairs, "--out", str(out), "--steps", "400", "--batch-size", "2", "--crop", "32",
+            "--checkpoint-every", "2", "--val-every", "1000", "--cpus-per-worker", "0.5",
+            "--no-ray-progress-bars"]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "ray-train" / "step_000004").is_dir():
+            time.sleep(0.5)
+        assert (out / "ray-train" / "step_000004").is_dir(), "no checkpoint within 2 minutes"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "model.pt").exists()
+    stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
+    assert 4 <= stopped < 400
+    logs: list[str] = []
+    cfg = _cfg(steps=stopped + 2, checkpoint_every=2, val_every=1000)
+    s = train_deblurrer(tiny_pairs, str(out), cfg, log=logs.append)
+    assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs)
+    assert read_checkpoint(s["model"])["step"] == stopped + 2
+
+
+def test_missing_shards_and_bad_settings_are_clear_errors(ray_cluster, tmp_path):
+    with pytest.raises(ConfigError, match="no pseudo-pair shards"):
+        train_deblurrer(str(tmp_path), str(tmp_path / "o"), _cfg(), log=lambda _m: None)
+    from bluref_ray.config import load_config
+
+    with pytest.raises(ConfigError, match="train.loss"):
+        load_config(None, ["train.loss=l3"])
+    with pytest.raises(ConfigError, match="must divide"):
+        load_config(None, ["train.workers=2", "train.batch_size=3"])
+
+
+def test_refinement_rounds_match_the_previous_models_output(ray_cluster, tiny_frames,
+                                                           tiny_data, tmp_path):
+    from bluref_ray.config import PseudoGTConfig
+    from bluref_ray.refine import run_refine
+
+    cfg = dataclasses.replace(
+        _cfg(steps=2, val=f"{tiny_data}/test"), refine=RefineConfig(rounds=2, steps_later=1),
+        pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=3))
+    logs: list[str] = []
+    r = run_refine(tiny_frames, str(tmp_path / "refine"), cfg, log=logs.append)
+    rows = r["rounds"]
+    assert [row["round"] for row in rows] == [1, 2]
+    assert all(row["pairs"] > 0 and row["val_psnr"] is not None for row in rows)
+    assert r["model"].endswith("round_2/train/model.pt")
+    assert any("matching the output of" in m and "round_1/train/model.pt" in m for m in logs)
+    assert read_checkpoint(r["model"])["step"] == 1  # round 2: warm start, its own schedule
+    for name in ("refine.json", "refine.md", "refine.png"):
+        assert (tmp_path / "refine" / name).stat().st_size > 0
