@@ -284,7 +284,9 @@ class TrainConfig:
         default=8, metadata=_help("crops per step, over all workers together"))
     crop: int = field(default=96, metadata=_help("side of the square random training crops"))
     crops_per_frame: int = field(
-        default=8, metadata=_help("random crops cut from each pair per pass over the data"))
+        default=32,
+        metadata=_help("random crops cut from each pair per pass over the data (more crops per "
+                       "decoded frame: less decoding per step)"))
     lr: float = field(default=2e-3, metadata=_help("AdamW peak learning rate (cosine decay)"))
     weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
     workers: int = field(default=1, metadata=_help("DDP workers (Ray Train)"))

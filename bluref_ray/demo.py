@@ -30,9 +30,9 @@ from bluref_ray.config import Config
 #: with ``--set section.key=value`` (these come first, so user settings win).
 DEMO_SETTINGS = [
     "synth.shake_px=6", "synth.shake_axis=90",
-    "train.steps=500", "train.threads=2", "train.val_frames=8", "train.val_every=250",
-    "train.checkpoint_every=250", "train.log_every=50",
-    "refine.rounds=2", "refine.steps_later=250",
+    "train.steps=1200", "train.crop=64", "train.lr=4e-3", "train.threads=2",
+    "train.val_frames=8", "train.val_every=600", "train.checkpoint_every=300",
+    "train.log_every=100", "refine.rounds=2", "refine.steps_later=600",
 ]
 
 TABLE = [("method", "method", "{}"), ("psnr", "test PSNR (dB)", "{:.2f}"),

@@ -21,7 +21,9 @@ def init_ray(cfg: RayConfig) -> None:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False,
+            # The dashboard also serves the State API, which Ray Train uses to clean up the
+            # resources of a run whose driver was killed.
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=True,
                      logging_level=logging.WARNING)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress_bars

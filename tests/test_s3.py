@@ -63,3 +63,27 @@ def test_cli_on_s3_and_unreachable_endpoint(ray_cluster, s3_server, s3_bucket, c
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot reach the S3 endpoint http://127.0.0.1:" in err and out in err
+
+
+def test_train_and_deblur_on_s3(ray_cluster, s3_cfg, s3_bucket, tiny_pairs, tiny_data):
+    """Training writes its checkpoints, model and logs to S3; deblur reads and writes S3."""
+    from bluref_ray.config import TrainConfig
+    from bluref_ray.models import read_checkpoint
+    from bluref_ray.pipeline.deblur import run_deblur
+    from bluref_ray.training.deblur import train_deblurrer
+
+    cfg = Config(ray=RayConfig(progress_bars=False), storage=s3_cfg,
+                 train=TrainConfig(steps=2, batch_size=2, crop=32, crops_per_frame=2,
+                                   cpus_per_worker=0.5, checkpoint_every=1))
+    s = train_deblurrer(tiny_pairs, f"{s3_bucket}/train", cfg, log=lambda _m: None)
+    assert s["model"] == f"{s3_bucket}/train/model.pt"
+    assert read_checkpoint(s["model"], s3_cfg)["step"] == 2
+    files = storage.list_files(f"{s3_bucket}/train", s3_cfg)
+    assert any("/ray-train/step_000001/state.pt" in f for f in files)
+    assert any("/tensorboard/" in f for f in files)
+    blur = sorted(storage.list_files(f"{tiny_data}/test"))[0]
+    storage.write_bytes(f"{s3_bucket}/in/a.png", storage.read_bytes(blur), s3_cfg)
+    d = run_deblur(s["model"], [f"{s3_bucket}/in"], f"{s3_bucket}/out", cfg,
+                   log=lambda _m: None)
+    assert d["done"] == 1 and not d["failed"]
+    assert storage.exists(f"{s3_bucket}/out/a.png", s3_cfg)

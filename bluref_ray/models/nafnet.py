@@ -14,6 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the bottom and right of an image to a multiple of ``multiple`` (reflection, or
+    replication where the image is too small to reflect); crop the output back with
+    ``[..., :h, :w]``.
+
+    Shape:
+        ``[B, C, H, W]`` → ``[B, C, H', W']`` with H', W' the next multiples.
+    """
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(image, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else
+                 "replicate")
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of each pixel.
 
@@ -108,10 +122,7 @@ class NAFNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
-        ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        x = F.pad(image, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else
-                  "replicate")
-        inp = x
+        x = inp = pad_to_multiple(image, self.multiple)
         x = self.intro(x)
         skips = []
         for enc, down in zip(self.encoders, self.downs):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bluref_ray.models.nafnet import LayerNorm2d
+from bluref_ray.models.nafnet import LayerNorm2d, pad_to_multiple
 
 
 class MDTA(nn.Module):
@@ -173,10 +173,7 @@ class Restormer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
-        ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        x = F.pad(image, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else
-                  "replicate")
-        inp = x
+        x = inp = pad_to_multiple(image, self.multiple)
         e1 = self.encoder1(self.embed(x))
         e2 = self.encoder2(self.down1(e1))
         e3 = self.encoder3(self.down2(e2))
