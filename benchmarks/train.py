@@ -5,8 +5,8 @@
 Synthesizes clips, ingests their frame trees and makes pseudo-GT once, then trains the same
 network for the same steps with ``bluref train``'s code (:func:`train_deblurrer`: Ray Data
 streams crops into a Ray Train ``TorchTrainer``) with 1 worker and with 2 DDP workers (gloo on
-CPUs). Both runs share the machine's CPUs the same way: workers get ``CPUs - 0.5`` between them
-(the half CPU is left to the data tasks) and one torch thread per CPU. It prints crops per
+CPUs). Both runs share the machine's CPUs the same way: workers get ``CPUs - 1`` between them
+(one CPU is left to the data tasks) and one torch thread per whole CPU (at least one). It prints crops per
 second in the steady state (the global batch: both workers' crops count; measured after the
 first 10% of steps), the 2-vs-1 ratio, cores kept busy and peak memory (PSS, driver plus all Ray
 processes).
@@ -33,9 +33,9 @@ from bluref_ray.training.deblur import train_deblurrer
 
 
 def _run(pairs: str, out: str, cfg: Config, workers: int, cpus: float) -> tuple[dict, Usage]:
-    per_worker = max(0.5, (cpus - 0.5) / workers)
+    per_worker = (cpus - 1) / workers
     tc = dataclasses.replace(cfg.train, workers=workers, cpus_per_worker=per_worker,
-                             threads=max(1, int(per_worker + 0.5)))
+                             threads=max(1, round(per_worker)))
     with Usage() as usage:
         summary = train_deblurrer(pairs, out, dataclasses.replace(cfg, train=tc),
                                   log=lambda _m: None)

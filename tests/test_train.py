@@ -109,6 +109,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pair
 def test_missing_shards_and_bad_settings_are_clear_errors(ray_cluster, tmp_path):
     with pytest.raises(ConfigError, match="no pseudo-pair shards"):
         train_deblurrer(str(tmp_path), str(tmp_path / "o"), _cfg(), log=lambda _m: None)
+    with pytest.raises(ConfigError, match="for loading data"):  # would wait forever
+        train_deblurrer(str(tmp_path), str(tmp_path / "o"),
+                        _cfg(workers=2, batch_size=2, cpus_per_worker=1.0), log=lambda _m: None)
     from bluref_ray.config import load_config
 
     with pytest.raises(ConfigError, match="train.loss"):

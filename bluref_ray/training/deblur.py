@@ -49,6 +49,11 @@ from bluref_ray.training.common import (
 )
 
 PAIR_COLUMNS = ["row_id", "blurry_png", "pseudo_png", "confidence_png", "gt_uri"]
+#: CPUs of each data task (read, crop).
+DATA_CPUS = 0.5
+#: CPUs the training workers must leave free for Ray Data (less makes its operators wait
+#: forever for resources).
+DATA_CPUS_FREE = 1.0
 
 
 def model_spec(name: str) -> tuple[str, dict]:
@@ -138,9 +143,10 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
                           "first")
     fs, _ = storage.resolve(shards, storage_cfg)
     ds = ray.data.read_parquet([storage.resolve(f, storage_cfg)[1] for f in files],
-                               filesystem=fs).select_columns(PAIR_COLUMNS)
+                               filesystem=fs, num_cpus=DATA_CPUS
+                               ).select_columns(PAIR_COLUMNS)
     return ds.randomize_block_order().map_batches(
-        crop_pairs, batch_size=4, num_cpus=0.5,
+        crop_pairs, batch_size=4, num_cpus=DATA_CPUS,
         fn_kwargs={"crop": cfg.crop, "crops_per_frame": cfg.crops_per_frame, "tau": cfg.tau,
                    "supervised": cfg.supervised, "storage_cfg": storage_cfg})
 
@@ -359,6 +365,12 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     storage.makedirs(out, storage_cfg)
     init_ray(cfg.ray)
     use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if tc.workers * tc.cpus_per_worker > cpus - DATA_CPUS_FREE:
+        raise ConfigError(
+            f"train: {tc.workers} worker(s) × {tc.cpus_per_worker:g} CPU leave less than "
+            f"{DATA_CPUS_FREE:g} of the cluster's {cpus:g} CPUs for loading data; lower "
+            "train.cpus_per_worker or train.workers")
     val = validation_frames(tc.val, tc.val_frames, storage_cfg) if tc.val else []
     dataset = pairs_dataset(pairs, tc, storage_cfg)
     resume = latest_checkpoint(out, storage_cfg)
