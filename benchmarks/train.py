@@ -6,8 +6,9 @@ Synthesizes clips, ingests their frame trees and makes pseudo-GT once, then trai
 network for the same steps with ``bluref train``'s code (:func:`train_deblurrer`: Ray Data
 streams crops into a Ray Train ``TorchTrainer``) with 1 worker and with 2 DDP workers (gloo on
 CPUs). Both runs share the machine's CPUs the same way: workers get ``CPUs - 1`` between them
-(one CPU is left to the data tasks) and one torch thread per whole CPU (at least one). It prints crops per
-second in the steady state (the global batch: both workers' crops count; measured after the
+(one CPU is left to the data tasks) and one torch thread per whole CPU (at least one). It prints
+crops per second in the steady state (the global batch: both workers' crops count; measured
+after the
 first 10% of steps), the 2-vs-1 ratio, cores kept busy and peak memory (PSS, driver plus all Ray
 processes).
 
