@@ -8,9 +8,8 @@ streams crops into a Ray Train ``TorchTrainer``) with 1 worker and with 2 DDP wo
 CPUs). Both runs share the machine's CPUs the same way: workers get ``CPUs - 1`` between them
 (one CPU is left to the data tasks) and one torch thread per whole CPU (at least one). It prints
 crops per second in the steady state (the global batch: both workers' crops count; measured
-after the
-first 10% of steps), the 2-vs-1 ratio, cores kept busy and peak memory (PSS, driver plus all Ray
-processes).
+after the first 10% of steps), the 2-vs-1 ratio, cores kept busy and peak memory (PSS, driver
+plus all Ray processes).
 
 On a machine with a CUDA GPU it also trains NAFNet-width32 at 256×256 crops on one GPU
 (bfloat16 autocast) and prints its crops per second.
