@@ -96,6 +96,36 @@ def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
     return storage.parent(max(steps)) if steps else None
 
 
+def fit(train_loop: Callable[[dict], None], loop_config: dict, out: str,
+        storage_cfg: StorageConfig, workers: int, cpus_per_worker: float, use_gpu: bool,
+        datasets: dict | None = None) -> str:
+    """Run a ``TorchTrainer`` (gloo on CPUs, NCCL on GPUs) whose checkpoints go to
+    ``OUT/ray-train``; returns the URI of the newest checkpoint folder.
+
+    ``loop_config`` gets ``resume``: the newest checkpoint of an earlier run in ``OUT``, if any.
+    Datasets are split between the workers (``get_dataset_shard``).
+    """
+    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    fs, path = storage.resolve(out, storage_cfg)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={**loop_config, "resume": latest_checkpoint(out, storage_cfg)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(datasets or [])),
+    )
+    trainer.fit()
+    final = latest_checkpoint(out, storage_cfg)
+    if final is None:
+        raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")
+    return final
+
+
 def export_model(state_uri: str, out_uri: str, storage_cfg: StorageConfig | None,
                  **extra) -> dict:
     """Write the model of a training checkpoint as a plain checkpoint (no optimizer state):

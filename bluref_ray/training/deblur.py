@@ -39,6 +39,7 @@ from bluref_ray.data.images import decode_image
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
     export_model,
+    fit,
     latest_checkpoint,
     report_checkpoint,
     restore_schedule,
@@ -352,8 +353,6 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         (``val``: the last validation, if ``train.val`` is set).
     """
     import ray
-    from ray.train import DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from bluref_ray.ray_utils import init_ray
 
@@ -380,24 +379,11 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     log(f"[train] {tc.model}, {mode}; {tc.workers} worker(s) on "
         f"{'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}; {tc.steps} steps of {tc.batch_size} "
         f"crops of {tc.crop}px; {len(val)} validation frames → {out}")
-    fs, path = storage.resolve(out, storage_cfg)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": tc, "out": out, "storage_cfg": storage_cfg, "resume": resume,
-                           "val": val},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
-        run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs),
-        datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
     t0 = time.time()
-    trainer.fit()
+    final = fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg, "val": val}, out,
+                storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu,
+                datasets={"train": dataset})
     seconds = time.time() - t0
-    final = latest_checkpoint(out, storage_cfg)
-    if final is None:
-        raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")
     target = storage.join(out, "model.pt")
     ckpt = export_model(storage.join(final, "state.pt"), target, storage_cfg,
                         command=command or "train_deblurrer()", pairs=storage.normalize(pairs))

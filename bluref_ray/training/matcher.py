@@ -32,6 +32,7 @@ from bluref_ray.matching.synthetic import PairConfig, load_photos, make_batch
 from bluref_ray.matching.warp import warp
 from bluref_ray.training.common import (
     export_model,
+    fit,
     latest_checkpoint,
     report_checkpoint,
     restore_schedule,
@@ -217,8 +218,6 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
         command: the command line that started it, recorded in the exported checkpoint.
     """
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from bluref_ray.ray_utils import init_ray
 
@@ -230,23 +229,12 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
     init_ray(cfg.ray)
     use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     resume = latest_checkpoint(out, storage_cfg)
-    fs, path = storage.resolve(out, storage_cfg)
     if resume:
         log(f"[train-matcher] resuming from {resume}")
     log(f"[train-matcher] {tc.workers} worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
         f"{tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px → {out}")
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": tc, "out": out, "storage_cfg": storage_cfg, "resume": resume},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
-        run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs),
-    )
-    trainer.fit()
-    final = latest_checkpoint(out, storage_cfg)
-    if final is None:
-        raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")
+    final = fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg}, out,
+                storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu)
     target = storage.join(out, "matcher.pt")
     export_model(storage.join(final, "state.pt"), target, storage_cfg,
                  command=command or "train_matcher()")
