@@ -246,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
     models = {}
     for i, spec in enumerate(args.model, 1):
-        label, _, uri = spec.rpartition("=") if "=" in spec else (f"model {i}", "", spec)
+        label, _, uri = spec.partition("=") if "=" in spec else (f"model {i}", "", spec)
         models[label] = uri
     result = evaluate(models, args.data, args.out, cfg, pairs=args.pairs,
                       max_frames=args.max_frames or None, log=_log(args))

@@ -16,6 +16,9 @@ def init_ray(cfg: RayConfig) -> None:
     import ray
     from ray.data import DataContext
 
+    # Ray Train would send each print of a training worker to the driver twice (once as
+    # output, once through its logger); the processes of an in-process Ray inherit this.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         if address:

@@ -307,7 +307,7 @@ def train_loop(config: dict) -> None:
                 writer.add_scalar("train/loss", float(loss.detach()), step)
                 writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
                 writer.add_scalar("train/samples_per_s", rate, step)
-                print(f"[train] step {step}/{cfg.steps} loss {float(loss):.4f} "
+                print(f"[train] step {step}/{cfg.steps} loss {float(loss.detach()):.4f} "
                       f"lr {sched.get_last_lr()[0]:.2e} {rate:.1f} crops/s", flush=True)
             if step % cfg.checkpoint_every == 0 or step % cfg.val_every == 0 \
                     or step == cfg.steps:
