@@ -41,8 +41,8 @@ from bluref_ray.training.common import (
     export_model,
     fit,
     latest_checkpoint,
+    load_state,
     report_checkpoint,
-    restore_schedule,
     resume_state,
     sync_tensorboard,
     tensorboard_dir,
@@ -246,11 +246,8 @@ def train_loop(config: dict) -> None:
     start, history = 0, []
     state = resume_state(config.get("resume"), storage_cfg, device)
     if state:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, history = state["step"], state.get("history", [])
-        restore_schedule(opt, sched, lr_factor, start)
+        start = load_state(state, model, opt, sched, lr_factor)
+        history = state.get("history", [])
     elif cfg.init:
         model.load_state_dict(read_checkpoint(cfg.init, storage_cfg, device)["state_dict"])
     ddp = ray.train.torch.prepare_model(model)

@@ -34,8 +34,8 @@ from bluref_ray.training.common import (
     export_model,
     fit,
     latest_checkpoint,
+    load_state,
     report_checkpoint,
-    restore_schedule,
     resume_state,
     sync_tensorboard,
     tensorboard_dir,
@@ -161,11 +161,7 @@ def train_loop(config: dict) -> None:
     start = 0
     state = resume_state(config.get("resume"), storage_cfg, device)
     if state:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["step"]
-        restore_schedule(opt, sched, lr_factor, start)
+        start = load_state(state, model, opt, sched, lr_factor)
     ddp = ray.train.torch.prepare_model(model)
     photos = load_photos(folder=cfg.images, storage_cfg=storage_cfg)
     pair_cfg = PairConfig(size=cfg.crop)
