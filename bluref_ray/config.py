@@ -162,6 +162,10 @@ class PseudoGTConfig:
     """Pseudo-GT: match references to each blurry frame and fuse them (BluRef)."""
 
     max_refs: int = field(default=6, metadata=_help("N: most references fused per blurry frame"))
+    delta: int | None = field(
+        default=None,
+        metadata=_help("Δ: use only references within ±delta frames of the blurry frame "
+                       "(default: all that ingest picked, within its own ingest.delta)"))
     tau: float = field(
         default=0.7, metadata=_help("τ: confidence threshold; pixels at or above it are covered"))
     strategy: str = field(
@@ -216,6 +220,8 @@ class PseudoGTConfig:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
         if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:
             raise ConfigError("pseudo_gt.max_refs, batch_size and targets_per_shard must be >= 1")
+        if self.delta is not None and self.delta < 1:
+            raise ConfigError(f"pseudo_gt.delta={self.delta}: must be >= 1")
         if self.matcher not in ("learned", "dis"):
             raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use 'learned' or 'dis'")
         if self.matcher_radius not in (None, 1.0, 2.0, 4.0):

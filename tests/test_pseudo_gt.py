@@ -157,6 +157,20 @@ def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_pa
                       log=lambda _m: None)
 
 
+def test_delta_keeps_only_references_within_it():
+    from bluref_ray.data.windows import plan_windows
+
+    rows = [{"frame_id": f"c:{i}", "frame_index": i, "role": "sharp", "clip_id": "c",
+             "source_uri": "u", "references": []} for i in (0, 3, 9, 10)]
+    rows.append({"frame_id": "c:5", "frame_index": 5, "role": "blurry", "clip_id": "c",
+                 "source_uri": "u", "references": ["c:3", "c:9", "c:0", "c:10"]})
+    refs = lambda **kw: plan_windows(rows, 4, **kw)[0].targets[0].ref_ids  # noqa: E731
+    assert refs(max_refs=4) == ["c:3", "c:9", "c:0", "c:10"]
+    assert refs(max_refs=4, delta=4) == ["c:3", "c:9"]
+    assert refs(max_refs=1, delta=5) == ["c:3"]
+    assert refs(max_refs=4, delta=1) == []  # rejected later: no reference within ±Δ
+
+
 def test_actor_resources():
     pg = PseudoGTConfig()
     assert actor_resources(pg, {"CPU": 2}) == (0.0, 1, 1.0)

@@ -138,3 +138,29 @@ def test_refinement_rounds_match_the_previous_models_output(ray_cluster, tiny_fr
     assert read_checkpoint(r["model"])["step"] == 1  # round 2: warm start, its own schedule
     for name in ("refine.json", "refine.md", "refine.png"):
         assert (tmp_path / "refine" / name).stat().st_size > 0
+
+
+def test_validation_without_ground_truth_scores_niqe(tmp_path):
+    """A folder of blurry frames (no truth): validation reports NIQE of output and input."""
+    import cv2
+    from skimage.data import astronaut
+
+    from bluref_ray.models import build_model
+    from bluref_ray.training.deblur import (
+        describe_validation,
+        load_pair_images,
+        validate,
+        validation_frames,
+    )
+
+    img = cv2.resize(astronaut(), (128, 96), interpolation=cv2.INTER_AREA)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i:04d}.png"), cv2.GaussianBlur(img, (0, 0), 1 + i)[..., ::-1])
+    frames = validation_frames(str(tmp_path), 2, None)
+    assert len(frames) == 2 and all(gt is None for _, gt in frames)
+    torch.manual_seed(0)
+    v = validate(build_model("nafnet-tiny"), load_pair_images(frames, None), torch.device("cpu"))
+    assert set(v) == {"niqe", "niqe_blurry", "example"}
+    assert 0 < v["niqe_blurry"] < 100 and np.isfinite(v["niqe"])
+    assert v["example"].shape == (3, 96, 256)  # blurry | deblurred
+    assert "NIQE" in describe_validation(v)

@@ -56,18 +56,25 @@ class Window:
 
 
 def plan_windows(clip_rows: list[dict], targets_per_window: int, max_refs: int,
-                 limit: int | None = None) -> list[Window]:
-    """Cut one clip's blurry frames (frames-table rows) into windows, in frame order."""
+                 limit: int | None = None, delta: int | None = None) -> list[Window]:
+    """Cut one clip's blurry frames (frames-table rows) into windows, in frame order.
+
+    Each blurry frame keeps its first ``max_refs`` references (ingest lists them nearest
+    first), only those within ``±delta`` frames if ``delta`` is given.
+    """
     blurry = sorted((r for r in clip_rows if r["role"] == "blurry"),
                     key=lambda r: r["frame_index"])
+    index = {r["frame_id"]: r["frame_index"] for r in clip_rows}
     if limit is not None:
         blurry = blurry[:limit]
     windows = []
     for k in range(0, len(blurry), targets_per_window):
         w = Window(blurry[0]["clip_id"], k // targets_per_window)
         for r in blurry[k:k + targets_per_window]:
+            refs = [f for f in r["references"] if delta is None or f not in index
+                    or abs(index[f] - r["frame_index"]) <= delta]
             w.targets.append(Target(r["frame_id"], r["frame_index"], r["source_uri"],
-                                    r.get("gt_uri"), list(r["references"])[:max_refs]))
+                                    r.get("gt_uri"), refs[:max_refs]))
         windows.append(w)
     return windows
 
@@ -193,7 +200,8 @@ def _pack(window: Window, frames: _ClipFrames, wanted: set[str]) -> dict:
 
 def load_windows(frames: pa.Table, targets_per_window: int, max_refs: int,
                  done: set[str] | frozenset = frozenset(), limit: int | None = None,
-                 storage_cfg: StorageConfig | None = None) -> Iterator[dict]:
+                 storage_cfg: StorageConfig | None = None,
+                 delta: int | None = None) -> Iterator[dict]:
     """Yield one packed row per window of each clip in ``frames``, skipping windows in ``done``.
 
     Yields:
@@ -206,7 +214,7 @@ def load_windows(frames: pa.Table, targets_per_window: int, max_refs: int,
         by_clip.setdefault(r["clip_id"], []).append(r)
     for clip_id in sorted(by_clip):
         clip_rows = by_clip[clip_id]
-        windows = [w for w in plan_windows(clip_rows, targets_per_window, max_refs, limit)
+        windows = [w for w in plan_windows(clip_rows, targets_per_window, max_refs, limit, delta)
                    if w.name not in done]
         if not windows:
             continue

@@ -233,7 +233,7 @@ def _load_task(batch: dict[str, np.ndarray], cfg: PseudoGTConfig, done: frozense
     for uri in batch["frames_file"]:
         frames = schema.read_table(str(uri), schema.FRAMES, storage_cfg)
         for w in load_windows(frames, cfg.targets_per_shard, cfg.max_refs, done, cfg.limit,
-                              storage_cfg):
+                              storage_cfg, cfg.delta):
             yield {"shard": [w["shard"]], "pixels": w["pixels"][None], "meta": [w["meta"]]}
 
 
@@ -322,7 +322,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
     gpus, concurrency, cpus_per_actor = actor_resources(pg, ray.cluster_resources())
     loader_cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
     log(f"[pseudo-gt] {len(files)} clips from {src}; matcher={pg.matcher} "
-        f"strategy={pg.strategy} N={pg.max_refs} τ={pg.tau}; {concurrency} actor(s) with "
+        f"strategy={pg.strategy} N={pg.max_refs} Δ={pg.delta or 'ingest'} τ={pg.tau}; {concurrency} actor(s) with "
         f"{gpus:g} GPU and {cpus_per_actor:g} CPU each")
     ds = ray.data.from_items([{"frames_file": f} for f in files],
                              override_num_blocks=max(1, min(len(files), 10_000)))

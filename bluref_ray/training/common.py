@@ -102,12 +102,13 @@ def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, out: str,
         storage_cfg: StorageConfig, workers: int, cpus_per_worker: float, use_gpu: bool,
-        datasets: dict | None = None) -> str:
+        datasets: dict | None = None, callbacks: list | None = None) -> str:
     """Run a ``TorchTrainer`` (gloo on CPUs, NCCL on GPUs) whose checkpoints go to
     ``OUT/ray-train``; returns the URI of the newest checkpoint folder.
 
     ``loop_config`` gets ``resume``: the newest checkpoint of an earlier run in ``OUT``, if any.
-    Datasets are split between the workers (``get_dataset_shard``).
+    Datasets are split between the workers (``get_dataset_shard``). ``callbacks`` are Ray Train
+    callbacks (a sweep passes Tune's, which forwards every report to the trial).
     """
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -119,7 +120,8 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, out: str,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs),
+        run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs,
+                             callbacks=callbacks),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=list(datasets or [])),
     )

@@ -49,6 +49,8 @@ from bluref_ray.training.common import (
     warmup_cosine,
 )
 
+#: Validation scores reported to Ray Train (as ``val_<name>``) and hence to a sweep.
+VAL_METRICS = ("psnr", "ssim", "niqe")
 PAIR_COLUMNS = ["row_id", "blurry_png", "pseudo_png", "confidence_png", "gt_uri"]
 #: CPUs of each data task (read, crop).
 DATA_CPUS = 0.5
@@ -152,23 +154,32 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
                    "supervised": cfg.supervised, "storage_cfg": storage_cfg})
 
 
-def validation_frames(val: str, count: int, storage_cfg: StorageConfig) -> list[tuple[str, str]]:
-    """``count`` (blurry URI, ground truth URI) pairs, evenly picked from GoPro-style trees."""
+def validation_frames(val: str, count: int,
+                      storage_cfg: StorageConfig) -> list[tuple[str, str | None]]:
+    """``count`` (blurry URI, ground truth URI) pairs, evenly picked.
+
+    From GoPro-style trees (``<seq>/{blur,sharp}/``) the pairs carry their ground truth; from a
+    folder of frames without it (a held-out clip's blurry frames), the ground truth is None and
+    validation scores NIQE instead.
+    """
     from bluref_ray.data.sources import discover
 
-    pairs = [(f.uri, f.gt_uri) for clip in discover(val, storage_cfg) for f in clip.files
-             if f.role == "blurry" and f.gt_uri]
+    files = [f for clip in discover(val, storage_cfg) for f in clip.files]
+    pairs = [(f.uri, f.gt_uri) for f in files if f.role == "blurry" and f.gt_uri]
+    if not pairs:  # no ground truth: the blurry frames, or every frame of a plain folder
+        pairs = [(f.uri, None) for f in files if f.role in ("blurry", "")]
     if not pairs:
-        raise ConfigError(f"train.val={val}: no blurry frames with ground truth (expected "
-                          "<seq>/blur/ and <seq>/sharp/ folders)")
+        raise ConfigError(f"train.val={val}: no frames to validate on (expected a GoPro-style "
+                          "tree <seq>/blur/ + <seq>/sharp/, or a folder of blurry frames)")
     pick = np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)
     return [pairs[i] for i in sorted(set(pick.tolist()))]
 
 
-def load_pair_images(frames: list[tuple[str, str]],
-                     storage_cfg: StorageConfig | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_pair_images(frames: list[tuple[str, str | None]], storage_cfg: StorageConfig | None
+                     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return [(decode_image(storage.read_bytes(b, storage_cfg), b)[0],
-             decode_image(storage.read_bytes(g, storage_cfg), g)[0]) for b, g in frames]
+             decode_image(storage.read_bytes(g, storage_cfg), g)[0] if g else None)
+            for b, g in frames]
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -185,32 +196,56 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray]],
+def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray | None]],
              device: torch.device, amp: bool = False) -> dict:
-    """Mean PSNR/SSIM (pyiqa) of the model's output and of the blurry input against the truth;
-    also the first frame's images for a look."""
+    """Mean scores of the model's output and of the blurry input; also the first frame's
+    images for a look.
+
+    With ground truth: PSNR and SSIM (pyiqa) against it (``psnr``, ``ssim``, ``psnr_blurry``,
+    ``ssim_blurry``). Without (``None`` in place of the truth): NIQE (``niqe``,
+    ``niqe_blurry``; lower is better). A model whose output is not finite (it diverged) scores
+    PSNR and SSIM 0 and NIQE infinity.
+    """
     from bluref_ray.metrics import ImageMetrics
 
     metrics = ImageMetrics(device)
     was_training = model.training
     model.eval()
-    sums = {"psnr": 0.0, "ssim": 0.0, "psnr_blurry": 0.0, "ssim_blurry": 0.0}
+    with_gt = images[0][1] is not None if images else True
+    keys = ("psnr", "ssim", "psnr_blurry", "ssim_blurry") if with_gt else ("niqe", "niqe_blurry")
+    sums = dict.fromkeys(keys, 0.0)
     example = None
     for blurry, gt in images:
-        x, y = to_tensor(blurry, device), to_tensor(gt, device)
+        x = to_tensor(blurry, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x)
-        pred = (pred.float().clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
-        sums["psnr"] += float(metrics.psnr(pred, y)[0])
-        sums["ssim"] += float(metrics.ssim(pred, y)[0])
-        sums["psnr_blurry"] += float(metrics.psnr(x, y)[0])
-        sums["ssim_blurry"] += float(metrics.ssim(x, y)[0])
+            pred = model(x).float()
+        finite = bool(torch.isfinite(pred).all())
+        pred = (pred.clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
+        if with_gt:
+            y = to_tensor(gt, device)
+            sums["psnr"] += float(metrics.psnr(pred, y)[0]) if finite else 0.0
+            sums["ssim"] += float(metrics.ssim(pred, y)[0]) if finite else 0.0
+            sums["psnr_blurry"] += float(metrics.psnr(x, y)[0])
+            sums["ssim_blurry"] += float(metrics.ssim(x, y)[0])
+        else:
+            y = None
+            sums["niqe"] += float(metrics.niqe(pred)[0]) if finite else float("inf")
+            sums["niqe_blurry"] += float(metrics.niqe(x)[0])
         if example is None:
-            example = torch.cat([x[0], pred[0], y[0]], dim=2)
+            example = torch.cat([x[0], torch.nan_to_num(pred[0])]
+                                + ([y[0]] if y is not None else []), dim=2)
     model.train(was_training)
     result = {k: v / max(len(images), 1) for k, v in sums.items()}
     result["example"] = example
     return result
+
+
+def describe_validation(v: dict) -> str:
+    """One line of validation scores, with the blurry input's beside them."""
+    if "psnr" in v:
+        return (f"PSNR {v['psnr']:.2f} dB (blurry {v['psnr_blurry']:.2f}), SSIM "
+                f"{v['ssim']:.4f} (blurry {v['ssim_blurry']:.4f})")
+    return f"NIQE {v['niqe']:.2f} (blurry {v['niqe_blurry']:.2f}; lower is better)"
 
 
 def _state(model, opt, sched, step: int, cfg: TrainConfig, history: list) -> dict:
@@ -266,15 +301,14 @@ def train_loop(config: dict) -> None:
         if rank == 0 and val_images and (done % cfg.val_every == 0 or done == cfg.steps):
             v = validate(model, val_images, device, amp)
             history.append({"step": done, **{k: x for k, x in v.items() if k != "example"}})
-            metrics.update(val_psnr=v["psnr"], val_ssim=v["ssim"])
-            print(f"[train] step {done}: validation PSNR {v['psnr']:.2f} dB (blurry "
-                  f"{v['psnr_blurry']:.2f}), SSIM {v['ssim']:.4f} (blurry "
-                  f"{v['ssim_blurry']:.4f})", flush=True)
+            metrics.update({f"val_{k}": x for k, x in v.items() if k in VAL_METRICS})
+            print(f"[train] step {done}: validation " + describe_validation(v), flush=True)
             if writer:
-                for k in ("psnr", "ssim"):
-                    writer.add_scalar(f"val/{k}", v[k], done)
-                    writer.add_scalar(f"val/{k}_blurry", v[f"{k}_blurry"], done)
-                writer.add_image("val/blurry|deblurred|truth", v["example"].clamp(0, 1), done)
+                for k, x in v.items():
+                    if k != "example":
+                        writer.add_scalar(f"val/{k}", x, done)
+                tag = "val/blurry|deblurred|truth" if "psnr" in v else "val/blurry|deblurred"
+                writer.add_image(tag, v["example"].clamp(0, 1), done)
         if writer:
             writer.flush()
             sync_tensorboard(tb_dir, out, storage_cfg)
@@ -336,13 +370,14 @@ def weight_checksums(model: torch.nn.Module, world: int) -> list[float]:
 
 
 def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None] = print,
-                    command: str | None = None) -> dict:
+                    command: str | None = None, callbacks: list | None = None) -> dict:
     """Train (or resume training) the deblurrer on pseudo-pairs; returns a summary dict.
 
     Args:
         pairs: output folder of ``bluref pseudo-gt`` (or its ``shards/``).
         out: training output folder (see the module docstring).
         command: the command line that started it, recorded in the checkpoint.
+        callbacks: Ray Train callbacks (a sweep trial passes Tune's report callback).
 
     Returns:
         ``{"model": OUT/model.pt, "steps", "seconds", "crops_per_s" (steady state), "history",
@@ -379,7 +414,7 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     t0 = time.time()
     final = fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg, "val": val}, out,
                 storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu,
-                datasets={"train": dataset})
+                datasets={"train": dataset}, callbacks=callbacks)
     seconds = time.time() - t0
     target = storage.join(out, "model.pt")
     ckpt = export_model(storage.join(final, "state.pt"), target, storage_cfg,
