@@ -273,9 +273,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.config, {"out": args.out, "data": args.data, "val": args.val,
                                     "samples": args.samples, "concurrency": args.concurrency},
                       args.overrides)
-    s = run_sweep(spec, log=_log(args), overwrite=args.overwrite)
+    s = run_sweep(spec, log=_log(args), overwrite=args.overwrite, verbose=0 if args.quiet else 1)
     print(f"\nbluref sweep finished in {s['seconds'] / 60:.1f} min: {len(s['rows'])} trials")
     print(s["table"])
+    failed = [r for r in s["rows"] if r["status"] == "error"]
+    for r in failed:
+        print(f"  trial {r['trial']} failed: {r['error']} (see {storage.join(spec.out, 'tune')})")
     if s["best"]:
         b = s["best"]
         print(f"best: trial {b['trial']}, {b['settings']}: {spec.metric} {b['metric']:.4g} "
@@ -284,7 +287,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("best: none (no trial ran to the end)")
     print(f"written: {storage.join(spec.out, 'results.md')}, results.csv, best.json, "
           f"{', '.join(s['plots']) or 'no plots'} and {s['report']}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -357,15 +357,32 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     trial = tune.get_context().get_trial_id()
     cfg = trial_config(setup.base, params, setup.val)
     out = storage.join(setup.out, "trials", trial)
-    sc = cfg.storage.resolved()
-    finished = storage.join(out, "train.json")
-    if storage.exists(finished, sc):  # done before an interruption: report, do not redo
-        summary = json.loads(storage.read_text(finished, sc))
-        tune.report(final_metrics(summary))
-        return
     pg = ray.get(ray.get_actor(setup.cache_actor).get.remote(cfg, trial))
+    done = finished_trial(out, pg["uri"], cfg)
+    if done:  # trained to the end before an interruption: report it, do not redo it
+        tune.report(final_metrics(done))
+        return
     train_deblurrer(pg["uri"], out, cfg, log=lambda m: print(m, flush=True),
                     command=f"bluref sweep (trial {trial})", callbacks=[TuneReportCallback()])
+
+
+def finished_trial(out: str, pairs: str, cfg: Config) -> dict | None:
+    """The training summary of a trial that reached its last step, else None.
+
+    A trial stopped right after its last report (by the scheduler, or by an interruption) has
+    its final checkpoint but no ``model.pt`` yet: it is exported here.
+    """
+    from bluref_ray.training.common import latest_checkpoint
+    from bluref_ray.training.deblur import checkpoint_step, finish_training
+
+    sc = cfg.storage.resolved()
+    summary = storage.join(out, "train.json")
+    if storage.exists(summary, sc):
+        return json.loads(storage.read_text(summary, sc))
+    last = latest_checkpoint(out, sc)
+    if last and checkpoint_step(last) >= cfg.train.steps:
+        return finish_training(out, pairs, cfg, 0.0, "bluref sweep", log=lambda _m: None)
+    return None
 
 
 def final_metrics(train_summary: dict) -> dict:
@@ -407,9 +424,12 @@ def _cache_actor_name(spec: SweepSpec) -> str:
     return "bluref-sweep-pgt-" + hashlib.sha1(spec.out.encode()).hexdigest()[:12]
 
 
-def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print,
-              overwrite: bool = False) -> dict:
-    """Run (or resume) a sweep; returns ``{"rows", "best", "table", "report", ...}``."""
+def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, overwrite: bool = False,
+              verbose: int = 1) -> dict:
+    """Run (or resume) a sweep; returns ``{"rows", "best", "table", "report", ...}``.
+
+    ``verbose`` is Tune's: 0 silent, 1 a status table now and then, 2 every result.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -441,8 +461,9 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print,
     steps = [int(v) for v in _values_of(spec, "train.steps")] or [base.train.steps]
     key, mode, _ = METRICS[spec.metric]
     grace = int((spec.asha or {}).get("grace_steps", base.train.val_every))
+    # No rung at the last step: a trial that got there has spent its budget.
     scheduler = None if spec.asha is None else AsyncHyperBandScheduler(
-        time_attr="step", max_t=max(steps), grace_period=grace,
+        time_attr="step", max_t=max(max(steps) - 1, grace), grace_period=grace,
         reduction_factor=float(spec.asha.get("reduction_factor", 2)),
         stop_last_trials=False)  # a trial at its last step finishes: exports its model
     concurrency = spec.concurrency or default_concurrency(base.train, ray.cluster_resources())
@@ -470,7 +491,7 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print,
                                         num_samples=spec.samples,
                                         max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name="tune", storage_path=out_path,
-                                      storage_filesystem=fs, verbose=1))
+                                      storage_filesystem=fs, verbose=verbose))
     grid = tuner.fit()
     ray.kill(cache_actor)
     log("[sweep] 3/3 results")
@@ -494,16 +515,21 @@ def result_rows(grid, spec: SweepSpec, base: Config, cache: str, ingest, sc) -> 
         cfg = trial_config(base, params, spec.val)
         m = r.metrics or {}
         step = m.get("step")
+        trial = m.get("trial_id") or storage.basename(r.path)
         pg_key = cache_key(cfg.pseudo_gt, spec.data, ingest)
         pg = _read_json(storage.join(cache, pg_key, "summary.json"), sc)
         q = pg.get("quality", {})
         if r.error:
             status = "error"
-        elif step is not None and step < cfg.train.steps:
+        elif step is None:
+            status = "no result"
+        elif step < cfg.train.steps:
             status = f"stopped at step {step} (ASHA)"
         else:
             status = "done"
-        trial = m.get("trial_id") or storage.basename(r.path)
+        if status == "done":  # stopped right after its last report: export its model
+            finished_trial(storage.join(spec.out, "trials", trial), storage.join(cache, pg_key),
+                           cfg)
         rows.append({
             "trial": trial, **params,
             "status": status, "step": step, "steps": cfg.train.steps,
@@ -618,6 +644,10 @@ def sweep_plot(rows: list[dict], param: str, metric: str, uri: str, sc=None) -> 
         stopped = [(x, points[x]["metric"]) for x in xs if points[x]["status"] != "done"]
         if stopped:
             ax.scatter(*zip(*stopped), marker="x", s=80, color=line.get_color())
+    if all(isinstance(r.get(param), int) for r in rows):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=_symbol(param), ylabel=METRICS[metric][2])
     ax.set_title(f"{METRICS[metric][2]} against {_symbol(param)}"
                  + (" (× stopped early)" if any(r["status"] != "done" for r in rows) else ""))

@@ -322,8 +322,8 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
     gpus, concurrency, cpus_per_actor = actor_resources(pg, ray.cluster_resources())
     loader_cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
     log(f"[pseudo-gt] {len(files)} clips from {src}; matcher={pg.matcher} "
-        f"strategy={pg.strategy} N={pg.max_refs} Δ={pg.delta or 'ingest'} τ={pg.tau}; {concurrency} actor(s) with "
-        f"{gpus:g} GPU and {cpus_per_actor:g} CPU each")
+        f"strategy={pg.strategy} N={pg.max_refs} Δ={pg.delta or 'ingest'} τ={pg.tau}; "
+        f"{concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
     ds = ray.data.from_items([{"frames_file": f} for f in files],
                              override_num_blocks=max(1, min(len(files), 10_000)))
     ds = ds.map_batches(functools.partial(_load_task, cfg=pg, done=done, storage_cfg=storage_cfg),

@@ -405,6 +405,9 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     val = validation_frames(tc.val, tc.val_frames, storage_cfg) if tc.val else []
     dataset = pairs_dataset(pairs, tc, storage_cfg)
     resume = latest_checkpoint(out, storage_cfg)
+    if resume and checkpoint_step(resume) >= tc.steps:
+        log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
+        return finish_training(out, pairs, cfg, 0.0, command, log)
     if resume:
         log(f"[train] resuming from {resume}")
     mode = "supervised (ground truth)" if tc.supervised else f"masked {tc.loss}, τ={tc.tau}"
@@ -412,20 +415,42 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         f"{'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}; {tc.steps} steps of {tc.batch_size} "
         f"crops of {tc.crop}px; {len(val)} validation frames → {out}")
     t0 = time.time()
-    final = fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg, "val": val}, out,
-                storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu,
-                datasets={"train": dataset}, callbacks=callbacks)
-    seconds = time.time() - t0
+    fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg, "val": val}, out,
+        storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu, datasets={"train": dataset},
+        callbacks=callbacks)
+    return finish_training(out, pairs, cfg, time.time() - t0, command, log)
+
+
+def checkpoint_step(step_uri: str) -> int:
+    """The step of a ``.../step_NNNNNN`` checkpoint folder."""
+    return int(step_uri.rstrip("/").rsplit("_", 1)[1])
+
+
+def finish_training(out: str, pairs: str, cfg: Config, seconds: float,
+                    command: str | None = None,
+                    log: Callable[[str], None] = print) -> dict:
+    """Export ``OUT/model.pt`` and write ``OUT/train.json`` from the newest checkpoint.
+
+    The last step of :func:`train_deblurrer`, also used on its own when the training process
+    was stopped right after its last checkpoint (a sweep's scheduler can do that).
+    """
+    storage_cfg = cfg.storage.resolved()
+    final = latest_checkpoint(out, storage_cfg)
+    if final is None:
+        raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")
     target = storage.join(out, "model.pt")
     ckpt = export_model(storage.join(final, "state.pt"), target, storage_cfg,
                         command=command or "train_deblurrer()", pairs=storage.normalize(pairs))
     history = _history(final, storage_cfg)
-    final_info = json.loads(storage.read_text(storage.join(out, "final.json"), storage_cfg))
+    try:  # written by the loop after its last step (absent if it was stopped before)
+        final_info = json.loads(storage.read_text(storage.join(out, "final.json"), storage_cfg))
+    except storage.StorageNotFoundError:
+        final_info = {}
     summary = {"model": target, "steps": ckpt["step"], "seconds": seconds,
-               "crops_per_s": final_info["crops_per_s"],
-               "weight_checksums": final_info["weight_checksums"],
+               "crops_per_s": final_info.get("crops_per_s"),
+               "weight_checksums": final_info.get("weight_checksums"),
                "history": history, "val": history[-1] if history else None,
-               "config": dataclasses.asdict(tc), "pairs": storage.normalize(pairs)}
+               "config": dataclasses.asdict(cfg.train), "pairs": storage.normalize(pairs)}
     storage.write_text(storage.join(out, "train.json"), json.dumps(summary, indent=1),
                        storage_cfg)
     log(f"[train] model written to {target}")
