@@ -15,15 +15,9 @@ import pytest
 
 from bluref_ray.cli import build_parser
 from bluref_ray.config import ConfigError, load_config
-from bluref_ray.sweep import (
-    cache_key,
-    default_concurrency,
-    ingest_config,
-    load_sweep,
-    parse_sweep,
-    run_sweep,
-    trial_config,
-)
+from bluref_ray.sweep import load_sweep, parse_sweep, run_sweep
+from bluref_ray.sweep.spec import ingest_config, trial_config
+from bluref_ray.sweep.trials import cache_key, default_concurrency
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SWEEP = str(ROOT / "configs" / "sweeps" / "tiny.yaml")
