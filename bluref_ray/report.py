@@ -127,13 +127,9 @@ def round_plot(rounds: Sequence[int], series: dict[str, Sequence[float | None]],
             as a dashed horizontal reference line (e.g. the blurry input's PSNR).
         path_or_uri: where the PNG goes (local path or ``s3://``).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display needed
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_plot()
     for name, values in series.items():
         ys = [math.nan if v is None else float(v) for v in values]
         if len(ys) == 1 and len(rounds) != 1:
@@ -145,8 +141,24 @@ def round_plot(rounds: Sequence[int], series: dict[str, Sequence[float | None]],
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="refinement round", ylabel=ylabel)
     ax.set_title(title or "")
+    return save_plot(fig, ax, path_or_uri, storage_cfg, legend=bool(series))
+
+
+def new_plot():
+    """A matplotlib figure and axes drawn off-screen (Agg: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def save_plot(fig, ax, path_or_uri: str, storage_cfg: StorageConfig | None = None,
+              legend: bool = True) -> str:
+    """Add a grid (and the legend), write the figure as PNG; returns the URI written."""
     ax.grid(True, alpha=0.3)
-    if series:
+    if legend:
         ax.legend()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")

@@ -132,8 +132,7 @@ def sweep_plot(rows: list[dict], param: str, metric: str, uri: str, sc=None) -> 
     """The metric against ``param``, one line per strategy (and per value of the other
     plotted settings that vary). A point is the best trial that ran to the end; if every trial
     of a point was stopped early, its best stopped one, drawn with an ×."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from bluref_ray.report import new_plot, save_plot
 
     sign = 1 if METRICS[metric][1] == "max" else -1
     others = [p for p in PLOTTED if p != param and len({r.get(p) for r in rows}) > 1]
@@ -146,9 +145,7 @@ def sweep_plot(rows: list[dict], param: str, metric: str, uri: str, sc=None) -> 
         best = lines[label].get(r[param])
         if best is None or _rank(r, sign) > _rank(best, sign):
             lines[label][r[param]] = r
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_plot()
     for label, points in sorted(lines.items()):
         xs = sorted(points)
         ys = [points[x]["metric"] for x in xs]
@@ -163,13 +160,7 @@ def sweep_plot(rows: list[dict], param: str, metric: str, uri: str, sc=None) -> 
     ax.set(xlabel=_symbol(param), ylabel=METRICS[metric][2])
     ax.set_title(f"{METRICS[metric][2]} against {_symbol(param)}"
                  + (" (× stopped early)" if any(r["status"] != "done" for r in rows) else ""))
-    ax.grid(True, alpha=0.3)
-    if lines:
-        ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    storage.write_bytes(uri, buf.getvalue(), sc)
-    return uri
+    return save_plot(fig, ax, uri, sc, legend=bool(lines))
 
 
 def _rank(row: dict, sign: int) -> tuple:
