@@ -281,7 +281,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  trial {r['trial']} failed: {r['error']} (see {storage.join(spec.out, 'tune')})")
     if s["best"]:
         b = s["best"]
-        print(f"best: trial {b['trial']}, {b['settings']}: {spec.metric} {b['metric']:.4g} "
+        print(f"best: trial {b['trial']}, {b['settings']}: {s['metric']} {b['metric']:.4g} "
               f"→ {b['model']}")
     else:
         print("best: none (no trial ran to the end)")

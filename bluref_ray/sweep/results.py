@@ -51,9 +51,15 @@ def result_rows(grid, spec: SweepSpec, base: Config, cache: str, ingest, sc) -> 
             "blurry_psnr": q.get("psnr_blurry_confident"), "pseudo_gt": pg_key,
             "seconds": m.get("time_total_s"),
             "model": storage.join(spec.out, "trials", trial, "model.pt"),
-            "error": str(r.error).splitlines()[0][:200] if r.error else None})
+            "error": _last_line(r.error) if r.error else None})
     rows.sort(key=lambda row: row["trial"])
     return rows
+
+
+def _last_line(error: Exception) -> str:
+    """The exception that ended a trial, from the last line of its (remote) traceback."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return (lines[-1] if lines else repr(error))[:300]
 
 
 def _read_json(uri: str, sc) -> dict:

@@ -13,6 +13,7 @@ from bluref_ray.sweep.spec import (
     base_config,
     ingest_config,
     param_space,
+    resolve_metric,
     spec_hash,
     values_of,
 )
@@ -46,6 +47,7 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, overwrite: bo
     storage.check_reachable(spec.out, sc)
     for uri in (*spec.data, spec.val):
         storage.check_reachable(uri, sc)
+    spec = resolve_metric(spec, sc)
     prepare_out(spec.out, "sweep.json", {"config_hash": spec_hash(spec), "spec": spec.to_json(),
                                          "inputs": list(spec.data)},
                 overwrite, ("tune", "trials", "ingest", "results.csv", "results.md",
@@ -98,5 +100,5 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, overwrite: bo
     log("[sweep] 3/3 results")
     rows = result_rows(grid, spec, base, cache, icfg.ingest, sc)
     summary = write_results(spec, rows, sc)
-    summary["seconds"] = time.time() - t0
+    summary.update(seconds=time.time() - t0, metric=spec.metric)
     return summary

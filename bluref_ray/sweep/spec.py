@@ -45,7 +45,7 @@ class SweepSpec:
     config: str | None = None
     set: dict[str, Any] = field(default_factory=dict)
     samples: int = 1
-    metric: str = "psnr"
+    metric: str | None = None  # None: psnr if val has ground truth, else niqe
     asha: dict[str, Any] | None = field(default_factory=dict)
     concurrency: int | None = None
     cache: str | None = None
@@ -116,7 +116,7 @@ def parse_sweep(raw: Any, source: str = "<sweep>", overrides: dict[str, Any] | N
     spec = SweepSpec(
         out=storage.normalize(raw["out"]), data=tuple(storage.normalize(d) for d in data),
         val=storage.normalize(raw["val"]), space=dict(space), config=raw.get("config"),
-        set=base, samples=int(raw.get("samples", 1)), metric=raw.get("metric") or "psnr",
+        set=base, samples=int(raw.get("samples", 1)), metric=raw.get("metric"),
         asha=None if asha is False else dict(asha), concurrency=raw.get("concurrency"),
         cache=storage.normalize(raw["cache"]) if raw.get("cache") else None, source=source)
     check_spec(spec)
@@ -159,7 +159,7 @@ def candidate_values(spec: SweepSpec, name: str) -> list:
 
 def check_spec(spec: SweepSpec) -> None:
     """Every value of the space must make a valid config (checked here, not in a trial)."""
-    if spec.metric not in METRICS:
+    if spec.metric is not None and spec.metric not in METRICS:
         raise ConfigError(f"{spec.source}: metric={spec.metric!r}; use one of "
                           f"{', '.join(METRICS)}")
     if spec.samples < 1:
@@ -251,3 +251,26 @@ def param_space(spec: SweepSpec) -> dict:
 def spec_hash(spec: SweepSpec) -> str:
     return hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]
+
+
+def resolve_metric(spec: SweepSpec, storage_cfg) -> SweepSpec:
+    """The spec with its metric set from the validation frames: PSNR/SSIM need ground truth,
+    NIQE needs frames without it (validation scores one kind or the other).
+
+    Raises:
+        ConfigError: the metric does not fit the validation frames.
+    """
+    from bluref_ray.training.deblur import validation_frames
+
+    try:
+        has_truth = validation_frames(spec.val, 1, storage_cfg)[0][1] is not None
+    except ConfigError as e:
+        raise ConfigError(f"{spec.source}: val: {e}") from None
+    metric = spec.metric or ("psnr" if has_truth else "niqe")
+    if has_truth != (metric != "niqe"):
+        need = ("blurry frames without ground truth" if metric == "niqe"
+                else "frames with ground truth (<seq>/blur/ and <seq>/sharp/)")
+        raise ConfigError(f"{spec.source}: metric {metric} needs {need} as val; {spec.val} "
+                          f"{'has' if has_truth else 'has no'} ground truth. Use metric: "
+                          f"{'psnr or ssim' if has_truth else 'niqe'}, or leave metric out")
+    return dataclasses.replace(spec, metric=metric)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 
@@ -229,7 +230,7 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray |
             sums["ssim_blurry"] += float(metrics.ssim(x, y)[0])
         else:
             y = None
-            sums["niqe"] += float(metrics.niqe(pred)[0]) if finite else float("inf")
+            sums["niqe"] += _niqe(metrics, pred) if finite else float("inf")
             sums["niqe_blurry"] += float(metrics.niqe(x)[0])
         if example is None:
             example = torch.cat([x[0], torch.nan_to_num(pred[0])]
@@ -238,6 +239,16 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray |
     result = {k: v / max(len(images), 1) for k, v in sums.items()}
     result["example"] = example
     return result
+
+
+def _niqe(metrics, image: torch.Tensor) -> float:
+    """NIQE of one image; infinity (the worst) for an image it cannot score, such as the flat
+    output of a diverged model (its statistics are not finite)."""
+    try:
+        score = float(metrics.niqe(image)[0])
+    except RuntimeError:  # torch.linalg errors on non-finite statistics
+        return float("inf")
+    return score if math.isfinite(score) else float("inf")
 
 
 def describe_validation(v: dict) -> str:
