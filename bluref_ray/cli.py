@@ -213,7 +213,8 @@ def cmd_eval_matcher(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bluref_ray.training.deblur import describe_validation, train_deblurrer
+    from bluref_ray.training.deblur import train_deblurrer
+    from bluref_ray.training.validation import describe_validation
 
     cfg = _config(args)
     s = train_deblurrer(args.pairs, args.out, cfg, log=_log(args),

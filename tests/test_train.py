@@ -146,7 +146,7 @@ def test_validation_without_ground_truth_scores_niqe(tmp_path):
     from skimage.data import astronaut
 
     from bluref_ray.models import build_model
-    from bluref_ray.training.deblur import (
+    from bluref_ray.training.validation import (
         describe_validation,
         load_pair_images,
         validate,

@@ -260,7 +260,7 @@ def resolve_metric(spec: SweepSpec, storage_cfg) -> SweepSpec:
     Raises:
         ConfigError: the metric does not fit the validation frames.
     """
-    from bluref_ray.training.deblur import validation_frames
+    from bluref_ray.training.validation import validation_frames
 
     try:
         has_truth = validation_frames(spec.val, 1, storage_cfg)[0][1] is not None

@@ -116,7 +116,7 @@ def finished_trial(out: str, pairs: str, cfg: Config) -> dict | None:
 
 def final_metrics(train_summary: dict) -> dict:
     """The last report of a finished training, from its ``train.json``."""
-    from bluref_ray.training.deblur import VAL_METRICS
+    from bluref_ray.training.validation import VAL_METRICS
 
     v = train_summary.get("val") or {}
     return {"step": train_summary["steps"],

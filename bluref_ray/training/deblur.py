@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 
@@ -49,9 +48,14 @@ from bluref_ray.training.common import (
     tensorboard_dir,
     warmup_cosine,
 )
+from bluref_ray.training.validation import (
+    VAL_METRICS,
+    describe_validation,
+    load_pair_images,
+    validate,
+    validation_frames,
+)
 
-#: Validation scores reported to Ray Train (as ``val_<name>``) and hence to a sweep.
-VAL_METRICS = ("psnr", "ssim", "niqe")
 PAIR_COLUMNS = ["row_id", "blurry_png", "pseudo_png", "confidence_png", "gt_uri"]
 #: CPUs of each data task (read, crop).
 DATA_CPUS = 0.5
@@ -153,110 +157,6 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
         crop_pairs, batch_size=4, num_cpus=DATA_CPUS,
         fn_kwargs={"crop": cfg.crop, "crops_per_frame": cfg.crops_per_frame, "tau": cfg.tau,
                    "supervised": cfg.supervised, "storage_cfg": storage_cfg})
-
-
-def validation_frames(val: str, count: int,
-                      storage_cfg: StorageConfig) -> list[tuple[str, str | None]]:
-    """``count`` (blurry URI, ground truth URI) pairs, evenly picked.
-
-    From GoPro-style trees (``<seq>/{blur,sharp}/``) the pairs carry their ground truth; from a
-    folder of frames without it (a held-out clip's blurry frames), the ground truth is None and
-    validation scores NIQE instead.
-    """
-    from bluref_ray.data.sources import discover
-
-    files = [f for clip in discover(val, storage_cfg) for f in clip.files]
-    pairs = [(f.uri, f.gt_uri) for f in files if f.role == "blurry" and f.gt_uri]
-    if not pairs:  # no ground truth: the blurry frames, or every frame of a plain folder
-        pairs = [(f.uri, None) for f in files if f.role in ("blurry", "")]
-    if not pairs:
-        raise ConfigError(f"train.val={val}: no frames to validate on (expected a GoPro-style "
-                          "tree <seq>/blur/ + <seq>/sharp/, or a folder of blurry frames)")
-    pick = np.linspace(0, len(pairs) - 1, min(count, len(pairs))).round().astype(int)
-    return [pairs[i] for i in sorted(set(pick.tolist()))]
-
-
-def load_pair_images(frames: list[tuple[str, str | None]], storage_cfg: StorageConfig | None
-                     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    return [(decode_image(storage.read_bytes(b, storage_cfg), b)[0],
-             decode_image(storage.read_bytes(g, storage_cfg), g)[0] if g else None)
-            for b, g in frames]
-
-
-def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Shape: ``[H, W, 3]`` or ``[B, H, W, 3]`` uint8 → ``[B, 3, H, W]`` float in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
-    t = t[None] if t.ndim == 3 else t
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def to_uint8(t: torch.Tensor) -> np.ndarray:
-    """Shape: ``[3, H, W]`` float → ``[H, W, 3]`` uint8."""
-    return (t.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu() \
-        .numpy()
-
-
-@torch.no_grad()
-def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray | None]],
-             device: torch.device, amp: bool = False) -> dict:
-    """Mean scores of the model's output and of the blurry input; also the first frame's
-    images for a look.
-
-    With ground truth: PSNR and SSIM (pyiqa) against it (``psnr``, ``ssim``, ``psnr_blurry``,
-    ``ssim_blurry``). Without (``None`` in place of the truth): NIQE (``niqe``,
-    ``niqe_blurry``; lower is better). A model whose output is not finite (it diverged) scores
-    PSNR and SSIM 0 and NIQE infinity.
-    """
-    from bluref_ray.metrics import ImageMetrics
-
-    metrics = ImageMetrics(device)
-    was_training = model.training
-    model.eval()
-    with_gt = images[0][1] is not None if images else True
-    keys = ("psnr", "ssim", "psnr_blurry", "ssim_blurry") if with_gt else ("niqe", "niqe_blurry")
-    sums = dict.fromkeys(keys, 0.0)
-    example = None
-    for blurry, gt in images:
-        x = to_tensor(blurry, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).float()
-        finite = bool(torch.isfinite(pred).all())
-        pred = (pred.clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
-        if with_gt:
-            y = to_tensor(gt, device)
-            sums["psnr"] += float(metrics.psnr(pred, y)[0]) if finite else 0.0
-            sums["ssim"] += float(metrics.ssim(pred, y)[0]) if finite else 0.0
-            sums["psnr_blurry"] += float(metrics.psnr(x, y)[0])
-            sums["ssim_blurry"] += float(metrics.ssim(x, y)[0])
-        else:
-            y = None
-            sums["niqe"] += _niqe(metrics, pred) if finite else float("inf")
-            sums["niqe_blurry"] += float(metrics.niqe(x)[0])
-        if example is None:
-            example = torch.cat([x[0], torch.nan_to_num(pred[0])]
-                                + ([y[0]] if y is not None else []), dim=2)
-    model.train(was_training)
-    result = {k: v / max(len(images), 1) for k, v in sums.items()}
-    result["example"] = example
-    return result
-
-
-def _niqe(metrics, image: torch.Tensor) -> float:
-    """NIQE of one image; infinity (the worst) for an image it cannot score, such as the flat
-    output of a diverged model (its statistics are not finite)."""
-    try:
-        score = float(metrics.niqe(image)[0])
-    except RuntimeError:  # torch.linalg errors on non-finite statistics
-        return float("inf")
-    return score if math.isfinite(score) else float("inf")
-
-
-def describe_validation(v: dict) -> str:
-    """One line of validation scores, with the blurry input's beside them."""
-    if "psnr" in v:
-        return (f"PSNR {v['psnr']:.2f} dB (blurry {v['psnr_blurry']:.2f}), SSIM "
-                f"{v['ssim']:.4f} (blurry {v['ssim_blurry']:.4f})")
-    return f"NIQE {v['niqe']:.2f} (blurry {v['niqe_blurry']:.2f}; lower is better)"
 
 
 def _state(model, opt, sched, step: int, cfg: TrainConfig, history: list) -> dict:
@@ -405,6 +305,10 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     storage.check_reachable(out, storage_cfg)
     storage.check_reachable(pairs, storage_cfg)
     storage.makedirs(out, storage_cfg)
+    resume = latest_checkpoint(out, storage_cfg)
+    if resume and checkpoint_step(resume) >= tc.steps:
+        log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
+        return finish_training(out, pairs, cfg, 0.0, command, log)
     init_ray(cfg.ray)
     use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -415,10 +319,6 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
             "train.cpus_per_worker or train.workers")
     val = validation_frames(tc.val, tc.val_frames, storage_cfg) if tc.val else []
     dataset = pairs_dataset(pairs, tc, storage_cfg)
-    resume = latest_checkpoint(out, storage_cfg)
-    if resume and checkpoint_step(resume) >= tc.steps:
-        log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
-        return finish_training(out, pairs, cfg, 0.0, command, log)
     if resume:
         log(f"[train] resuming from {resume}")
     mode = "supervised (ground truth)" if tc.supervised else f"masked {tc.loss}, τ={tc.tau}"
