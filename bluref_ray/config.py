@@ -89,7 +89,8 @@ class SynthConfig:
         default=2, metadata=_help("independently moving foreground objects per clip"))
     scenes: str = field(
         default="coffee,rocket,astronaut,chelsea,hubble_deep_field,immunohistochemistry,retina",
-        metadata=_help("comma-separated scikit-image photos the clips' backgrounds come from"))
+        metadata=_help("comma-separated scikit-image photos the clips' backgrounds come from; "
+                       "test clips take those no train clip shows, while any are left"))
     video: str | None = field(
         default=None,
         metadata=_help("take the sharp stream from this video file (path or URI) instead of "

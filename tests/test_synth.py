@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY
 
 from bluref_ray.config import ConfigError
-from bluref_ray.data.synth import ClipSynth, synthesize
+from bluref_ray.data.synth import ClipSynth, held_out_scenes, synthesize
 from bluref_ray.data.video import decode_frames
 
 
@@ -61,6 +61,18 @@ def test_layout_manifest_and_video(tiny_data):
         ref = _png(f"{tiny_data}/{c['frames_dir']}/{folder}/{f['index']:06d}.png")
         mse = np.mean((ref.astype(float) - d.rgb) ** 2)
         assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 30
+
+
+def test_test_clips_show_scenes_no_train_clip_shows(tiny_data):
+    clips = json.load(open(f"{tiny_data}/manifest.json"))["clips"]
+    train = {c["scene"] for c in clips if c["split"] == "train"}
+    test = [c["scene"] for c in clips if c["split"] == "test"]
+    assert test and not train & set(test)
+    # once the train clips have used every scene, test clips may show any of them
+    used_all = [{"split": "train", "scene": s} for s in ("coffee", "rocket")]
+    cfg = dataclasses.replace(TINY, scenes="coffee,rocket")
+    assert held_out_scenes(cfg, used_all) == ["coffee", "rocket"]
+    assert held_out_scenes(cfg, used_all[:1]) == ["rocket"]
 
 
 def test_deterministic_for_a_seed(tmp_path):

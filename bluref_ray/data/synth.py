@@ -13,7 +13,9 @@ Output, for ``--out ROOT``::
     ROOT/manifest.json                     settings and, per frame: blurry, k, exposure window
 
 The sharp stream comes from real photos seen through a virtual camera (:mod:`.camera`), or from
-the frames of a real video (``synth.video``). Output is deterministic for a seed.
+the frames of a real video (``synth.video``). Test clips show photos that no train clip shows
+(while ``synth.scenes`` has any left), so a test clip is an unseen scene. Output is deterministic
+for a seed.
 """
 
 from __future__ import annotations
@@ -94,10 +96,12 @@ class ClipSynth:
         split: split name (part of the random seed).
         number: clip number within the split.
         source_frames: frames of a real video for the sharp stream, or None for photos.
+        scenes: photos to pick the background from (default: ``cfg.scenes``).
     """
 
     def __init__(self, cfg: SynthConfig, split: str, number: int,
-                 source_frames: list[np.ndarray] | None = None) -> None:
+                 source_frames: list[np.ndarray] | None = None,
+                 scenes: list[str] | None = None) -> None:
         self.cfg = cfg
         self.split, self.number = split, number
         self.seq = f"clip_{number:04d}"
@@ -114,7 +118,7 @@ class ClipSynth:
             self.stream = PhotoCamera(rng, cfg.height, cfg.width, cfg.subframes, cfg.drift_px,
                                       cfg.rotation_deg, cfg.zoom, cfg.objects, shake,
                                       shake_reach=2.5 * cfg.shake_px,
-                                      scenes=tuple(cfg.scenes.split(",")))
+                                      scenes=tuple(scenes or cfg.scenes.split(",")))
             self.background = self.stream.background_name
 
     @property
@@ -180,7 +184,9 @@ def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = N
                     break
                 frames_for_clip = source[offset:offset + need]
                 offset += need
-            clip = ClipSynth(cfg, split, number, frames_for_clip)
+            clip = ClipSynth(cfg, split, number, frames_for_clip,
+                             scenes=held_out_scenes(cfg, manifest["clips"]) if split == "test"
+                             else None)
             manifest["clips"].append(_write_clip(out, clip, storage_cfg, pool))
             n_blur = sum(p.blurry for p in clip.plan)
             log(f"[synth] {split}/{clip.seq}: {cfg.frames} frames ({n_blur} blurry), "
@@ -189,6 +195,14 @@ def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = N
     storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=1),
                        storage_cfg)
     return manifest
+
+
+def held_out_scenes(cfg: SynthConfig, train_clips: list[dict]) -> list[str]:
+    """The scenes a test clip may show: those of ``synth.scenes`` that no train clip shows (all
+    of them if the train clips used every one), so that test clips are unseen scenes."""
+    scenes = cfg.scenes.split(",")
+    seen = {c["scene"] for c in train_clips if c["split"] == "train"}
+    return [s for s in scenes if s not in seen] or scenes
 
 
 def _write_clip(out: str, clip: ClipSynth, storage_cfg: StorageConfig | None,
