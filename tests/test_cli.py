@@ -81,8 +81,8 @@ def test_demo_runs_end_to_end(ray_cluster, tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path / "demo"), "--train-clips", "1", "--test-clips",
                  "1", "--frames", "12", "--height", "48", "--width", "80", "--quiet",
                  "--set", "train.steps=2", "--set", "refine.steps_later=1",
-                 "--set", "train.crop=32", "--set", "train.cpus_per_worker=0.5",
-                 "--set", "train.threads=1"])
+                 "--set", "train.crop=32", "--set", "train.workers=1",
+                 "--set", "train.cpus_per_worker=0.5", "--set", "train.threads=1"])
     assert code == 0
     out = capsys.readouterr().out
     for row in ("| blurry input |", "| BluRef round 1 |", "| BluRef round 2 |",
