@@ -197,11 +197,12 @@ def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = N
     return manifest
 
 
-def held_out_scenes(cfg: SynthConfig, train_clips: list[dict]) -> list[str]:
-    """The scenes a test clip may show: those of ``synth.scenes`` that no train clip shows (all
-    of them if the train clips used every one), so that test clips are unseen scenes."""
+def held_out_scenes(cfg: SynthConfig, clips: list[dict]) -> list[str]:
+    """The scenes a test clip may show: those of ``synth.scenes`` that no train clip among
+    ``clips`` (manifest entries written so far) shows, or all of them if the train clips used
+    every one."""
     scenes = cfg.scenes.split(",")
-    seen = {c["scene"] for c in train_clips if c["split"] == "train"}
+    seen = {c["scene"] for c in clips if c["split"] == "train"}
     return [s for s in scenes if s not in seen] or scenes
 
 
