@@ -294,6 +294,11 @@ class TrainConfig:
         default=32,
         metadata=_help("random crops cut from each pair per pass over the data (more crops per "
                        "decoded frame: less decoding per step)"))
+    color_aug: bool = field(
+        default=True,
+        metadata=_help("augment crops with a random channel order and brightness (x0.5 to x1), "
+                       "the same for input and target, on top of flips: better on scenes whose "
+                       "colours the training clips lack"))
     lr: float = field(default=2e-3, metadata=_help("AdamW peak learning rate (cosine decay)"))
     weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
     workers: int = field(default=1, metadata=_help("DDP workers (Ray Train)"))
@@ -340,10 +345,17 @@ class RefineConfig:
     steps_later: int | None = field(
         default=None,
         metadata=_help("training steps of rounds 2..K, warm-started (default: train.steps)"))
+    lr_later: float = field(
+        default=0.25,
+        metadata=_help("peak learning rate of rounds 2..K as a share of train.lr: a warm-started "
+                       "round fine-tunes, and a full restart of the schedule undoes some of what "
+                       "the last round learned"))
 
     def validate(self) -> None:
         if self.rounds < 1:
             raise ConfigError(f"refine.rounds={self.rounds}: must be >= 1")
+        if not 0 < self.lr_later <= 1:
+            raise ConfigError(f"refine.lr_later={self.lr_later}: must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from bluref_ray.config import Config
 #: The demo's budget, sized to finish within 15 minutes on 2 CPU cores. Each can be changed
 #: with ``--set section.key=value`` (these come first, so user settings win).
 DEMO_SETTINGS = [
-    "synth.shake_px=6", "synth.shake_axis=90", "synth.test_clips=2",
+    # the synthesizer's shake (14 px), along one axis as a vehicle-mounted camera's
+    "synth.shake_axis=90", "synth.test_clips=2",
     "train.steps=1200", "train.crop=64", "train.lr=4e-3",
     # two DDP workers of one thread each: 61.5 crops/s of 64² on 2 cores, against 52.9 for one
     # worker of two threads; half a CPU each in Ray leaves one for the Ray Data tasks

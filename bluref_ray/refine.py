@@ -3,7 +3,8 @@
 Round 1 matches the references to the blurry frames and trains the deblurrer on the pseudo-pairs.
 Round k+1 deblurs each blurry frame with round k's model and matches the references to that
 output instead (a sharper matching input gives better alignment), then trains again, warm-started
-from round k's weights. The loss always pairs the *blurry* frame with the new pseudo-sharp target.
+from round k's weights at a lower peak learning rate (``refine.lr_later``). The loss always pairs
+the *blurry* frame with the new pseudo-sharp target.
 
 Output in ``OUT``::
 
@@ -61,8 +62,9 @@ def run_refine(frames: str, out: str, cfg: Config, log: Callable[[str], None] = 
         pg = run_pseudo_gt(frames, storage.join(round_dir(out, k), "pseudo_gt"),
                            dataclasses.replace(cfg, pseudo_gt=pg_cfg), log=log)
         steps = cfg.train.steps if k == 1 else (cfg.refine.steps_later or cfg.train.steps)
-        tc = dataclasses.replace(cfg.train, steps=steps, init=model or cfg.train.init)
-        log(f"[refine] round {k}/{cfg.refine.rounds}: training {steps} steps"
+        lr = cfg.train.lr if k == 1 else cfg.train.lr * cfg.refine.lr_later
+        tc = dataclasses.replace(cfg.train, steps=steps, lr=lr, init=model or cfg.train.init)
+        log(f"[refine] round {k}/{cfg.refine.rounds}: training {steps} steps, peak lr {lr:.2g}"
             + (f", warm start from {model}" if model else ""))
         tr = train_deblurrer(storage.join(round_dir(out, k), "pseudo_gt"),
                              storage.join(round_dir(out, k), "train"),

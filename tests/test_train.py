@@ -51,6 +51,32 @@ def test_crops_carry_the_confidence_mask_at_tau():
         crop_pairs(batch, crop=16, crops_per_frame=1, tau=0.7, supervised=True)
 
 
+def test_color_augmentation_recolors_input_and_target_alike():
+    blurry = np.empty((20, 30, 3), np.uint8)
+    blurry[...] = (40, 120, 200)  # one value per channel: the order shows in every pixel
+    pseudo = blurry + np.uint8(20)
+    conf = np.full((20, 30), 255, np.uint8)
+    batch = {"row_id": np.array(["r"]), "blurry_png": np.array([encode_png(blurry)], object),
+             "pseudo_png": np.array([encode_png(pseudo)], object),
+             "confidence_png": np.array([encode_png(conf)], object),
+             "gt_uri": np.array([None], object)}
+    out = crop_pairs(batch, crop=16, crops_per_frame=40, tau=0.7, supervised=False,
+                     rng=np.random.default_rng(0), color_aug=True)
+    assert out["mask"].min() == 1  # the mask is not recoloured
+    orders, gains = set(), []
+    for b, t in zip(out["blurry"], out["target"]):
+        assert (b == b[0, 0]).all() and (t == t[0, 0]).all()
+        gain = b[0, 0].astype(float).sum() / 360
+        order = [int(np.argmin(np.abs(np.array([40, 120, 200]) * gain - v))) for v in b[0, 0]]
+        assert sorted(order) == [0, 1, 2] and 0.5 - 0.01 <= gain <= 1.0 + 0.01
+        # the target got the same channel order and the same gain
+        expected = (np.array([60, 140, 220])[order] * gain)
+        np.testing.assert_allclose(t[0, 0], expected, atol=1.6)
+        orders.add(tuple(order))
+        gains.append(gain)
+    assert len(orders) > 1 and np.ptp(gains) > 0.2  # both vary from crop to crop
+
+
 def test_two_ddp_workers_train_and_end_with_equal_weights(ray_cluster, tiny_pairs, tiny_data,
                                                           tmp_path):
     out = str(tmp_path / "ddp")
@@ -136,6 +162,9 @@ def test_refinement_rounds_match_the_previous_models_output(ray_cluster, tiny_fr
     assert r["model"].endswith("round_2/train/model.pt")
     assert any("matching the output of" in m and "round_1/train/model.pt" in m for m in logs)
     assert read_checkpoint(r["model"])["step"] == 1  # round 2: warm start, its own schedule
+    lrs = [json.loads((tmp_path / "refine" / f"round_{k}" / "train" / "train.json").read_text())
+           ["config"]["lr"] for k in (1, 2)]
+    assert lrs[1] == pytest.approx(lrs[0] * cfg.refine.lr_later)  # round 2 fine-tunes
     for name in ("refine.json", "refine.md", "refine.png"):
         assert (tmp_path / "refine" / name).stat().st_size > 0
 

@@ -89,7 +89,8 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
 
 def crop_pairs(batch: dict[str, np.ndarray], crop: int, crops_per_frame: int, tau: float,
                supervised: bool, storage_cfg: StorageConfig | None = None,
-               rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+               rng: np.random.Generator | None = None,
+               color_aug: bool = False) -> dict[str, np.ndarray]:
     """Decode pseudo-pairs and cut random crops with random flips.
 
     Args:
@@ -98,6 +99,10 @@ def crop_pairs(batch: dict[str, np.ndarray], crop: int, crops_per_frame: int, ta
         crops_per_frame: crops cut from each pair.
         tau: the mask is ``confidence ≥ tau`` (confidence stored as ``round(255·c)``).
         supervised: the target is the ground truth (``gt_uri``) and the mask all ones.
+        color_aug: also give each crop a random channel order and a random brightness
+            (×0.5 to ×1), the same for blurry and target. Blur acts on each channel alike and
+            scales with brightness, so the pair stays consistent, while the network sees more
+            colours than a few training scenes hold.
 
     Returns:
         ``blurry`` and ``target`` ``[K, crop, crop, 3]`` uint8, ``mask`` ``[K, crop, crop]``
@@ -134,10 +139,20 @@ def crop_pairs(batch: dict[str, np.ndarray], crop: int, crops_per_frame: int, ta
                 c = c[:, ::-1]
             if rng.random() < 0.5:
                 c = c[::-1]
+            if color_aug:
+                c = _recolor(c, rng)
             out["blurry"].append(c[..., :3])
             out["target"].append(c[..., 3:6])
             out["mask"].append(c[..., 6])
     return {k: np.ascontiguousarray(np.stack(v)) for k, v in out.items()}
+
+
+def _recolor(stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One channel order and one brightness for a crop's blurry (0:3) and target (3:6) images."""
+    order = rng.permutation(3)
+    gain = rng.uniform(0.5, 1.0)
+    images = np.rint(stack[..., np.r_[order, order + 3]] * gain).astype(np.uint8)
+    return np.concatenate([images, stack[..., 6:]], axis=2)
 
 
 def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
@@ -156,7 +171,8 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
     return ds.randomize_block_order().map_batches(
         crop_pairs, batch_size=4, num_cpus=DATA_CPUS,
         fn_kwargs={"crop": cfg.crop, "crops_per_frame": cfg.crops_per_frame, "tau": cfg.tau,
-                   "supervised": cfg.supervised, "storage_cfg": storage_cfg})
+                   "supervised": cfg.supervised, "storage_cfg": storage_cfg,
+                   "color_aug": cfg.color_aug})
 
 
 def _state(model, opt, sched, step: int, cfg: TrainConfig, history: list) -> dict:
