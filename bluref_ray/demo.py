@@ -31,12 +31,12 @@ from bluref_ray.config import Config
 DEMO_SETTINGS = [
     # the synthesizer's shake (14 px), along one axis as a vehicle-mounted camera's
     "synth.shake_axis=90", "synth.test_clips=2",
-    "train.steps=1000", "train.crop=64", "train.lr=4e-3",
+    "train.steps=900", "train.crop=64", "train.lr=4e-3",
     # two DDP workers of one thread each: 61.5 crops/s of 64² on 2 cores, against 52.9 for one
     # worker of two threads; half a CPU each in Ray leaves one for the Ray Data tasks
     "train.workers=2", "train.cpus_per_worker=0.5", "train.threads=1",
-    "train.val_frames=8", "train.val_every=500", "train.checkpoint_every=250",
-    "train.log_every=100", "refine.rounds=2", "refine.steps_later=500",
+    "train.val_frames=8", "train.val_every=1000", "train.checkpoint_every=300",
+    "train.log_every=100", "refine.rounds=2", "refine.steps_later=450",
 ]
 
 TABLE = [("method", "method", "{}"), ("psnr", "test PSNR (dB)", "{:.2f}"),

@@ -123,11 +123,15 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
                 pred = tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
             outputs[label] = (pred.clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
         row = {"uri": f["uri"], "gt_uri": f["gt_uri"]}
-        for m, img in outputs.items():
-            s = {"psnr": float(metrics.psnr(img, y)[0]) if y is not None else None,
-                 "ssim": float(metrics.ssim(img, y)[0]) if y is not None else None,
-                 "niqe": float(metrics.niqe(img)[0]) if min(img.shape[-2:]) >= NIQE_MIN_SIZE
-                 else None}
+        # all methods of a frame in one batch: pyiqa's SSIM (float64 filters) dominates on CPU
+        batch = torch.cat(list(outputs.values()))
+        truth = y.expand_as(batch) if y is not None else None
+        none = [None] * len(outputs)
+        psnr = metrics.psnr(batch, truth).tolist() if truth is not None else none
+        ssim = metrics.ssim(batch, truth).tolist() if truth is not None else none
+        niqe = metrics.niqe(batch).tolist() if min(batch.shape[-2:]) >= NIQE_MIN_SIZE else none
+        for i, m in enumerate(outputs):
+            s = {"psnr": psnr[i], "ssim": ssim[i], "niqe": niqe[i]}
             for k, v in s.items():
                 scores[m][k].append(v)
             row[m] = s
