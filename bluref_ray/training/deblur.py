@@ -5,9 +5,9 @@ Stages:
 1. **read** (Ray Data): the pseudo-pair shards (Parquet, PNG bytes) of ``bluref pseudo-gt``.
 2. **crop** (Ray Data ``map_batches``, CPU tasks): :func:`crop_pairs` decodes each pair and cuts
    ``crops_per_frame`` random crops with random flips (and, with ``color_aug``, a random channel
-   order and brightness): blurry, target (pseudo-sharp, or the
-   ground truth in supervised mode) and the loss mask (pseudo-GT confidence ≥ τ; all ones in
-   supervised mode). A new pass over the data draws new crops.
+   order and brightness): blurry, target (pseudo-sharp, or the ground truth in supervised mode)
+   and the loss mask (pseudo-GT confidence ≥ τ; all ones in supervised mode). A new pass over
+   the data draws new crops.
 3. **train** (Ray Train ``TorchTrainer``, ``workers`` DDP processes, NCCL and a GPU each on a GPU
    cluster, gloo on CPUs): each worker reads its share through ``get_dataset_shard("train")``,
    and the masked loss (:mod:`bluref_ray.losses`) is minimised with AdamW on a warm-up + cosine
