@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "synthesize a small dataset, ingest it, make pseudo-GT, "
                                    "train and refine the deblurrer, train the supervised upper "
                                    "bound with the same budget, evaluate on held-out clips and "
-                                   "print one table. About 15 minutes on 2 CPU cores. Any "
+                                   "print one table. Under 15 minutes on 2 CPU cores. Any "
                                    "setting can be changed with --set section.key=value, e.g. "
                                    "--set train.steps=2000 --set refine.rounds=3.")
     _out(p, default="bluref-demo")
