@@ -253,6 +253,12 @@ class MatcherTrainConfig:
         default=None, metadata=_help("extra training photos: a folder or bucket of images"))
     backbone: str | None = field(
         default=None, metadata=_help("checkpoint with feature-pyramid weights to start from"))
+    init: str | None = field(
+        default=None,
+        metadata=_help("matcher checkpoint to start from (fine-tuning; layers it lacks start "
+                       "fresh), e.g. package://bluref_ray/assets/matcher.pt"))
+    half_level: bool = field(
+        default=True, metadata=_help("refine the flow at 1/2 resolution (sub-pixel precision)"))
     log_every: int = field(default=25, metadata=_help("steps between TensorBoard scalars"))
     checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
     seed: int = field(default=0, metadata=_help("random seed of the synthetic pairs"))

@@ -12,7 +12,7 @@ from bluref_ray.config import Config, MatcherTrainConfig, RayConfig
 from bluref_ray.matching import build_matcher, warp
 from bluref_ray.matching.evaluate import calibration_error, sparsification
 from bluref_ray.matching.learned import SHIPPED, read_matcher_checkpoint
-from bluref_ray.matching.network import DenseMatcherNet
+from bluref_ray.matching.network import DenseMatcherNet, resize_flow
 from bluref_ray.matching.synthetic import (
     HELD_OUT_PHOTOS,
     PairConfig,
@@ -132,3 +132,38 @@ def test_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
                if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
     assert changed  # it trained one more step from where it stopped
     assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_fine_tuning_adds_the_half_level_as_a_no_op(tmp_path):
+    """A checkpoint without the 1/2 level starts a network with it: same flow up to 1/4."""
+    from bluref_ray.models import save_checkpoint
+    from bluref_ray.training.matcher import init_from
+
+    torch.manual_seed(0)
+    old = DenseMatcherNet(global_size=64, half_level=False)
+    path = tmp_path / "old.pt"
+    save_checkpoint(old, str(path), "dense-matcher", {"global_size": 64})
+    new = DenseMatcherNet(global_size=64)
+    fresh = init_from(new, str(path))
+    assert fresh and all(k.startswith("half_") for k in fresh)
+    t, r = torch.rand(1, 3, 61, 83), torch.rand(1, 3, 61, 83)
+    with torch.no_grad():
+        a, b = old(t, r), new(t, r)
+    assert torch.allclose(dict(a["levels"])["local4"], dict(b["levels"])["local4"])
+    half = dict(b["levels"])["local2"]  # the 1/4 flow, only resampled to 1/2
+    assert torch.allclose(half, resize_flow(dict(b["levels"])["local4"], half.shape[-2:]))
+    with pytest.raises(ValueError, match="old.pt"):
+        init_from(DenseMatcherNet(global_size=64, channels=(8, 16, 32, 48)), str(path))
+
+
+def test_shipped_matcher_is_sure_of_an_identity_pair():
+    photos = load_photos(HELD_OUT_PHOTOS)
+    cfg = PairConfig(size=128, p_identity=1.0)
+    pair = make_batch(photos, 3, cfg, torch.Generator().manual_seed(7), blur=False)
+    assert torch.equal(pair["target"], pair["reference"]) and pair["flow"].abs().max() == 0
+    res = build_matcher("learned")(pair["target"], pair["reference"])
+    assert res.flow.norm(dim=1).mean() < 0.3  # pixels
+    inner = (..., slice(8, -8), slice(8, -8))  # it falls within a few pixels of the border
+    assert res.confidence.mean() > 0.85 and res.confidence[inner].mean() > 0.95  # P(err < 1)
+    wide = build_matcher("learned", radius_px=2.0)(pair["target"], pair["reference"])
+    assert wide.confidence[inner].mean() > 0.99  # P(err < 2)

@@ -59,6 +59,7 @@ class LearnedMatcher:
                  storage_cfg: StorageConfig | None = None) -> None:
         ckpt = read_matcher_checkpoint(checkpoint, storage_cfg)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}
+        kwargs.setdefault("half_level", False)  # checkpoints from before the 1/2 level
         if radius_px is not None:
             kwargs["radius_px"] = float(radius_px)
         self.net = DenseMatcherNet(**kwargs)

@@ -22,12 +22,16 @@ How it works, coarse to fine:
    target features and the flow. The decoders' last layers start at zero, so an untrained
    network is already a (random-feature) correlation matcher, and training sharpens the
    features and learns the corrections: this is what lets it train in minutes on a CPU.
-4. **Confidence head** at 1/4: from the final local correlation and the last decoder's features,
-   one logit per radius R in ``radii`` that the flow at that pixel is within R pixels of the
+4. **Half-resolution refinement** (``half_level``): the same step once more at 1/2, within
+   ``half_radius`` cells, on features of its own and with a small decoder. Cells of 2 pixels make the flow precise below a
+   pixel, where the 1/4 grid left typical errors of 1 to 2 pixels.
+5. **Confidence head** at 1/4: from a local correlation along the final flow and the 1/4
+   decoder's features, one logit per radius R in ``radii`` that the flow at that pixel is within R pixels of the
    truth. Trained with binary cross-entropy against those events, each is a calibrated
    probability; unlike PDC-Net's ``p_r`` it has no ceiling below 1 (DESIGN.md: PDC-Net's ``p_r``
    with R=1 cannot pass 0.573). ``radius_px`` picks the one returned as ``confidence``.
-5. The 1/4 flow and logit are upsampled bilinearly to the input size.
+6. The flow (1/2, or 1/4 without ``half_level``) and the logits are upsampled bilinearly to the
+   input size.
 """
 
 from __future__ import annotations
@@ -148,11 +152,14 @@ class DenseMatcherNet(nn.Module):
         radius: local correlation radius in cells.
         radii: the radii R (pixels) of the confidences P(|error| < R) the head predicts.
         radius_px: which of ``radii`` is returned as ``confidence``.
+        half_level: refine the flow once more at 1/2 resolution.
+        half_radius: local correlation radius at 1/2, in cells.
     """
 
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 96), global_size: int = 192,
                  radius: int = 3, radii: tuple[float, ...] = (1.0, 2.0, 4.0),
-                 radius_px: float = 1.0) -> None:
+                 radius_px: float = 1.0, half_level: bool = True,
+                 half_radius: int = 2) -> None:
         super().__init__()
         if global_size % 16:
             raise ValueError(f"global_size={global_size} must be a multiple of 16")
@@ -169,6 +176,22 @@ class DenseMatcherNet(nn.Module):
         self.local_decoders = nn.ModuleList(
             [FlowDecoder(k + channels[i] + 2) for i in (3, 2, 1)])  # 1/16, 1/8, 1/4
         self.local_log_temperature = nn.Parameter(torch.full((3,), 3.4))
+        self.half_radius = half_radius
+        if half_level:
+            # its own features: the level can be added to a trained network without its losses
+            # reaching, through shared features, the levels that already work
+            self.half_features = nn.Sequential(_conv(3, channels[0], 2),
+                                               _conv(channels[0], channels[0]),
+                                               _conv(channels[0], channels[0]))
+            self.half_decoder = FlowDecoder((2 * half_radius + 1) ** 2 + channels[0] + 2,
+                                            hidden=(32, 16))
+            self.half_log_temperature = nn.Parameter(torch.tensor(3.4))
+            # how far the 1/2 soft-argmax moves the flow (×10, so that it opens within a few
+            # hundred optimizer steps); 0 at first, so the level starts as a no-op and a network
+            # trained without it can be fine-tuned with it
+            self.half_gate = nn.Parameter(torch.zeros(()))
+        else:
+            self.half_decoder = None
         c_last = self.local_decoders[-1].out_channels
         self.confidence_head = nn.Sequential(_conv(k + c_last, 32),
                                              nn.Conv2d(32, len(self.radii), 3, padding=1))
@@ -202,9 +225,18 @@ class DenseMatcherNet(nn.Module):
         ft = self.features(target)
         fr = self.features(reference)
         flow = None
-        for i, (name, decoder, (t_feat, r_feat)) in enumerate(zip(
-                ("local16", "local8", "local4"), self.local_decoders,
-                [(ft[3], fr[3]), (ft[2], fr[2]), (ft[1], fr[1])])):
+        one = torch.ones((), device=target.device)
+        steps = [("local16", self.local_decoders[0], ft[3], fr[3], self.radius,
+                  self.local_log_temperature[0], one),
+                 ("local8", self.local_decoders[1], ft[2], fr[2], self.radius,
+                  self.local_log_temperature[1], one),
+                 ("local4", self.local_decoders[2], ft[1], fr[1], self.radius,
+                  self.local_log_temperature[2], one)]
+        if self.half_decoder is not None:
+            steps.append(("local2", self.half_decoder, self.half_features(target),
+                          self.half_features(reference), self.half_radius,
+                          self.half_log_temperature, 10 * self.half_gate))
+        for name, decoder, t_feat, r_feat, radius, log_t, gate in steps:
             size = t_feat.shape[-2:]
             if flow is None:  # from the global grid to this level, through pixel units
                 init = resize_flow(resize_flow(g16, (self.global_size,) * 2), (h, w))
@@ -212,15 +244,18 @@ class DenseMatcherNet(nn.Module):
             else:
                 flow = resize_flow(flow, size)
             warped, _ = warp(r_feat, flow)
-            corr = local_correlation(t_feat, warped, self.radius)
-            logits = corr * self.local_log_temperature[i].exp()
+            corr = local_correlation(t_feat, warped, radius)
+            logits = corr * log_t.exp()
             self._corrs.append((name, logits, flow))
-            flow = flow + windowed_soft_argmax(logits, window_offsets(self.radius, corr.device,
-                                                                       corr.dtype))
-            residual, feats = decoder(torch.cat([corr, t_feat, flow], 1))
+            flow = flow + gate * windowed_soft_argmax(
+                logits, window_offsets(radius, corr.device, corr.dtype))
+            residual, level_feats = decoder(torch.cat([corr, t_feat, flow], 1))
             flow = flow + residual
             levels.append((name, flow))
-        warped, _ = warp(fr[1], flow)
+            if name == "local4":
+                feats = level_feats
+        quarter = resize_flow(flow, ft[1].shape[-2:])
+        warped, _ = warp(fr[1], quarter)
         corr = local_correlation(ft[1], warped, self.radius)
         logit = self.confidence_head(torch.cat([corr, feats], 1))
         full = resize_flow(flow, (h, w))

@@ -43,11 +43,14 @@ from bluref_ray.training.common import (
 )
 
 ARCH = "dense-matcher"
-LEVEL_WEIGHTS = {"global": 0.25, "local16": 0.25, "local8": 0.5, "local4": 0.5}
+#: learning-rate factor of the layers that fine-tuning (``init``) adds to a trained network
+NEW_LAYER_LR = 5.0
+LEVEL_WEIGHTS = {"global": 0.25, "local16": 0.25, "local8": 0.5, "local4": 0.5, "local2": 0.5}
 
 
 def net_kwargs(cfg: MatcherTrainConfig) -> dict:
-    return {"global_size": cfg.global_size, "radius_px": cfg.radius_px}
+    return {"global_size": cfg.global_size, "radius_px": cfg.radius_px,
+            "half_level": cfg.half_level}
 
 
 def level_epe(flow: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -66,11 +69,12 @@ def level_epe(flow: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torc
 
 
 def correlation_ce(name: str, logits: torch.Tensor, base: torch.Tensor, gt: torch.Tensor,
-                   valid: torch.Tensor, radius: int) -> torch.Tensor:
+                   valid: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of a correlation volume against the cell the true flow points to.
 
     The global volume classifies every reference cell; a local one the ``(2r+1)²`` offsets
-    around the flow the level started from. Pixels whose true cell is out of reach are ignored.
+    around the flow the level started from (r follows from the channel count). Pixels whose
+    true cell is out of reach are ignored.
 
     Shape:
         logits ``[B, K, h, w]``, base ``[B, 2, h, w]`` (cells), gt ``[B, 2, H, W]`` (pixels).
@@ -86,6 +90,7 @@ def correlation_ce(name: str, logits: torch.Tensor, base: torch.Tensor, gt: torc
         ok = v & (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
         target = ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)
     else:
+        radius = (round(logits.shape[1] ** 0.5) - 1) // 2
         off = (gt_l - base).round().long()
         ok = v & (off.abs() <= radius).all(1)
         side = 2 * radius + 1
@@ -95,14 +100,13 @@ def correlation_ce(name: str, logits: torch.Tensor, base: torch.Tensor, gt: torc
     return (ce * ok).sum() / ok.sum().clamp_min(1)
 
 
-def matcher_loss(out: dict, batch: dict, radii: tuple[float, ...],
-                 radius: int = 3) -> tuple[torch.Tensor, dict]:
+def matcher_loss(out: dict, batch: dict, radii: tuple[float, ...]) -> tuple[torch.Tensor, dict]:
     """Multi-level EPE, correlation cross-entropy and confidence BCE; also metrics to log."""
     gt, valid = batch["flow"], batch["valid"]
     loss = torch.zeros((), device=gt.device)
     logs = {}
     for name, logits, base in out.get("correlations", []):
-        ce = correlation_ce(name, logits, base.detach(), gt, valid, radius)
+        ce = correlation_ce(name, logits, base.detach(), gt, valid)
         loss = loss + 0.5 * ce
         logs[f"ce_{name}"] = ce.detach()
     for name, flow in out["levels"]:
@@ -118,6 +122,24 @@ def matcher_loss(out: dict, batch: dict, radii: tuple[float, ...],
     logs.update(aepe=aepe.detach(), bce=bce.detach(),
                 pck1=((err < 1) * valid).sum().detach() / valid.sum().clamp_min(1))
     return loss, logs
+
+
+def init_from(model: DenseMatcherNet, uri: str, storage_cfg=None) -> list[str]:
+    """Start ``model`` from the weights of the matcher checkpoint at ``uri``.
+
+    Layers the checkpoint lacks (a level added since) keep their fresh initialisation; their
+    names are returned. Any other mismatch is an error that names ``uri``.
+    """
+    from bluref_ray.matching.learned import read_matcher_checkpoint
+
+    state = read_matcher_checkpoint(uri, storage_cfg)["state_dict"]
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a layer of another shape
+        raise ValueError(f"{uri}: does not fit this network: {e}") from None
+    if unexpected:
+        raise ValueError(f"{uri}: layers this network does not have: {unexpected[:5]}")
+    return list(missing)
 
 
 def _state(model: torch.nn.Module, opt, sched, step: int, cfg: MatcherTrainConfig) -> dict:
@@ -154,8 +176,16 @@ def train_loop(config: dict) -> None:
         state = read_checkpoint(cfg.backbone, storage_cfg)["state_dict"]
         feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         model.features.load_state_dict(feats)
+    fresh: list[str] = []
+    if cfg.init:
+        fresh = init_from(model, cfg.init, storage_cfg)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    named = dict(model.named_parameters())
+    groups = [{"params": [p for n, p in named.items() if n not in fresh], "lr": cfg.lr}]
+    if fresh:  # layers the init checkpoint lacks learn from scratch, faster than the rest
+        groups.append({"params": [named[n] for n in fresh if n in named],
+                       "lr": cfg.lr * NEW_LAYER_LR})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_factor = warmup_cosine(cfg.steps, max(1, min(200, cfg.steps // 10)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start = 0
@@ -191,7 +221,7 @@ def train_loop(config: dict) -> None:
             if done % (cfg.log_every * 10) == 0 or done == cfg.steps:
                 writer.add_image("train/target|warped reference|confidence",
                                  _example_grid(batch, out_), done)
-            print(f"[train-matcher] step {done}/{cfg.steps} loss {float(loss):.3f} "
+            print(f"[train-matcher] step {done}/{cfg.steps} loss {float(loss.detach()):.3f} "
                   f"aepe {float(logs['aepe']):.2f} px pck1 {float(logs['pck1']):.3f} "
                   f"bce {float(logs['bce']):.3f} {seen / (time.time() - t0):.1f} pairs/s",
                   flush=True)
