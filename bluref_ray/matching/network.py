@@ -23,13 +23,14 @@ How it works, coarse to fine:
    network is already a (random-feature) correlation matcher, and training sharpens the
    features and learns the corrections: this is what lets it train in minutes on a CPU.
 4. **Half-resolution refinement** (``half_level``): the same step once more at 1/2, within
-   ``half_radius`` cells, on features of its own and with a small decoder. Cells of 2 pixels make the flow precise below a
-   pixel, where the 1/4 grid left typical errors of 1 to 2 pixels.
+   ``half_radius`` cells, on features of its own and with a small decoder. Cells of 2 pixels
+   make the flow precise below a pixel, where the 1/4 grid left typical errors of 1 to 2 pixels.
 5. **Confidence head** at 1/4: from a local correlation along the final flow and the 1/4
-   decoder's features, one logit per radius R in ``radii`` that the flow at that pixel is within R pixels of the
-   truth. Trained with binary cross-entropy against those events, each is a calibrated
-   probability; unlike PDC-Net's ``p_r`` it has no ceiling below 1 (DESIGN.md: PDC-Net's ``p_r``
-   with R=1 cannot pass 0.573). ``radius_px`` picks the one returned as ``confidence``.
+   decoder's features, one logit per radius R in ``radii`` that the flow at that pixel is within
+   R pixels of the truth. Trained with binary cross-entropy against those events, each is a
+   calibrated probability; unlike PDC-Net's ``p_r`` it has no ceiling below 1 (DESIGN.md:
+   PDC-Net's ``p_r`` with R=1 cannot pass 0.573). ``radius_px`` picks the one returned as
+   ``confidence``.
 6. The flow (1/2, or 1/4 without ``half_level``) and the logits are upsampled bilinearly to the
    input size.
 """
