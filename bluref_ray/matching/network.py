@@ -226,13 +226,9 @@ class DenseMatcherNet(nn.Module):
         ft = self.features(target)
         fr = self.features(reference)
         flow = None
-        one = torch.ones((), device=target.device)
-        steps = [("local16", self.local_decoders[0], ft[3], fr[3], self.radius,
-                  self.local_log_temperature[0], one),
-                 ("local8", self.local_decoders[1], ft[2], fr[2], self.radius,
-                  self.local_log_temperature[1], one),
-                 ("local4", self.local_decoders[2], ft[1], fr[1], self.radius,
-                  self.local_log_temperature[2], one)]
+        steps = [(name, decoder, ft[i], fr[i], self.radius, self.local_log_temperature[j], 1.0)
+                 for j, (name, decoder, i) in enumerate(zip(("local16", "local8", "local4"),
+                                                            self.local_decoders, (3, 2, 1)))]
         if self.half_decoder is not None:
             steps.append(("local2", self.half_decoder, self.half_features(target),
                           self.half_features(reference), self.half_radius,
