@@ -259,6 +259,10 @@ class MatcherTrainConfig:
                        "fresh), e.g. package://bluref_ray/assets/matcher.pt"))
     half_level: bool = field(
         default=True, metadata=_help("refine the flow at 1/2 resolution (sub-pixel precision)"))
+    objects: float = field(
+        default=0.5,
+        metadata=_help("share of pairs with a foreground object that moves on its own (its own "
+                       "flow and blur, and the background it hides), as in fleet video"))
     log_every: int = field(default=25, metadata=_help("steps between TensorBoard scalars"))
     checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
     seed: int = field(default=0, metadata=_help("random seed of the synthetic pairs"))
@@ -269,6 +273,8 @@ class MatcherTrainConfig:
         if self.batch_size % self.workers:
             raise ConfigError(f"train_matcher.batch_size={self.batch_size} must divide by "
                               f"train_matcher.workers={self.workers}")
+        if not 0.0 <= self.objects <= 1.0:
+            raise ConfigError(f"train_matcher.objects={self.objects}: a share, from 0 to 1")
         if self.radius_px not in (1.0, 2.0, 4.0):
             raise ConfigError(f"train_matcher.radius_px={self.radius_px}: use 1, 2 or 4")
         if self.crop < 64 or self.global_size % 16:

@@ -18,6 +18,7 @@ from bluref_ray.matching.synthetic import (
     PairConfig,
     load_photos,
     make_batch,
+    make_pair,
     motion_kernel,
 )
 
@@ -53,6 +54,27 @@ def test_synthetic_pairs_are_consistent_with_their_flow():
     assert abs(k.sum().item() - 1) < 1e-5
     ys, xs = torch.meshgrid(torch.arange(13.0) - 6, torch.arange(13.0) - 6, indexing="ij")
     assert abs((k * xs).sum()) < 0.05 and abs((k * ys).sum()) < 0.05  # centred
+
+
+def test_moving_objects_have_their_own_flow():
+    photos = load_photos(("astronaut", "coffee"))
+    still = dict(size=96, p_blur=0.0, noise=0.0, p_jpeg=0.0, p_occluder=0.0, p_identity=0.0,
+                 motion_px=(0.0, 0.0))  # no blur, so the object is sharp in both images too
+    def pairs(**kw) -> dict:  # one pair per seed: the same camera motion with or without
+        ps = [make_pair(photos, PairConfig(**still, **kw), torch.Generator().manual_seed(i))
+              for i in range(6)]
+        return {k: torch.stack([p[k] for p in ps]) for k in ps[0]}
+
+    plain, b = pairs(), pairs(p_object=1.0)
+    # the object's pixels take their own flow
+    moved = (b["flow"] - plain["flow"]).norm(dim=1) > 0.5
+    assert 0.02 < moved.float().mean() < 0.4
+    assert (b["valid"] < plain["valid"]).any()  # the background it hides in the reference
+    warped, inside = warp(b["reference"], b["flow"])
+    m = (b["valid"] * inside).bool().expand_as(warped)
+    assert (warped - b["target"]).abs()[m].mean() < 0.08
+    on_object = (moved[:, None] & (b["valid"] > 0.5)).expand_as(warped)
+    assert (warped - b["target"]).abs()[on_object].mean() < 0.08
 
 
 def test_sparsification_and_calibration_metrics():

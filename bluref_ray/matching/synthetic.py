@@ -8,6 +8,10 @@ photo. The true flow is ``g(p) - p`` (target pixel → reference pixel, as the
 :class:`~bluref_ray.matching.Matcher` protocol defines it); it is valid where ``g(p)`` falls
 inside the reference crop and no occluder covers the target.
 
+Some pairs (``p_object``) also get a foreground object in both images that moves on its own, as
+cars and people do in fleet video: its pixels have their own flow, blurred along their own
+motion, and the background it hides in the reference is invalid.
+
 Everything runs in torch (kornia for the perspective and TPS maps, the blur filters and JPEG), on
 whatever device the photos are on, and is deterministic for a ``torch.Generator``.
 """
@@ -46,6 +50,8 @@ class PairConfig:
     noise: float = 0.02  # largest Gaussian noise sigma (image in [0, 1])
     p_jpeg: float = 0.4
     p_occluder: float = 0.4
+    p_object: float = 0.0  # pairs with a foreground object moving on its own (see make_pair)
+    object_shift: float = 0.15  # the object's largest translation
     p_identity: float = 0.05  # pairs with no motion and no degradation (confidence must be 1)
 
 
@@ -208,6 +214,9 @@ def make_pair(photos: list[torch.Tensor], cfg: PairConfig, gen: torch.Generator,
                             torch.arange(s, dtype=torch.float32), indexing="ij")
     flow = g - torch.stack([xs, ys])
     valid = ((g[0] >= 0) & (g[0] <= s - 1) & (g[1] >= 0) & (g[1] <= s - 1)).float()[None]
+    if not identity and cfg.p_object > 0 and torch.rand(1, generator=gen) < cfg.p_object:
+        reference, target, flow, valid = _moving_object(reference, target, g, flow, valid,
+                                                        photos, cfg, gen)
     if not identity and torch.rand(1, generator=gen) < cfg.p_occluder:
         target, covered = _occlude(target, photos, gen)
         valid = valid * (1 - covered)
@@ -217,6 +226,65 @@ def make_pair(photos: list[torch.Tensor], cfg: PairConfig, gen: torch.Generator,
         target, blurred = degrade(target, PairConfig(**{**cfg.__dict__, "p_blur": p_blur}), gen)
     return {"target": target, "reference": reference, "flow": flow, "valid": valid,
             "blurred": torch.tensor(blurred)}
+
+
+def _moving_object(reference: torch.Tensor, target: torch.Tensor, g: torch.Tensor,
+                   flow: torch.Tensor, valid: torch.Tensor, photos: list[torch.Tensor],
+                   cfg: PairConfig, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Add a foreground object, in both images, that moves on its own (a car, a passer-by).
+
+    An elliptical patch of a photo sits in the reference; in the target it is shifted, turned
+    and scaled by its own motion, and blurred along that motion (it moved during the
+    exposure). Its pixels take its own flow. Background pixels of the target that the object
+    hides in the reference, and the blurred rim where object and background mix, are invalid.
+    """
+    _, s, _ = target.shape
+    src = photos[int(torch.randint(len(photos), (1,), generator=gen))]
+    ph = min(int(_u(gen, 0.15, 0.4, 1).item() * s), src.shape[1] - 1, s - 4)
+    pw = min(int(_u(gen, 0.15, 0.4, 1).item() * s), src.shape[2] - 1, s - 4)
+    zoom = _u(gen, 1.0, 3.0, 1).item()  # cut from a wider region, shrunk: more texture
+    ch, cw = min(int(ph * zoom), src.shape[1]), min(int(pw * zoom), src.shape[2])
+    sy = int(torch.randint(0, src.shape[1] - ch + 1, (1,), generator=gen))
+    sx = int(torch.randint(0, src.shape[2] - cw + 1, (1,), generator=gen))
+    patch = F.interpolate(src[None, :, sy:sy + ch, sx:sx + cw], size=(ph, pw), mode="bilinear",
+                          align_corners=False, antialias=True)[0]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, ph), torch.linspace(-1, 1, pw), indexing="ij")
+    alpha = ((1 - torch.sqrt(xx ** 2 + yy ** 2)) * min(ph, pw) / 2 + 0.5).clamp(0, 1)
+    # the object's layer in the reference: premultiplied colour and alpha, 2 px clear of the edge
+    ry = int(torch.randint(2, s - ph - 1, (1,), generator=gen))
+    rx = int(torch.randint(2, s - pw - 1, (1,), generator=gen))
+    layer = torch.zeros(4, s, s, device=target.device)
+    layer[:3, ry:ry + ph, rx:rx + pw] = patch * alpha
+    layer[3, ry:ry + ph, rx:rx + pw] = alpha
+    # its own motion: target position x ↦ reference position c_r + R(-θ)(x - c_t) / σ
+    c_r = torch.tensor([rx + (pw - 1) / 2, ry + (ph - 1) / 2])
+    shift = _u(gen, -cfg.object_shift, cfg.object_shift, 2) * s
+    c_t = c_r + shift
+    theta = math.radians(_u(gen, -10, 10, 1).item())
+    sigma = _u(gen, 0.9, 1.1, 1).item()
+    ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32),
+                            torch.arange(s, dtype=torch.float32), indexing="ij")
+    dx, dy = xs - c_t[0], ys - c_t[1]
+    cos, sin = math.cos(theta), math.sin(theta)
+    g_obj = torch.stack([c_r[0] + (cos * dx + sin * dy) / sigma,
+                         c_r[1] + (-sin * dx + cos * dy) / sigma])
+    moved = bilinear_sample(layer[None], g_obj[0][None], g_obj[1][None])
+    inside = moved[0, 3] > 0.5  # the object's extent at the exposure's centre
+    if torch.rand(1, generator=gen) < 0.7:  # it moved during the exposure
+        length = _u(gen, *cfg.motion_px, 1).item()
+        angle = math.atan2(float(shift[1]), float(shift[0])) + _u(gen, -0.3, 0.3, 1).item()
+        k = motion_kernel(length, angle, _u(gen, -0.3, 0.3, 1).item(),
+                          int(math.ceil(length)) // 2 * 2 + 3)
+        moved = kornia.filters.filter2d(moved, k[None].to(moved), border_type="constant")
+    a_t = moved[0, 3:]
+    target = target * (1 - a_t) + moved[0, :3]
+    reference = reference * (1 - layer[3:]) + layer[:3]
+    hidden = bilinear_sample(layer[3:][None], g[0][None], g[1][None])[0] > 0.5
+    flow = torch.where(inside[None], g_obj - torch.stack([xs, ys]), flow)
+    mixed = (a_t > 0.1) & (a_t < 0.9)
+    valid = torch.where(inside[None], torch.ones_like(valid), valid * (~hidden).float())
+    valid = valid * (~mixed).float()
+    return reference, target, flow, valid
 
 
 def _occlude(target: torch.Tensor, photos: list[torch.Tensor],

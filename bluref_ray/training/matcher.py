@@ -194,7 +194,7 @@ def train_loop(config: dict) -> None:
         start = load_state(state, model, opt, sched, lr_factor)
     ddp = ray.train.torch.prepare_model(model)
     photos = load_photos(folder=cfg.images, storage_cfg=storage_cfg)
-    pair_cfg = PairConfig(size=cfg.crop)
+    pair_cfg = PairConfig(size=cfg.crop, p_object=cfg.objects)
     per_worker = cfg.batch_size // world
     tb_dir = tensorboard_dir(out)
     writer = SummaryWriter(tb_dir, purge_step=start) if rank == 0 else None
