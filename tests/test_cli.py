@@ -75,6 +75,8 @@ def test_bad_option_value_exits_2_with_a_message(tmp_path, capsys):
     assert "k_min" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--delta", "x"]) == 2
     assert "ingest.delta" in capsys.readouterr().err
+    assert main(["train-matcher", "--out", str(tmp_path / "m"), "--objects", "1.5"]) == 2
+    assert "train_matcher.objects=1.5" in capsys.readouterr().err
 
 
 def test_demo_runs_end_to_end(ray_cluster, tmp_path, capsys):
