@@ -43,6 +43,8 @@ _TRAIN = ("train", TrainConfig, "", "deblurrer training settings")
 _TRAIN_PREFIXED = ("train", TrainConfig, "train-", "deblurrer training settings")
 _REFINE = ("refine", RefineConfig, "", "refinement settings")
 _DEBLUR = ("deblur", DeblurConfig, "", "deblurring settings")
+_TAUS_HELP = ("comma-separated confidence thresholds τ (default: --tau alone); several trace each "
+              "matcher's PSNR-coverage curve, and matchers are compared at equal coverage")
 
 
 def _add_section(parser: argparse.ArgumentParser, section: str, cls: type, prefix: str,
@@ -155,18 +157,26 @@ def cmd_pseudo_gt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(text: str | None, flag: str, kind: type) -> list | None:
+    """``"1,2,4"`` → ``[1, 2, 4]`` (None stays None); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
 def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
     from bluref_ray.pipeline.pseudo_gt import quality_markdown, quality_table
 
     cfg = _config(args)
-    try:
-        refs = [int(x) for x in args.refs.split(",")]
-    except ValueError:
-        raise ConfigError(f"--refs {args.refs!r}: expected numbers like 1,2,4,6") from None
+    refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
     strategies = args.strategies.split(",")
     for s in strategies:
         dataclasses.replace(cfg.pseudo_gt, strategy=s).validate()
-    results = quality_table(args.frames, args.out, cfg, strategies, refs, log=_log(args))
+    results = quality_table(args.frames, args.out, cfg, strategies, refs, log=_log(args),
+                            taus=taus)
     print(quality_markdown(results, cfg.pseudo_gt))
     print(f"written: {storage.join(args.out, 'quality.md')} and quality.json")
     return 0
@@ -184,15 +194,12 @@ def cmd_train_matcher(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_matcher(args: argparse.Namespace) -> int:
-    from bluref_ray.matching import build_matcher
     from bluref_ray.matching.evaluate import evaluate, markdown
-    from bluref_ray.pipeline.pseudo_gt import quality_markdown, quality_table
+    from bluref_ray.pipeline.pseudo_gt import matcher_from_config, quality_markdown, quality_table
 
     cfg = _config(args)
     pg = cfg.pseudo_gt
-    matchers = {"learned": build_matcher("learned", checkpoint=pg.matcher_checkpoint,
-                                         radius_px=pg.matcher_radius, storage_cfg=cfg.storage),
-                "dis": build_matcher("dis", preset=pg.dis_preset, ref_blur=pg.dis_ref_blur)}
+    matchers = {m: matcher_from_config(pg, m, cfg.storage) for m in ("learned", "dis")}
     radius = matchers["learned"].net.radius_px
     log = _log(args)
     log(f"[eval-matcher] {args.pairs} held-out pairs per condition, {pg.matcher_checkpoint}")
@@ -203,9 +210,10 @@ def cmd_eval_matcher(args: argparse.Namespace) -> int:
     storage.write_text(storage.join(args.out, "matcher_eval.md"), table, cfg.storage)
     print(table)
     if args.frames:
-        refs = [int(x) for x in args.refs.split(",")]
+        refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
         rows = quality_table(args.frames, storage.join(args.out, "pseudo_gt"), cfg,
-                             [pg.strategy], refs, log=log, matchers=["learned", "dis"])
+                             [pg.strategy], refs, log=log, matchers=["learned", "dis"],
+                             taus=taus)
         print(quality_markdown(rows, pg))
     print(f"written: {storage.join(args.out, 'matcher_eval.md')}"
           + (f" and {storage.join(args.out, 'pseudo_gt', 'quality.md')}" if args.frames else ""))
@@ -365,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", default="weighted,sequential,progressive",
                    help="comma-separated fusion strategies")
     p.add_argument("--refs", default="1,2,4,6", help="comma-separated reference counts N")
+    p.add_argument("--taus", default=None, help=_TAUS_HELP)
     _common(p, _PSEUDO, _RAY, _STORAGE)
     p.set_defaults(func=cmd_pseudo_gt_quality)
 
@@ -392,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", metavar="FRAMES", default=None,
                    help="ingested frame trees with ground truth: also compare pseudo-GT quality")
     p.add_argument("--refs", default="1,6", help="reference counts N for the pseudo-GT part")
+    p.add_argument("--taus", default=None, help=_TAUS_HELP)
     _common(p, _PSEUDO, _RAY, _STORAGE)
     p.set_defaults(func=cmd_eval_matcher)
 

@@ -186,6 +186,10 @@ class PseudoGTConfig:
         default=None,
         metadata=_help("learned matcher: confidence as P(error < R px), R = 1, 2 or 4 "
                        "(default: the checkpoint's)"))
+    dis_refine: bool = field(
+        default=False,
+        metadata=_help("learned matcher: refine its flow with DIS started from it (sub-pixel "
+                       "precision; on the CPU); the confidence stays the network's"))
     dis_preset: str = field(
         default="medium", metadata=_help("DIS preset: ultrafast, fast or medium"))
     dis_ref_blur: float = field(

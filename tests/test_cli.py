@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,13 @@ def test_pseudo_gt_commands(ray_cluster, tiny_frames, tmp_path, capsys):
     assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q2"),
                  "--strategies", "median"]) == 2
     assert "median" in capsys.readouterr().err
+    # several τ: one run each, in its own folder; a higher τ never covers more
+    assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q3"), "--limit", "2",
+                 "--strategies", "weighted", "--refs", "2", "--taus", "0.5,0.9", "--matcher", "dis",
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "q3" / "quality.json").read_text())
+    assert [r["tau"] for r in rows] == [0.5, 0.9] and rows[0]["coverage"] >= rows[1]["coverage"]
+    assert (tmp_path / "q3" / "dis-weighted-n2-t0.9" / "summary.json").exists()
+    assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q4"),
+                 "--taus", "0.5,high"]) == 2
+    assert "--taus" in capsys.readouterr().err

@@ -87,11 +87,12 @@ def test_sparsification_and_calibration_metrics():
     assert calibration_error(np.array([0.0, 0.0, 1.0, 1.0]), hit) == pytest.approx(1.0)
 
 
-def test_shipped_matcher_recovers_a_known_homography():
+def _homography_pair(s: int = 160) -> tuple[torch.Tensor, ...]:
+    """A held-out photo and its warp by a known homography (~11 px motion): target, reference,
+    true flow, valid mask."""
     import kornia
 
     photo = load_photos(("retina",))[0]  # a photo held out of training
-    s = 160
     ref = torch.nn.functional.interpolate(photo[None], size=(s, s), mode="area")
     src = torch.tensor([[[0.0, 0.0], [s - 1.0, 0.0], [s - 1.0, s - 1.0], [0.0, s - 1.0]]])
     dst = src + torch.tensor([[[9.0, -6.0], [12.0, -4.0], [8.0, 5.0], [5.0, 3.0]]])
@@ -102,11 +103,31 @@ def test_shipped_matcher_recovers_a_known_homography():
     g = (p[:2] / p[2:]).reshape(2, s, s)
     flow = (g - torch.stack([xs, ys]))[None]
     target, valid = warp(ref, flow)
-    m = build_matcher("learned")
-    res = m(target, ref)
+    return target, ref, flow, valid
+
+
+def test_shipped_matcher_recovers_a_known_homography():
+    target, ref, flow, valid = _homography_pair()
+    res = build_matcher("learned")(target, ref)
     err = (res.flow - flow).norm(dim=1, keepdim=True)
     assert (err * valid).sum() / valid.sum() < 2.0  # a few pixels at most, for ~11 px motion
     assert flow.norm(dim=1).mean() > 8
+
+
+def test_dis_refinement_starts_from_the_learned_flow():
+    from bluref_ray.matching.classical import DISMatcher
+
+    target, ref, flow, valid = _homography_pair()
+    dis = DISMatcher(ref_blur=0.0)
+    # started 3 px off everywhere, DIS brings the flow back to within a pixel
+    off = dis.refine(target, ref, flow + 3.0)
+    err = (off - flow).norm(dim=1, keepdim=True)
+    assert (err * valid).sum() / valid.sum() < 1.0
+    plain = build_matcher("learned")(target, ref)
+    refined = build_matcher("learned", refine=dis)(target, ref)
+    assert torch.equal(refined.confidence, plain.confidence)  # the network's, unchanged
+    err = (refined.flow - flow).norm(dim=1, keepdim=True)
+    assert (err * valid).sum() / valid.sum() < 1.0
 
 
 def test_shipped_confidence_falls_where_images_disagree():

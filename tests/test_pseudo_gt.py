@@ -16,7 +16,12 @@ from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
 from bluref_ray.fusion import STRATEGIES
 from bluref_ray.pipeline.ingest import run_ingest
-from bluref_ray.pipeline.pseudo_gt import actor_resources, run_pseudo_gt
+from bluref_ray.pipeline.pseudo_gt import (
+    actor_resources,
+    at_equal_coverage,
+    quality_markdown,
+    run_pseudo_gt,
+)
 
 CFG = Config(ray=RayConfig(progress_bars=False),
              pseudo_gt=PseudoGTConfig(max_refs=3, batch_size=4, targets_per_shard=3, limit=6))
@@ -69,8 +74,10 @@ def test_each_strategy_runs_through_ray_data_and_writes_shards(ray_cluster, tiny
     assert s["quality"]["psnr_pseudo_confident"] > s["quality"]["psnr_blurry_confident"]
 
 
-def test_learned_matcher_through_the_pipeline(ray_cluster, tiny_frames, tmp_path):
-    s = run_pseudo_gt(tiny_frames, str(tmp_path / "net"), _cfg(matcher="learned", limit=3),
+@pytest.mark.parametrize("dis_refine", [False, True])
+def test_learned_matcher_through_the_pipeline(ray_cluster, tiny_frames, tmp_path, dis_refine):
+    s = run_pseudo_gt(tiny_frames, str(tmp_path / "net"),
+                      _cfg(matcher="learned", limit=3, dis_refine=dis_refine),
                       log=lambda _m: None)
     t = _shards(str(tmp_path / "net"))
     _check_pairs(t, s["rows"], quality=False)
@@ -169,6 +176,22 @@ def test_delta_keeps_only_references_within_it():
     assert refs(max_refs=4, delta=4) == ["c:3", "c:9"]
     assert refs(max_refs=1, delta=5) == ["c:3"]
     assert refs(max_refs=4, delta=1) == []  # rejected later: no reference within ±Δ
+
+
+def test_matchers_are_compared_at_equal_coverage():
+    def row(matcher, tau, psnr, coverage):
+        return {"matcher": matcher, "strategy": "sequential", "N": 6, "tau": tau, "frames": 9,
+                "psnr_pseudo": psnr, "psnr_blurry": 27.0, "coverage": coverage, "refs_used": 6.0}
+
+    rows = [row("learned", 0.7, 28.5, 0.95), row("learned", 0.8, 29.1, 0.92),
+            row("learned", 0.9, 30.1, 0.83), row("dis", 0.6, 28.6, 0.92),
+            row("dis", 0.7, 28.6, 0.91)]
+    [c] = at_equal_coverage(rows, "dis", 0.7)
+    # the best learned run covering at least DIS's 0.91: τ = 0.8, not the sharper τ = 0.9
+    assert c["best"]["tau"] == 0.8 and c["gain_db"] == pytest.approx(0.5)
+    assert "+0.50 dB" in quality_markdown(rows, PseudoGTConfig())
+    [c] = at_equal_coverage([row("learned", 0.9, 30.1, 0.83), rows[-1]], "dis", 0.7)
+    assert c["best"] is None and c["gain_db"] is None
 
 
 def test_actor_resources():

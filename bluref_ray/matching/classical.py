@@ -57,15 +57,39 @@ class DISMatcher:
         if preset not in _PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; known: {', '.join(_PRESETS)}")
         self.preset, self.ref_blur, self.sigma_px = preset, ref_blur, sigma_px
-        self._dis = None
+        self._dis: dict[str, cv2.DISOpticalFlow] = {}
 
     def to(self, device: torch.device | str) -> DISMatcher:
         return self  # CPU only; results are moved back to the input's device
 
-    def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if self._dis is None:
-            self._dis = cv2.DISOpticalFlow_create(_PRESETS[self.preset])
-        return self._dis.calc(a, b, None)
+    def _flow(self, a: np.ndarray, b: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
+        # one OpenCV object for plain calls and one for calls from an initial flow: after a call
+        # with one, a plain call on the same object no longer gives the plain result
+        key = "plain" if init is None else "init"
+        if key not in self._dis:
+            self._dis[key] = cv2.DISOpticalFlow_create(_PRESETS[self.preset])
+        return self._dis[key].calc(a, b, init)
+
+    def _gray_pair(self, t: torch.Tensor, r: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        gt, gr = _gray_u8(t), _gray_u8(r)
+        if self.ref_blur > 0:
+            gr = cv2.GaussianBlur(gr, (0, 0), self.ref_blur)
+        return gt, gr
+
+    def refine(self, target: torch.Tensor, reference: torch.Tensor,
+               flow: torch.Tensor) -> torch.Tensor:
+        """DIS started from ``flow`` (e.g. a learned matcher's): its variational refinement
+        sharpens the flow to sub-pixel precision, while ``flow`` supplies the large motions.
+
+        Shape:
+            ``[B, 3, H, W]`` twice and flow ``[B, 2, H, W]`` → refined flow ``[B, 2, H, W]``.
+        """
+        out = []
+        for t, r, f in zip(target, reference, flow):
+            init = np.ascontiguousarray(f.detach().float().permute(1, 2, 0).cpu().numpy())
+            out.append(torch.from_numpy(self._flow(*self._gray_pair(t, r), init))
+                       .permute(2, 0, 1))
+        return torch.stack(out).to(flow.device, flow.dtype)
 
     def __call__(self, target: torch.Tensor, reference: torch.Tensor) -> MatchResult:
         """Match each target to its reference.
@@ -75,9 +99,7 @@ class DISMatcher:
         """
         flows, confs = [], []
         for t, r in zip(target, reference):
-            gt, gr = _gray_u8(t), _gray_u8(r)
-            if self.ref_blur > 0:
-                gr = cv2.GaussianBlur(gr, (0, 0), self.ref_blur)
+            gt, gr = self._gray_pair(t, r)
             fwd = self._flow(gt, gr)
             bwd = self._flow(gr, gt)
             flows.append(torch.from_numpy(fwd).permute(2, 0, 1))

@@ -13,6 +13,7 @@ import torch
 
 from bluref_ray import storage
 from bluref_ray.matching.base import MatchResult
+from bluref_ray.matching.classical import DISMatcher
 from bluref_ray.matching.network import DenseMatcherNet
 from bluref_ray.models import checkpoint_from_bytes
 from bluref_ray.storage import StorageConfig
@@ -51,12 +52,16 @@ class LearnedMatcher:
         radius_px: which calibrated confidence to return, P(|error| < R): 1, 2 or 4 pixels
             (default: the checkpoint's).
         storage_cfg: storage settings for ``checkpoint``.
+        refine: a :class:`~bluref_ray.matching.classical.DISMatcher` to refine the network's
+            flow with (DIS started from it, on the CPU); the confidence stays the network's.
     """
 
     name = "learned"
 
     def __init__(self, checkpoint: str = SHIPPED, radius_px: float | None = None,
-                 storage_cfg: StorageConfig | None = None) -> None:
+                 storage_cfg: StorageConfig | None = None, refine: DISMatcher | None = None
+                 ) -> None:
+        self.refine = refine
         ckpt = read_matcher_checkpoint(checkpoint, storage_cfg)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}
         kwargs.setdefault("half_level", False)  # checkpoints from before the 1/2 level
@@ -79,5 +84,7 @@ class LearnedMatcher:
         t, r = target.to(self.device), reference.to(self.device)
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             out = self.net(t, r)
-        return MatchResult(out["flow"].float().to(target.device),
-                           out["confidence"].float().to(target.device))
+        flow = out["flow"].float()
+        if self.refine is not None:
+            flow = self.refine.refine(t, r, flow)
+        return MatchResult(flow.to(target.device), out["confidence"].float().to(target.device))
