@@ -119,8 +119,10 @@ def test_dis_refinement_starts_from_the_learned_flow():
 
     target, ref, flow, valid = _homography_pair()
     dis = DISMatcher(ref_blur=0.0)
+    before = dis(target, ref).flow
     # started 3 px off everywhere, DIS brings the flow back to within a pixel
     off = dis.refine(target, ref, flow + 3.0)
+    assert torch.equal(dis(target, ref).flow, before)  # plain calls are not changed by it
     err = (off - flow).norm(dim=1, keepdim=True)
     assert (err * valid).sum() / valid.sum() < 1.0
     plain = build_matcher("learned")(target, ref)
