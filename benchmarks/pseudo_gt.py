@@ -2,6 +2,7 @@
 
     python benchmarks/pseudo_gt.py [--clips 4] [--frames 60] [--height 360] [--width 640]
                                    [--limit 12] [--max-refs 6] [--strategy weighted]
+                                   [--matcher learned|dis]
 
 Synthesizes clips (videos) and ingests them once, then makes pseudo-pairs for the same blurry
 frames three ways:
@@ -111,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=12, help="blurry frames per clip")
     ap.add_argument("--max-refs", type=int, default=6)
     ap.add_argument("--strategy", default="weighted")
+    ap.add_argument("--matcher", default=PseudoGTConfig.matcher, choices=("learned", "dis"),
+                    help="dense matcher (default: the pipeline's default)")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
     ap.add_argument("--workdir", default=None, help="keep data here (default: a temp dir)")
     args = ap.parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix="bluref-bench-pg-")
     frames = _prepare(work, args, args.num_cpus)
     pg = PseudoGTConfig(max_refs=args.max_refs, strategy=args.strategy, limit=args.limit,
-                        batch_size=8, targets_per_shard=12)
+                        batch_size=8, targets_per_shard=12, matcher=args.matcher)
 
     out_loop = os.path.join(work, "out-loop")
     shutil.rmtree(out_loop, ignore_errors=True)
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     fps_loop = n_loop / u_loop.wall
     print()
     print(f"pseudo-GT benchmark: {n_loop} blurry frames at {args.width}x{args.height}, "
-          f"N={args.max_refs}, strategy={args.strategy}, matcher=dis, {args.num_cpus} CPUs")
+          f"N={args.max_refs}, strategy={args.strategy}, matcher={args.matcher}, "
+          f"{args.num_cpus} CPUs")
     print(f"{'run':<34} {'pairs':>6} {'seconds':>8} {'pairs/s':>8} {'vs loop':>8} "
           f"{'cores busy':>10} {'peak mem':>9}")
     print(f"{'single-process loop':<34} {n_loop:>6} {u_loop.wall:>8.2f} {fps_loop:>8.2f} "

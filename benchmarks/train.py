@@ -58,7 +58,7 @@ def main() -> int:
     try:
         cfg = Config(ray=RayConfig(progress_bars=False),
                      synth=SynthConfig(train_clips=2, test_clips=0, frames=48, write_videos=False),
-                     pseudo_gt=PseudoGTConfig(max_refs=2))
+                     pseudo_gt=PseudoGTConfig(max_refs=2, matcher="dis"))  # data prep only
         init_ray(cfg.ray)
         cpus = ray.cluster_resources().get("CPU", 1)
         synthesize(f"{work}/data", cfg.synth, log=lambda _m: None)

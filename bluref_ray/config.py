@@ -176,18 +176,18 @@ class PseudoGTConfig:
                        "independent matches) or 'progressive' (new references only for pixels "
                        "still below τ)"))
     matcher: str = field(
-        default="dis",
-        metadata=_help("dense matcher: 'dis' (OpenCV DIS optical flow, the classical baseline) "
-                       "or 'learned' (the network; --matcher-checkpoint)"))
+        default="learned",
+        metadata=_help("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
+                       "(OpenCV DIS optical flow, the classical baseline)"))
     matcher_checkpoint: str = field(
         default="package://bluref_ray/assets/matcher.pt",
         metadata=_help("learned matcher checkpoint (default: the one shipped in the package)"))
     matcher_radius: float | None = field(
-        default=None,
-        metadata=_help("learned matcher: confidence as P(error < R px), R = 1, 2 or 4 "
-                       "(default: the checkpoint's)"))
+        default=4.0,
+        metadata=_help("learned matcher: confidence as P(error < R px), R = 1, 2 or 4; 4 gave "
+                       "the best pseudo-GT (none: the checkpoint's own)"))
     dis_refine: bool = field(
-        default=False,
+        default=True,
         metadata=_help("learned matcher: refine its flow with DIS started from it (sub-pixel "
                        "precision; on the CPU); the confidence stays the network's"))
     dis_preset: str = field(

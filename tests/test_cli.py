@@ -119,6 +119,9 @@ def test_pseudo_gt_commands(ray_cluster, tiny_frames, tmp_path, capsys):
                  "--strategy", "sequential", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "pseudo-GT: 4 pairs, 0 rejected" in printed and "quality on 4 frames" in printed
+    # the shipped learned matcher is the default
+    import pyarrow.parquet as pq
+    assert set(pq.read_table(f"{out}/shards").column("matcher").to_pylist()) == {"learned"}
     assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q"), "--limit", "2",
                  "--strategies", "weighted,progressive", "--refs", "1,3", "--quiet"]) == 0
     table = (tmp_path / "q" / "quality.md").read_text()
@@ -136,3 +139,19 @@ def test_pseudo_gt_commands(ray_cluster, tiny_frames, tmp_path, capsys):
     assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q4"),
                  "--taus", "0.5,high"]) == 2
     assert "--taus" in capsys.readouterr().err
+
+
+def test_eval_matcher_measures_the_network_its_refinement_and_dis(tmp_path, capsys):
+    out = tmp_path / "em"
+    assert main(["eval-matcher", "--out", str(out), "--pairs", "2", "--size", "64",
+                 "--quiet"]) == 0
+    rows = json.loads((out / "matcher_eval.json").read_text())
+    assert [(r["matcher"], r["blur"]) for r in rows] == [
+        (m, b) for b in (True, False) for m in ("learned", "learned+dis", "dis")]
+    assert all(r["aepe"] >= 0 and 0 <= r["coverage"] <= 1 for r in rows)
+    assert "P(error < 1 px)" in (out / "matcher_eval.md").read_text()
+    assert main(["eval-matcher", "--out", str(tmp_path / "em2"), "--pairs", "2", "--size", "64",
+                 "--no-dis-refine", "--pairs-radius", "4", "--quiet"]) == 0
+    rows = json.loads((tmp_path / "em2" / "matcher_eval.json").read_text())
+    assert {r["matcher"] for r in rows} == {"learned", "dis"}
+    assert "P(error < 4 px)" in capsys.readouterr().out

@@ -327,7 +327,11 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
     init_ray(cfg.ray)
     gpus, concurrency, cpus_per_actor = actor_resources(pg, ray.cluster_resources())
     loader_cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
-    log(f"[pseudo-gt] {len(files)} clips from {src}; matcher={pg.matcher} "
+    matcher = pg.matcher
+    if matcher == "learned":
+        r = f"R={pg.matcher_radius:g}" if pg.matcher_radius else "R of the checkpoint"
+        matcher += f" ({r}{', refined by DIS' if pg.dis_refine else ''})"
+    log(f"[pseudo-gt] {len(files)} clips from {src}; matcher={matcher} "
         f"strategy={pg.strategy} N={pg.max_refs} Δ={pg.delta or 'ingest'} τ={pg.tau}; "
         f"{concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
     ds = ray.data.from_items([{"frames_file": f} for f in files],
