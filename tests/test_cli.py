@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from bluref_ray.cli import build_parser, main
@@ -120,7 +121,6 @@ def test_pseudo_gt_commands(ray_cluster, tiny_frames, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "pseudo-GT: 4 pairs, 0 rejected" in printed and "quality on 4 frames" in printed
     # the shipped learned matcher is the default
-    import pyarrow.parquet as pq
     assert set(pq.read_table(f"{out}/shards").column("matcher").to_pylist()) == {"learned"}
     assert main(["pseudo-gt-quality", tiny_frames, "--out", str(tmp_path / "q"), "--limit", "2",
                  "--strategies", "weighted,progressive", "--refs", "1,3", "--quiet"]) == 0
