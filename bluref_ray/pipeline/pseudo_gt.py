@@ -246,7 +246,8 @@ def _load_task(batch: dict[str, np.ndarray], cfg: PseudoGTConfig, done: frozense
 def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, float]:
     """GPUs per actor, number of actors and CPUs per actor for the cluster's resources.
 
-    Default: one actor per GPU; without GPUs, as many actors as fit while leaving one CPU for
+    Default: one actor per GPU (``concurrency`` actors on fewer GPUs share them, a fraction
+    each); without GPUs, as many actors as fit while leaving one CPU for
     the tasks that load frames (they would starve otherwise, and the pipeline would stall). On a
     cluster of fewer than two CPUs, one actor gets half of them.
 
@@ -259,6 +260,8 @@ def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, fl
     per_actor = pg.cpus_per_actor
     if pg.concurrency:
         concurrency = pg.concurrency
+        if pg.gpus_per_actor is None and n_gpus:  # more actors than GPUs: they share them
+            gpus = min(1.0, n_gpus / concurrency)
     elif gpus:
         concurrency = max(1, int(n_gpus / gpus))
     elif cpus - 1 < per_actor:

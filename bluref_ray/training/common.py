@@ -8,6 +8,7 @@ through ``ray.train.report``. Started again with the same ``OUT``, the driver fi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -18,7 +19,37 @@ from collections.abc import Callable
 import torch
 
 from bluref_ray import storage
+from bluref_ray.config import ConfigError
 from bluref_ray.storage import StorageConfig
+
+
+def gpu_workers(tc, resources: dict, section: str = "train",
+                log: Callable[[str], None] = print):
+    """Settle a training config's ``use_gpu`` (default: when the cluster has GPUs) and fit its
+    ``workers`` to the GPUs; returns the config with both decided.
+
+    Each DDP worker on GPUs holds a whole GPU (NCCL cannot share one between ranks). When
+    ``use_gpu`` was left to its default and the cluster has fewer GPUs than ``workers``, training
+    runs one worker per GPU, and says so; asking for GPUs explicitly with too few of them, or on
+    a cluster without any, is an error rather than a run that waits for ever.
+
+    Raises:
+        ConfigError: ``use_gpu=true`` and the cluster has fewer GPUs than workers.
+    """
+    n_gpus = int(resources.get("GPU", 0))
+    if tc.use_gpu is None:
+        if not n_gpus:
+            return dataclasses.replace(tc, use_gpu=False)
+        if n_gpus < tc.workers:
+            log(f"[{section}] the cluster has {n_gpus} GPU(s): training with {n_gpus} GPU "
+                f"worker(s) instead of {tc.workers} (set {section}.use_gpu=false for "
+                f"{tc.workers} CPU workers)")
+        return dataclasses.replace(tc, use_gpu=True, workers=min(tc.workers, n_gpus))
+    if tc.use_gpu and n_gpus < tc.workers:
+        raise ConfigError(
+            f"{section}: {tc.workers} GPU worker(s) asked for ({section}.use_gpu=true), the "
+            f"cluster has {n_gpus} GPU(s); lower {section}.workers or set {section}.use_gpu=false")
+    return tc
 
 
 def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:

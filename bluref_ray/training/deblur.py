@@ -41,6 +41,7 @@ from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
     export_model,
     fit,
+    gpu_workers,
     latest_checkpoint,
     load_state,
     report_checkpoint,
@@ -327,7 +328,8 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
         return finish_training(out, pairs, cfg, 0.0, command, log)
     init_ray(cfg.ray)
-    use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    tc = gpu_workers(tc, ray.cluster_resources(), "train", log)
+    use_gpu = bool(tc.use_gpu)
     cpus = ray.cluster_resources().get("CPU", 0)
     if tc.workers * tc.cpus_per_worker > cpus - DATA_CPUS_FREE:
         raise ConfigError(

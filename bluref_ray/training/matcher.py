@@ -33,6 +33,7 @@ from bluref_ray.matching.warp import warp
 from bluref_ray.training.common import (
     export_model,
     fit,
+    gpu_workers,
     latest_checkpoint,
     load_state,
     report_checkpoint,
@@ -253,7 +254,8 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
     storage.check_reachable(out, storage_cfg)
     storage.makedirs(out, storage_cfg)
     init_ray(cfg.ray)
-    use_gpu = tc.use_gpu if tc.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    tc = gpu_workers(tc, ray.cluster_resources(), "train_matcher", log)
+    use_gpu = bool(tc.use_gpu)
     resume = latest_checkpoint(out, storage_cfg)
     if resume:
         log(f"[train-matcher] resuming from {resume}")
