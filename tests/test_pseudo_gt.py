@@ -212,6 +212,7 @@ def test_actor_resources():
     # more actors than GPUs share them; an explicit share is kept
     assert actor_resources(dataclasses.replace(pg, concurrency=4), {"CPU": 16, "GPU": 1}) == (
         0.25, 4, 1.0)
+    assert actor_resources(dataclasses.replace(pg, concurrency=3), {"CPU": 16, "GPU": 2})[0] == 0.5
     assert actor_resources(dataclasses.replace(pg, concurrency=2, gpus_per_actor=0.0),
                            {"CPU": 16, "GPU": 1}) == (0.0, 2, 1.0)
     with pytest.raises(ConfigError, match="no CPU for loading"):

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -261,7 +262,7 @@ def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, fl
     if pg.concurrency:
         concurrency = pg.concurrency
         if pg.gpus_per_actor is None and n_gpus:  # more actors than GPUs: they share them
-            gpus = min(1.0, n_gpus / concurrency)
+            gpus = 1.0 / math.ceil(concurrency / n_gpus)  # a share that packs onto whole GPUs
     elif gpus:
         concurrency = max(1, int(n_gpus / gpus))
     elif cpus - 1 < per_actor:
