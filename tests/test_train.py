@@ -154,6 +154,8 @@ def test_gpu_workers_fit_the_clusters_gpus():
     one = gpu_workers(tc, {"CPU": 16, "GPU": 1}, log=logs.append)
     assert (one.use_gpu, one.workers) == (True, 1) and "1 GPU worker(s) instead of 2" in logs[0]
     assert gpu_workers(tc, {"CPU": 16, "GPU": 4}).workers == 2
+    four = dataclasses.replace(tc, workers=4, batch_size=8)  # 3 GPUs: 2 workers split 8 evenly
+    assert gpu_workers(four, {"CPU": 16, "GPU": 3}, log=logs.append).workers == 2
     cpu = dataclasses.replace(tc, use_gpu=False)
     assert gpu_workers(cpu, {"CPU": 16, "GPU": 1}) == cpu
     with pytest.raises(ConfigError, match="2 GPU worker.*has 1 GPU"):  # would wait forever

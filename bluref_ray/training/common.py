@@ -40,11 +40,14 @@ def gpu_workers(tc, resources: dict, section: str = "train",
     if tc.use_gpu is None:
         if not n_gpus:
             return dataclasses.replace(tc, use_gpu=False)
-        if n_gpus < tc.workers:
-            log(f"[{section}] the cluster has {n_gpus} GPU(s): training with {n_gpus} GPU "
-                f"worker(s) instead of {tc.workers} (set {section}.use_gpu=false for "
-                f"{tc.workers} CPU workers)")
-        return dataclasses.replace(tc, use_gpu=True, workers=min(tc.workers, n_gpus))
+        if n_gpus >= tc.workers:
+            return dataclasses.replace(tc, use_gpu=True)
+        # as many workers as GPUs, or fewer so that they still split the global batch evenly
+        workers = max(w for w in range(1, n_gpus + 1) if tc.batch_size % w == 0)
+        log(f"[{section}] the cluster has {n_gpus} GPU(s): training with {workers} GPU "
+            f"worker(s) instead of {tc.workers} (set {section}.use_gpu=false for "
+            f"{tc.workers} CPU workers)")
+        return dataclasses.replace(tc, use_gpu=True, workers=workers)
     if tc.use_gpu and n_gpus < tc.workers:
         raise ConfigError(
             f"{section}: {tc.workers} GPU worker(s) asked for ({section}.use_gpu=true), the "
