@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Writes OUT/quality.md and OUT/quality.json.")
     p.add_argument("frames", metavar="FRAMES", help="ingest output folder of frame trees")
     _out(p)
-    p.add_argument("--strategies", default="weighted,sequential,progressive",
+    p.add_argument("--strategies", default="weighted,sequential,progressive,reblur",
                    help="comma-separated fusion strategies")
     p.add_argument("--refs", default="1,2,4,6", help="comma-separated reference counts N")
     p.add_argument("--taus", default=None, help=_TAUS_HELP)

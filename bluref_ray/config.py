@@ -170,11 +170,16 @@ class PseudoGTConfig:
     tau: float = field(
         default=0.7, metadata=_help("τ: confidence threshold; pixels at or above it are covered"))
     strategy: str = field(
-        default="sequential",
-        metadata=_help("fusion: 'sequential' (the running fusion is the next matching input; "
-                       "best measured with the default matcher), 'weighted' (average of "
-                       "independent matches) or 'progressive' (new references only for pixels "
-                       "still below τ)"))
+        default="reblur",
+        metadata=_help("fusion: 'reblur' (match, estimate the frame's blur kernel, blur the "
+                       "references by it and match again; the sharpest pseudo-GT), "
+                       "'sequential' (the running fusion is the next matching input), "
+                       "'weighted' (average of independent matches) or 'progressive' (new "
+                       "references only for pixels still below τ)"))
+    kernel_size: int = field(
+        default=41,
+        metadata=_help("reblur: side of the estimated blur kernel, pixels (odd; at least the "
+                       "longest blur streak)"))
     matcher: str = field(
         default="learned",
         metadata=_help("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
@@ -223,6 +228,8 @@ class PseudoGTConfig:
                               f"{', '.join(STRATEGIES)}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
+        if self.kernel_size < 3 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"pseudo_gt.kernel_size={self.kernel_size}: an odd number >= 3")
         if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:
             raise ConfigError("pseudo_gt.max_refs, batch_size and targets_per_shard must be >= 1")
         if self.delta is not None and self.delta < 1:

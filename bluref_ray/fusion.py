@@ -12,6 +12,11 @@ it from any :class:`~bluref_ray.matching.Matcher`.
 * :func:`progressive_average`: take references in order; a new one is matched only for pixels
   still below τ, and only those pixels take it; stop once every pixel is covered.
 
+* :func:`reblur_average` (ours): match every reference to the blurry frame, estimate the frame's
+  blur kernel from these rough alignments (:mod:`bluref_ray.matching.kernel`), blur every
+  reference by it and match again, blurry frame to equally blurred reference, which is far more
+  precise; warp the sharp references by these flows and average them by confidence.
+
 Each returns a :class:`Fusion`: the pseudo-sharp image (the blurry frame where nothing matched),
 the confidence map (best confidence per pixel), the coverage (share of pixels with confidence
 ≥ τ), and the number of references matched.
@@ -25,12 +30,16 @@ from dataclasses import dataclass
 import torch
 
 from bluref_ray.matching.base import Matcher
+from bluref_ray.matching.kernel import centre_on, estimate_kernel, linear_luma, midpoint, reblur
 from bluref_ray.matching.warp import warp
 
 #: ``align(target [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
 Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``rematch(target, blurred reference, sharp reference) -> (aligned sharp reference,
+#: confidence)``: match the target to the blurred reference, warp the sharp one.
+Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-STRATEGIES = ("weighted", "sequential", "progressive")
+STRATEGIES = ("weighted", "sequential", "progressive", "reblur")
 
 
 @dataclass
@@ -59,6 +68,18 @@ def aligner(matcher: Matcher) -> Align:
         return aligned, m.confidence * valid
 
     return align
+
+
+def rematcher(matcher: Matcher) -> Rematch:
+    """Match the target to a blurred reference, warp the sharp one by that flow."""
+
+    def rematch(target: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = matcher(target, blurred)
+        aligned, valid = warp(sharp, m.flow)
+        return aligned, m.confidence * valid
+
+    return rematch
 
 
 class _Accumulator:
@@ -161,11 +182,62 @@ def progressive_average(target: torch.Tensor, refs: torch.Tensor, align: Align,
     return acc.result(used)
 
 
+def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, rematch: Rematch,
+                   tau: float = 0.7, available: torch.Tensor | None = None,
+                   blurry: torch.Tensor | None = None, kernel_size: int = 41) -> Fusion:
+    """Blur-aware matching: align, estimate the blur kernel, blur the references, match again.
+
+    1. ``align`` matches every reference to ``target`` (the blurry frame, or a deblurrer's
+       output of it in later refinement rounds).
+    2. One blur kernel per frame: ``blurry ≈ k ⊛ aligned`` over all aligned references, centred
+       on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
+    3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` and warps the sharp
+       reference by that flow; the results are averaged by confidence (matches ≥ τ only).
+
+    Shape:
+        target, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]``
+        → :class:`Fusion`.
+    """
+    avail = _check(target, refs, available)
+    blurry = target if blurry is None else blurry
+    b, n = refs.shape[:2]
+    views = torch.zeros(b, n, *target.shape[-2:], device=target.device)
+    for k in range(n):
+        idx = avail[:, k].nonzero(as_tuple=True)[0]
+        if len(idx):
+            aligned, _ = align(target[idx], refs[idx, k])
+            views[idx, k] = linear_luma(aligned).float()
+    side = min(kernel_size, (min(target.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
+    kernel = estimate_kernel(views, linear_luma(blurry).float(), side, avail)
+    kernel = centre_on(kernel, midpoint(kernel))
+    acc = _Accumulator(blurry, tau)
+    for k in range(n):
+        idx = avail[:, k].nonzero(as_tuple=True)[0]
+        if len(idx):
+            sharp = refs[idx, k]
+            aligned, conf = rematch(blurry[idx], reblur(sharp, kernel[idx]), sharp)
+            acc.add(aligned, conf, idx)
+    return acc.result(avail.sum(1))
+
+
 def fuse(strategy: str, target: torch.Tensor, refs: torch.Tensor, align: Align,
-         tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
-    """Run one of :data:`STRATEGIES` by name."""
+         tau: float = 0.7, available: torch.Tensor | None = None,
+         rematch: Rematch | None = None, blurry: torch.Tensor | None = None,
+         kernel_size: int = 41) -> Fusion:
+    """Run one of :data:`STRATEGIES` by name.
+
+    ``reblur`` also takes ``rematch`` (default: DIS at its medium preset, see
+    :func:`rematcher`) and, when ``target`` is not the blurry frame itself (a deblurrer's
+    output), the ``blurry`` frame.
+    """
     fns = {"weighted": weighted_average, "sequential": sequential_accumulation,
            "progressive": progressive_average}
+    if strategy == "reblur":
+        if rematch is None:
+            from bluref_ray.matching import build_matcher
+
+            rematch = rematcher(build_matcher("dis", ref_blur=0.0))
+        return reblur_average(target, refs, align, rematch, tau, available, blurry, kernel_size)
     if strategy not in fns:
-        raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(fns)}")
+        raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     return fns[strategy](target, refs, align, tau, available)

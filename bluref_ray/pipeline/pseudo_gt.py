@@ -40,7 +40,7 @@ from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, PseudoGTConfig, config_hash
 from bluref_ray.data.images import decode_image, encode_png
 from bluref_ray.data.windows import load_windows
-from bluref_ray.fusion import Align, aligner, fuse
+from bluref_ray.fusion import Align, Rematch, aligner, fuse, rematcher
 from bluref_ray.matching import Matcher, build_matcher
 from bluref_ray.pipeline.common import finished, prepare_out
 from bluref_ray.storage import StorageConfig
@@ -85,7 +85,8 @@ def _to_u8(t: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def make_pairs(pixels: np.ndarray, meta: dict, align: Align, cfg: PseudoGTConfig, chash: str,
                device: torch.device, deblurrer: torch.nn.Module | None = None,
-               storage_cfg: StorageConfig | None = None) -> tuple[list[dict], list[dict]]:
+               storage_cfg: StorageConfig | None = None,
+               rematch: Rematch | None = None) -> tuple[list[dict], list[dict]]:
     """Match and fuse one window: rows of :data:`schema.PSEUDO_PAIRS` and of the rejects.
 
     Args:
@@ -96,6 +97,8 @@ def make_pairs(pixels: np.ndarray, meta: dict, align: Align, cfg: PseudoGTConfig
         chash: the settings hash recorded in each row.
         device: where the tensors go.
         deblurrer: if given, its output is matched instead of the blurry frame.
+        storage_cfg: where the ground truth is read from (for the quality figures).
+        rematch: the ``reblur`` strategy's second matching (default: :func:`build_rematch`).
     """
     rejects = [{"clip_id": meta["clip_id"], **r} for r in meta["rejects"]]
     targets = meta["targets"]
@@ -117,7 +120,10 @@ def make_pairs(pixels: np.ndarray, meta: dict, align: Align, cfg: PseudoGTConfig
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 match_input = tiled_forward(deblurrer, target, tile=512, overlap=32)
-        fused = fuse(cfg.strategy, match_input, pool[ref_idx], align, cfg.tau, available)
+        if cfg.strategy == "reblur" and rematch is None:
+            rematch = build_rematch(cfg)
+        fused = fuse(cfg.strategy, match_input, pool[ref_idx], align, cfg.tau, available,
+                     rematch, target, cfg.kernel_size)
         for i, t in enumerate(batch):
             rows.append(_row(t, meta["clip_id"], pixels[t["pool"]], _to_u8(fused.image[i]),
                              fused.confidence[i, 0], float(fused.coverage[i]),
@@ -157,6 +163,12 @@ def build_align(cfg: PseudoGTConfig, device: torch.device,
     return aligner(matcher_from_config(cfg, cfg.matcher, storage_cfg).to(device))
 
 
+def build_rematch(cfg: PseudoGTConfig) -> Rematch:
+    """The ``reblur`` strategy's second matching: DIS on equally blurred images (no extra blur
+    of the reference, which is the point), warping the sharp reference."""
+    return rematcher(build_matcher("dis", preset=cfg.dis_preset, ref_blur=0.0))
+
+
 def matcher_from_config(cfg: PseudoGTConfig, name: str,
                         storage_cfg: StorageConfig | None = None) -> Matcher:
     """Matcher ``name`` ('learned' or 'dis') with the settings of ``cfg``."""
@@ -193,6 +205,7 @@ class PseudoGTWorker:
                  chash: str) -> None:
         self.cfg, self.out, self.storage_cfg, self.chash = cfg, out, storage_cfg, chash
         self.align: Align | None = None
+        self.rematch: Rematch | None = None
         self.deblurrer = None
 
     def _setup(self) -> None:
@@ -205,6 +218,8 @@ class PseudoGTWorker:
         torch.set_num_threads(cpus)
         cv2.setNumThreads(cpus)
         self.align = build_align(self.cfg, self.device, self.storage_cfg)
+        if self.cfg.strategy == "reblur":
+            self.rematch = build_rematch(self.cfg)
         if self.cfg.deblurrer:
             from bluref_ray.models import load_checkpoint
 
@@ -222,7 +237,7 @@ class PseudoGTWorker:
             meta = json.loads(meta_json)
             rows, rejects = make_pairs(np.asarray(pixels), meta, self.align, self.cfg,
                                        self.chash, self.device, self.deblurrer,
-                                       self.storage_cfg)
+                                       self.storage_cfg, self.rematch)
             write_window(self.out, str(shard), rows, rejects, self.storage_cfg)
             out["shard"].append(str(shard))
             out["rows"].append(len(rows))

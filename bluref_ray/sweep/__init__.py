@@ -12,7 +12,7 @@ stops poor trials early. A sweep file::
     space:                          # what varies: a shorthand (below) or any dotted setting
       N: [4, 6, 8, 10]              # a list is a grid
       tau: {grid: [0.5, 0.7, 0.9]}
-      strategy: {choice: [sequential, weighted, progressive]}
+      strategy: {choice: [reblur, sequential, weighted, progressive]}
       lr: {loguniform: [1.0e-4, 1.0e-2]}
     samples: 1                      # samples of the space (a grid is repeated)
     metric: psnr                    # psnr, ssim or niqe (default: psnr, or niqe without truth)
