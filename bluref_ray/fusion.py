@@ -1,4 +1,4 @@
-"""The three fusion strategies of BluRef: references aligned to a blurry frame → pseudo-sharp image.
+"""Fusion: BluRef's three strategies and blur-aware matching; references → pseudo-sharp image.
 
 All work on batches: B targets, each with up to N references (missing ones flagged in
 ``available``). ``align(target, reference)`` matches and warps: it returns the reference in the
