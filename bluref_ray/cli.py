@@ -117,7 +117,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _print_ingest(summary: dict) -> None:
     print(f"ingested {summary['clips']} clips: {summary['frames']} frames "
           f"({summary['blurry']} blurry, {summary['sharp']} sharp), "
-          f"{summary['mean_references']:.2f} references per blurry frame, "
+          f"{summary['mean_references']:.2f} references per blurry frame "
+          f"({', '.join(f'{n} clips {p}' for p, n in summary['protocols'].items())} protocol), "
           f"{summary['rejects']} rejects, {summary['seconds']:.1f}s")
     print(f"  frames table:  {summary['frames_table']}")
     print(f"  rejects table: {summary['rejects_table']}")

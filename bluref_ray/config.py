@@ -131,14 +131,30 @@ class IngestConfig:
         default="laplacian",
         metadata=_help("score that labels video frames: 'laplacian' (variance of the Laplacian) "
                        "or 'fft' (Zou et al. frequency score)"))
+    label_rule: str = field(
+        default="local",
+        metadata=_help("how video and image-folder frames are labelled: 'local' (a frame is "
+                       "blurry against the sharp level of the frames within ±label_window of "
+                       "its shot: scene content cancels out) or 'clip' (Otsu's threshold over "
+                       "the whole clip's scores)"))
+    label_window: int = field(
+        default=10, metadata=_help("local rule: frames on each side that set a frame's sharp "
+                                   "level"))
     threshold: float | None = field(
         default=None,
         metadata=_help("fixed sharpness threshold for the label score (frames below are blurry); "
-                       "default: Otsu's threshold per clip"))
+                       "overrides label_rule"))
     min_spread: float = field(
         default=0.15,
-        metadata=_help("a clip whose log label scores spread less than this (std) is one "
-                       "population: all sharp, no automatic split"))
+        metadata=_help("clip rule: a clip whose log label scores spread less than this (std) is "
+                       "one population: all sharp, no automatic split"))
+    protocol: str = field(
+        default="auto",
+        metadata=_help("which sharp frames may be references: 'camera' (only frames recorded "
+                       "sharp: videos, and trees whose blur/ holds some indices), 'paper' (the "
+                       "sharp frame of every other index within ±delta, never the frame's own: "
+                       "the BluRef paper's protocol on paired trees) or 'auto' (paper for paired "
+                       "trees, whose blur/ holds every index; camera otherwise)"))
     frame_rate: float = field(
         default=30.0, metadata=_help("frame rate assumed for frame trees (timestamps)"))
     max_frames: int | None = field(
@@ -156,6 +172,13 @@ class IngestConfig:
             raise ConfigError("ingest.max_refs must be >= 0 and ingest.delta >= 1")
         if self.label_score not in ("laplacian", "fft"):
             raise ConfigError(f"ingest.label_score={self.label_score!r}: use 'laplacian' or 'fft'")
+        if self.label_rule not in ("local", "clip"):
+            raise ConfigError(f"ingest.label_rule={self.label_rule!r}: use 'local' or 'clip'")
+        if self.label_window < 2:
+            raise ConfigError(f"ingest.label_window={self.label_window}: must be >= 2")
+        if self.protocol not in ("auto", "paper", "camera"):
+            raise ConfigError(f"ingest.protocol={self.protocol!r}: use 'auto', 'paper' or "
+                              "'camera'")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,10 @@ FRAMES = pa.schema([
     pa.field("height", pa.int32(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("pixel_format", pa.string()),  # as stored: rgb8, gray16, yuv420p, ...
-    pa.field("blur_threshold", pa.float64()),  # the clip's label threshold (null: none applied)
+    pa.field("blur_threshold", pa.float64()),  # the label threshold (null: none applied)
+    pa.field("relative_score", pa.float64()),  # local rule: score / the sharp level around it
+    pa.field("label_reason", pa.string()),  # why the frame got its role, in words
+    pa.field("protocol", pa.string()),  # reference protocol of the clip: camera | paper
     pa.field("references", pa.list_(pa.string()), nullable=False),
 ])
 

@@ -239,3 +239,31 @@ def test_pseudo_gt_on_s3(ray_cluster, s3_cfg, s3_bucket):
         _check_pairs(t, 3)
         assert s["rows"] == 3
         assert storage.exists(f"{out}/summary.json", s3_cfg)
+
+
+def test_a_run_that_makes_no_pair_fails_with_what_to_change(ray_cluster, tiny_data, tmp_path,
+                                                           capsys):
+    from bluref_ray.cli import main
+    from bluref_ray.pipeline.pseudo_gt import NoPairsError
+
+    # a paired tree: every index has a blurry and a sharp frame
+    seq = tmp_path / "paired" / "seq"
+    shutil.copytree(f"{tiny_data}/train/clip_0000/sharp", seq / "sharp")
+    shutil.copytree(f"{tiny_data}/train/clip_0000/sharp", seq / "blur")
+    camera = dataclasses.replace(_cfg(limit=None), ingest=IngestConfig(protocol="camera"))
+    run_ingest([str(tmp_path / "paired")], str(tmp_path / "ingest"), camera, log=lambda _m: None)
+    out = str(tmp_path / "pg")
+    with pytest.raises(NoPairsError, match="ingest.protocol=paper") as e:
+        run_pseudo_gt(str(tmp_path / "ingest"), out, camera, log=lambda _m: None)
+    assert str(e.value).startswith("0 pairs from 24 blurry frames")
+    assert storage.exists(f"{out}/summary.json")  # the rejects and the summary are kept
+    code = main(["pseudo-gt", str(tmp_path / "ingest"), "--out", out, "--max-refs", "3",
+                 "--quiet"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code != 0 and len(errors) == 1 and "ingest.protocol=paper" in errors[0]
+    # the paper protocol (the default for a paired tree) gives the same tree references
+    run_ingest([str(tmp_path / "paired")], str(tmp_path / "ingest_paper"), _cfg(limit=3),
+               log=lambda _m: None)
+    s = run_pseudo_gt(str(tmp_path / "ingest_paper"), str(tmp_path / "pg_paper"), _cfg(limit=3),
+                      log=lambda _m: None)
+    assert s["rows"] == 3 and s["protocols"] == {"paper": 1}

@@ -11,8 +11,16 @@ Two scores, both higher for sharper frames:
   synthesized clips: 1.0000 for sharp and blurry frames alike). ``M·N`` belongs to the fraction,
   as in De and Masilamani's paper, which separates blurry from sharp frames by about 2×.
 
-:func:`split_blurry` labels the frames of one clip with Otsu's threshold on the log score, or a
-fixed threshold when one is given.
+Two rules label the frames of a clip:
+
+* :func:`split_blurry_local` (the default): a frame is blurry *with respect to the frames around
+  it*. Its score is divided by the sharp level of its neighbourhood (a high quantile of the scores
+  within ±w frames of the same shot; :func:`shot_ids` cuts the clip where the colour histogram
+  jumps), so the content of a scene, which changes along a drive, cancels out; Otsu's threshold
+  on these relative log scores splits the clip.
+* :func:`split_blurry` (``ingest.label_rule=clip``): Otsu's threshold on the log scores of the
+  whole clip, or a fixed threshold when one is given. Scene content moves it: a clip whose first
+  half shows less texture is split in halves, not by blur.
 """
 
 from __future__ import annotations
@@ -104,3 +112,89 @@ def split_blurry(scores: np.ndarray, threshold: float | None = None,
         return np.zeros(len(s), bool), float("nan")
     t = float(np.exp(otsu_threshold(logs)))
     return s < t, t
+
+
+def colour_histogram(rgb: np.ndarray, max_side: int = 160) -> np.ndarray:
+    """A 16×8 hue-saturation histogram (L2-normalised) for telling shots apart; blur barely
+    changes it, a cut does.
+
+    Shape:
+        ``[H, W, 3]`` uint8 → ``[128]`` float32.
+    """
+    if max(rgb.shape[:2]) > max_side:
+        s = max_side / max(rgb.shape[:2])
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s))),
+                         interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    h = cv2.calcHist([hsv], [0, 1], None, [16, 8], [0, 180, 0, 256])
+    return cv2.normalize(h, None).flatten().astype(np.float32)
+
+
+def shot_ids(histograms: list[np.ndarray], min_jump: float = 0.3,
+             jump_ratio: float = 6.0) -> np.ndarray:
+    """Number the shots of a clip: a new shot starts where the colour histogram of a frame jumps
+    from the frame before (Bhattacharyya distance over ``min_jump`` and over ``jump_ratio`` times
+    the clip's median step).
+
+    Shape:
+        F histograms → ``[F]`` int, 0 for the first shot.
+    """
+    if len(histograms) < 2:
+        return np.zeros(len(histograms), np.int64)
+    d = np.array([cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA)
+                  for a, b in zip(histograms[:-1], histograms[1:])])
+    cut = d > max(min_jump, jump_ratio * float(np.median(d)))
+    return np.concatenate([[0], np.cumsum(cut)]).astype(np.int64)
+
+
+def relative_scores(scores: np.ndarray, shots: np.ndarray | None = None, window: int = 10,
+                    quantile: float = 0.9, min_frames: int = 3) -> np.ndarray:
+    """Each frame's score divided by the sharp level around it, as a log ratio (0: as sharp).
+
+    The sharp level is the ``quantile`` of the log scores of the frames before it (up to
+    ``window``, same shot) and, separately, of those after it; the lower of the two counts, so
+    that a scene whose texture grows or shrinks along the clip, or a cut, does not make a frame
+    look blurry against content it does not show. A side with fewer than ``min_frames`` frames
+    is left out (at the ends of a shot); a frame with neither side uses both sides' frames
+    regardless of shots.
+
+    Shape:
+        ``[F]`` scores (higher is sharper), ``[F]`` shot ids → ``[F]`` log ratios.
+    """
+    logs = np.log(np.maximum(np.asarray(scores, np.float64), 1e-12))
+    n = len(logs)
+    shots = np.zeros(n, np.int64) if shots is None else np.asarray(shots)
+    rel = np.zeros(n)
+    for t in range(n):
+        levels = []
+        for lo, hi in ((max(0, t - window), t), (t + 1, min(n, t + window + 1))):
+            side = logs[lo:hi][shots[lo:hi] == shots[t]]
+            if len(side) >= min_frames:
+                levels.append(np.quantile(side, quantile))
+        if not levels:
+            near = np.r_[logs[max(0, t - window):t], logs[t + 1:t + window + 1]]
+            levels = [np.quantile(near, quantile)] if len(near) else [logs[t]]
+        rel[t] = logs[t] - min(levels)
+    return rel
+
+
+def split_blurry_local(relative: np.ndarray, max_ratio: float = 0.9,
+                       max_blurry_mean: float = 0.8) -> tuple[np.ndarray, float]:
+    """Label frames blurry by their relative scores (:func:`relative_scores`).
+
+    Otsu's threshold on the log ratios splits the clip, capped at ``max_ratio`` (a frame with
+    90% of its neighbours' detail is not called blurry). The split is kept only if the frames
+    below it hold on average at most ``max_blurry_mean`` of their neighbours' detail; otherwise
+    the clip has no blurry population and every frame is sharp.
+
+    Returns:
+        ``(blurry, threshold)``: a bool array and the threshold as a ratio (NaN if no split).
+    """
+    rel = np.asarray(relative, np.float64)
+    if len(rel) < 2 or rel.max() - rel.min() < 1e-9:
+        return np.zeros(len(rel), bool), float("nan")
+    t = min(otsu_threshold(rel), float(np.log(max_ratio)))
+    below = rel < t
+    if not below.any() or rel[below].mean() > np.log(max_blurry_mean):
+        return np.zeros(len(rel), bool), float("nan")
+    return below, float(np.exp(t))

@@ -35,7 +35,16 @@ import pyarrow.compute as pc
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, config_hash
 from bluref_ray.data.references import pick_references
-from bluref_ray.data.sharpness import fft_score, laplacian_variance, split_blurry, to_gray
+from bluref_ray.data.sharpness import (
+    colour_histogram,
+    fft_score,
+    laplacian_variance,
+    relative_scores,
+    shot_ids,
+    split_blurry,
+    split_blurry_local,
+    to_gray,
+)
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
 from bluref_ray.pipeline.common import finished, prepare_out
 from bluref_ray.storage import StorageConfig
@@ -76,7 +85,8 @@ def _score(f: Frame, cfg: IngestConfig) -> dict:
     return {"frame_index": f.index, "timestamp": t, "source_uri": f.uri, "gt_uri": f.gt_uri,
             "role": f.role, "laplacian_var": laplacian_variance(gray),
             "fft_score": fft_score(gray), "height": h, "width": w,
-            "pixel_format": f.pixel_format}
+            "pixel_format": f.pixel_format,
+            "_hist": colour_histogram(f.rgb) if f.role == "" else None}  # dropped after labels
 
 
 def _drop_odd_sizes(clip: Clip, rows: list[dict], rejects: list[Reject]) -> list[dict]:
@@ -98,30 +108,69 @@ def _drop_odd_sizes(clip: Clip, rows: list[dict], rejects: list[Reject]) -> list
 
 
 def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
-    """Roles from the folders (trees), else by the clip's sharpness threshold."""
+    """Roles from the folders (trees), else by sharpness (see :mod:`bluref_ray.data.sharpness`);
+    each row gets its label's reason in words."""
+    hists = [r.pop("_hist", None) for r in rows]
+    for r in rows:
+        r["relative_score"] = None
     if clip.kind == "tree":
         for r in rows:
             r["blur_threshold"] = None
+            r["label_reason"] = f"in the {'blur' if r['role'] == 'blurry' else 'sharp'}/ folder"
         return
     key = "laplacian_var" if cfg.label_score == "laplacian" else "fft_score"
-    blurry, threshold = split_blurry(np.array([r[key] for r in rows]), cfg.threshold,
-                                     cfg.min_spread)
-    for r, b in zip(rows, blurry):
+    name = "variance of the Laplacian" if key == "laplacian_var" else "FFT score"
+    scores = np.array([r[key] for r in rows])
+    if cfg.threshold is not None or cfg.label_rule == "clip":
+        blurry, threshold = split_blurry(scores, cfg.threshold, cfg.min_spread)
+        how = "fixed threshold" if cfg.threshold is not None else "the clip's Otsu threshold"
+        for r, b in zip(rows, blurry):
+            r["role"] = "blurry" if b else "sharp"
+            r["blur_threshold"] = None if np.isnan(threshold) else threshold
+            r["label_reason"] = (f"{name} {r[key]:.4g} {'<' if b else '>='} {how} "
+                                 f"{threshold:.4g}" if not np.isnan(threshold) else
+                                 f"{name}: the clip's scores form one population (all sharp)")
+        return
+    shots = shot_ids(hists) if all(h is not None for h in hists) else None
+    rel = relative_scores(scores, shots, cfg.label_window)
+    blurry, ratio = split_blurry_local(rel)
+    for i, (r, b) in enumerate(zip(rows, blurry)):
         r["role"] = "blurry" if b else "sharp"
-        r["blur_threshold"] = None if np.isnan(threshold) else threshold
+        r["relative_score"] = float(np.exp(rel[i]))
+        r["blur_threshold"] = None if np.isnan(ratio) else ratio
+        shot = f" of shot {shots[i]}" if shots is not None and shots.max() > 0 else ""
+        where = f"the sharp level within ±{cfg.label_window} frames{shot}"
+        r["label_reason"] = (
+            f"{name} {np.exp(rel[i]):.2f}× {where}, {'below' if b else 'at or above'} the "
+            f"clip's threshold {ratio:.2f}×" if not np.isnan(ratio) else
+            f"{name} {np.exp(rel[i]):.2f}× {where}; the clip has no blurry population")
+
+
+def clip_protocol(clip: Clip, rows: list[dict], cfg: IngestConfig) -> str:
+    """``paper`` or ``camera`` (see ``ingest.protocol``): ``auto`` takes ``paper`` for a paired
+    tree, whose every sharp index also has a blurry frame."""
+    if cfg.protocol != "auto":
+        return cfg.protocol
+    if clip.kind != "tree":
+        return "camera"
+    blurry = {r["frame_index"] for r in rows if r["role"] == "blurry"}
+    sharp = {r["frame_index"] for r in rows if r["role"] == "sharp"}
+    return "paper" if sharp and sharp <= blurry else "camera"
 
 
 def _add_references(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
     blurry = [r for r in rows if r["role"] == "blurry"]
-    # In a paired tree, the sharp frame at a blurry frame's index is that frame's ground truth,
-    # which a real camera never records: only sharp frames without a blurry twin are references.
-    blurry_idx = {r["frame_index"] for r in blurry}
+    protocol = clip_protocol(clip, rows, cfg)
+    # camera: the sharp frame at a blurry frame's index is that frame's ground truth, which a
+    # camera never records, so only sharp frames without a blurry twin are references. paper:
+    # every other index's sharp frame is (pick_references never gives a frame its own index).
+    blurry_idx = {r["frame_index"] for r in blurry} if protocol == "camera" else set()
     sharp_idx = [r["frame_index"] for r in rows
                  if r["role"] == "sharp" and r["frame_index"] not in blurry_idx]
     refs = pick_references(np.array([r["frame_index"] for r in blurry], np.int64),
                            np.array(sharp_idx, np.int64), cfg.max_refs, cfg.delta)
     for r in rows:
-        r.update(clip_id=clip.clip_id, source_kind=clip.kind, references=[],
+        r.update(clip_id=clip.clip_id, source_kind=clip.kind, references=[], protocol=protocol,
                  frame_id=schema.frame_id(clip.clip_id, r["role"], r["frame_index"]))
     for r, ref in zip(blurry, refs):
         r["references"] = [schema.frame_id(clip.clip_id, "sharp", i) for i in ref]
@@ -237,7 +286,7 @@ def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig
 def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips: int,
                seconds: float) -> dict:
     frames = schema.read_table(storage.join(out, "frames"), schema.FRAMES, storage_cfg,
-                               columns=["clip_id", "role", "references"])
+                               columns=["clip_id", "role", "references", "protocol"])
     rejects = schema.read_table(storage.join(out, "rejects"), schema.REJECTS, storage_cfg)
     roles = Counter(frames.column("role").to_pylist())
     blurry = frames.filter(pc.equal(frames["role"], "blurry"))
@@ -249,6 +298,8 @@ def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips
         "sharp": roles.get("sharp", 0),
         "mean_references": float(n_refs.mean()) if len(n_refs) else 0.0,
         "blurry_without_references": int((n_refs == 0).sum()) if len(n_refs) else 0,
+        "protocols": dict(Counter(p for _, p in set(zip(frames.column("clip_id").to_pylist(),
+                                                        frames.column("protocol").to_pylist())))),
         "rejects": rejects.num_rows,
         "rejected_files": sorted(set(rejects.column("source_uri").to_pylist())),
         "frames_table": storage.join(out, "frames"), "rejects_table": storage.join(out, "rejects"),

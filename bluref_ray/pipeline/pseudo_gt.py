@@ -376,9 +376,36 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
                    this_run={"shards": n_shards, "rows": n_rows, "rejects": n_rej,
                              "seconds": round(time.time() - t_run, 2)},
                    seconds=round(time.time() - t0, 2))
+    table = schema.read_table(src, schema.FRAMES, storage_cfg, columns=["clip_id", "protocol"])
+    summary["protocols"] = dict(Counter(p for _, p in set(zip(
+        table.column("clip_id").to_pylist(), table.column("protocol").to_pylist()))))
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),
                        storage_cfg)
+    if summary["rows"] == 0:
+        raise NoPairsError(no_pairs_message(summary, pg))
     return summary
+
+
+class NoPairsError(ConfigError):
+    """A pseudo-GT run made no pair at all; the message says why and what to change."""
+
+
+def no_pairs_message(summary: dict, pg: PseudoGTConfig) -> str:
+    """One line: why no blurry frame got a pseudo-pair, and what to change."""
+    reasons = summary["reject_reasons"]
+    if not summary["rejected"]:
+        return ("0 pairs: the frames table has no blurry frame; check the labels in the frames "
+                "table (ingest.label_rule, ingest.threshold)")
+    top = max(reasons, key=reasons.get) if reasons else "unknown"
+    hint = ""
+    if top.startswith("no sharp reference"):
+        protocols = ", ".join(summary.get("protocols", {})) or "camera"
+        hint = (f"; under the {protocols} protocol no sharp frame lies within ±Δ of a blurry "
+                "one: for a paired tree (every index in blur/ and sharp/) ingest with "
+                "ingest.protocol=paper, or raise ingest.delta"
+                + (" and pseudo_gt.delta" if pg.delta else ""))
+    return (f"0 pairs from {summary['rejected']} blurry frames, all rejected (most often: "
+            f"{top}){hint}")
 
 
 def summarize(out: str, storage_cfg: StorageConfig | None = None) -> dict:

