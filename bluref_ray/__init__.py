@@ -1,3 +1,7 @@
-"""bluref-ray: unsupervised deblurring at fleet scale on Ray (BluRef, Ref-NAFNet, Blur2Blur)."""
+"""bluref-ray: unsupervised deblurring at fleet scale on Ray.
+
+BluRef (pseudo-sharp targets from sharp reference frames, a deblurrer trained on them) exists
+today; Blur2Blur and Ref-NAFNet are planned.
+"""
 
 __version__ = "0.1.0"
