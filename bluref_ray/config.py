@@ -203,6 +203,18 @@ class PseudoGTConfig:
         default=41,
         metadata=_help("reblur: side of the estimated blur kernel, pixels (odd; at least the "
                        "longest blur streak)"))
+    check: bool = field(
+        default=True,
+        metadata=_help("reblur: the physical check; a reference counts only where, blurred by "
+                       "the frame's kernel, it reproduces the blurry frame, and where the blurry "
+                       "frame is already sharp it is its own pseudo-sharp image (confident "
+                       "pixels then beat or equal the blurry frame on real footage)"))
+    check_gain: float = field(
+        default=4.0,
+        metadata=_help("check: a reference must change the blurry frame this many times more "
+                       "than its reblurred self misses it"))
+    check_noise: float = field(
+        default=2.0, metadata=_help("check: the camera's noise level, 8-bit levels"))
     matcher: str = field(
         default="learned",
         metadata=_help("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
@@ -251,6 +263,8 @@ class PseudoGTConfig:
                               f"{', '.join(STRATEGIES)}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
+        if self.check_gain <= 0 or self.check_noise < 0:
+            raise ConfigError("pseudo_gt.check_gain must be > 0 and check_noise >= 0")
         if self.kernel_size < 3 or self.kernel_size % 2 == 0:
             raise ConfigError(f"pseudo_gt.kernel_size={self.kernel_size}: an odd number >= 3")
         if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from bluref_ray.matching.base import Matcher
 from bluref_ray.matching.kernel import centre_on, estimate_kernel, linear_luma, midpoint, reblur
@@ -182,9 +183,97 @@ def progressive_average(target: torch.Tensor, refs: torch.Tensor, align: Align,
     return acc.result(used)
 
 
+@dataclass(frozen=True)
+class Check:
+    """The physical check of blur-aware fusion (see :func:`reblur_check`).
+
+    Attributes:
+        gain: a reference counts at a pixel where it changes the blurry frame at least ``gain``
+            times more than its reblurred self misses the blurry frame.
+        noise: the camera's noise level in 8-bit levels: differences below it are noise.
+        sigma: the size (Gaussian σ, pixels) of the neighbourhood both are measured over.
+    """
+
+    gain: float = 4.0
+    noise: float = 2.0
+    sigma: float = 3.0
+
+
+def local_mean(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian-weighted local mean of each channel, edges replicated.
+
+    Shape:
+        ``[B, C, H, W]`` → ``[B, C, H, W]``.
+    """
+    r = max(1, int(3 * sigma))
+    g = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = x.shape[1]
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _gradient_energy(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Local mean of the squared gradient, over channels (+ a floor of one 8-bit level).
+
+    Shape:
+        ``[B, 3, H, W]`` → ``[B, 1, H, W]``.
+    """
+    gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    return local_mean((gx.square() + gy.square()).mean(1, keepdim=True), sigma) + (1 / 255) ** 2
+
+
+def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
+                 kernel: torch.Tensor, tau: float, check: Check = Check()
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep a reference only where, blurred by the frame's kernel, it reproduces the blurry frame.
+
+    For each aligned reference ``a`` and pixel, over a Gaussian neighbourhood: the *miss*
+    ``|k ⊛ a − blurry|²`` (what the blur model fails to explain: misalignment, occlusion, a blur
+    the kernel does not describe, a change of light) and the *change* ``|a − blurry|²`` (what the
+    reference would correct). A pixel is
+
+    * **corrected** where some reference with matcher confidence ≥ τ changes the frame at least
+      ``check.gain`` times more than it misses (plus the noise floor): the pseudo-sharp pixel is
+      the confidence-weighted mean of those references, its confidence their best;
+    * **already sharp** where a reference both misses and changes the frame by no more than
+      noise: the blurry frame itself is the pseudo-sharp pixel (nothing to correct there), with
+      that reference's matcher confidence;
+    * **unsure** otherwise: confidence 0.
+
+    Shape:
+        blurry ``[B, 3, H, W]``, aligned ``[B, N, 3, H, W]``, conf ``[B, N, 1, H, W]`` (0 for an
+        empty slot), kernel ``[B, S, S]`` → image ``[B, 3, H, W]``, confidence ``[B, 1, H, W]``.
+    """
+    b, n = aligned.shape[:2]
+    flat = aligned.flatten(0, 1)
+    reblurred = reblur(flat, kernel.repeat_interleave(n, 0)).view_as(aligned)
+    miss = local_mean(((reblurred - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
+                      check.sigma).view(b, n, 1, *blurry.shape[-2:])
+    change = local_mean(((aligned - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
+                        check.sigma).view_as(miss)
+    # A misalignment d shows in the miss as d·∇blurry but costs d·∇reference: scale the miss by
+    # how much the blur flattened the gradients here to estimate the reference's own error.
+    flatten = (_gradient_energy(aligned.flatten(0, 1), check.sigma).view_as(miss)
+               / _gradient_energy(blurry, check.sigma)[:, None].clamp_min(1e-12)).clamp_min(1.0)
+    floor = (check.noise / 255.0) ** 2
+    corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
+    sharp = (change <= floor) & (miss <= floor)
+    w = conf * corrects
+    fused = (w * aligned).sum(1) / w.sum(1).clamp_min(1e-8)
+    corrected = corrects.any(1)
+    image = torch.where(corrected, fused, blurry)
+    best = (conf * corrects).amax(1)
+    confidence = torch.where(corrected, best, (conf * sharp).amax(1))
+    return image, confidence
+
+
 def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, rematch: Rematch,
                    tau: float = 0.7, available: torch.Tensor | None = None,
-                   blurry: torch.Tensor | None = None, kernel_size: int = 41) -> Fusion:
+                   blurry: torch.Tensor | None = None, kernel_size: int = 41,
+                   check: Check | None = Check()) -> Fusion:
     """Blur-aware matching: align, estimate the blur kernel, blur the references, match again.
 
     1. ``align`` matches every reference to ``target`` (the blurry frame, or a deblurrer's
@@ -192,7 +281,10 @@ def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, remat
     2. One blur kernel per frame: ``blurry ≈ k ⊛ aligned`` over all aligned references, centred
        on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
     3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` and warps the sharp
-       reference by that flow; the results are averaged by confidence (matches ≥ τ only).
+       reference by that flow.
+    4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
+       physical model holds, so that a confident pixel is one the blurry frame's own pixels
+       vouch for; without it, the references are averaged by confidence (matches ≥ τ only).
 
     Shape:
         target, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]``
@@ -210,25 +302,35 @@ def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, remat
     side = min(kernel_size, (min(target.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
     kernel = estimate_kernel(views, linear_luma(blurry).float(), side, avail)
     kernel = centre_on(kernel, midpoint(kernel))
-    acc = _Accumulator(blurry, tau)
+    aligned_all = torch.zeros_like(refs)
+    conf_all = torch.zeros(b, n, 1, *target.shape[-2:], device=target.device,
+                           dtype=target.dtype)
     for k in range(n):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
             sharp = refs[idx, k]
-            aligned, conf = rematch(blurry[idx], reblur(sharp, kernel[idx]), sharp)
-            acc.add(aligned, conf, idx)
-    return acc.result(avail.sum(1))
+            aligned_all[idx, k], conf_all[idx, k] = rematch(blurry[idx], reblur(sharp, kernel[idx]),
+                                                            sharp)
+    if check is None:
+        acc = _Accumulator(blurry, tau)
+        for k in range(n):
+            acc.add(aligned_all[:, k], conf_all[:, k])
+        return acc.result(avail.sum(1))
+    image, confidence = reblur_check(blurry, aligned_all, conf_all, kernel.to(blurry.dtype), tau,
+                                     check)
+    coverage = (confidence >= tau).flatten(1).float().mean(1)
+    return Fusion(image, confidence, coverage, avail.sum(1))
 
 
 def fuse(strategy: str, target: torch.Tensor, refs: torch.Tensor, align: Align,
          tau: float = 0.7, available: torch.Tensor | None = None,
          rematch: Rematch | None = None, blurry: torch.Tensor | None = None,
-         kernel_size: int = 41) -> Fusion:
+         kernel_size: int = 41, check: Check | None = Check()) -> Fusion:
     """Run one of :data:`STRATEGIES` by name.
 
     ``reblur`` also takes ``rematch`` (default: DIS at its medium preset, see
-    :func:`rematcher`) and, when ``target`` is not the blurry frame itself (a deblurrer's
-    output), the ``blurry`` frame.
+    :func:`rematcher`), when ``target`` is not the blurry frame itself (a deblurrer's output),
+    the ``blurry`` frame, and the physical ``check`` (None: none).
     """
     fns = {"weighted": weighted_average, "sequential": sequential_accumulation,
            "progressive": progressive_average}
@@ -237,7 +339,8 @@ def fuse(strategy: str, target: torch.Tensor, refs: torch.Tensor, align: Align,
             from bluref_ray.matching import build_matcher
 
             rematch = rematcher(build_matcher("dis", ref_blur=0.0))
-        return reblur_average(target, refs, align, rematch, tau, available, blurry, kernel_size)
+        return reblur_average(target, refs, align, rematch, tau, available, blurry, kernel_size,
+                              check)
     if strategy not in fns:
         raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     return fns[strategy](target, refs, align, tau, available)

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from bluref_ray.fusion import STRATEGIES, aligner, fuse, progressive_average, weighted_average
+from bluref_ray.fusion import (
+    STRATEGIES,
+    Check,
+    aligner,
+    fuse,
+    progressive_average,
+    reblur_check,
+    weighted_average,
+)
 from bluref_ray.matching import build_matcher, warp
 from bluref_ray.matching.kernel import centre_on, estimate_kernel, linear_luma, midpoint, reblur
 
@@ -28,9 +36,10 @@ def test_zero_flow_warp_and_fusion_reproduce_the_reference_exactly():
     aligned, valid = warp(ref, torch.zeros(1, 2, 48, 64))
     assert torch.equal(aligned, ref) and bool(valid.all())
     target = _photo(seed=1)[None]
-    for strategy in STRATEGIES:
+    for strategy in STRATEGIES:  # reblur without its physical check: target is unrelated
         f = fuse(strategy, target, ref[:, None], _zero_flow_full_confidence,
-                 rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp))
+                 rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp),
+                 check=None)
         assert torch.equal(f.image, ref), strategy
         assert f.coverage.item() == 1.0 and f.confidence.min().item() == 1.0
 
@@ -212,6 +221,46 @@ def test_reblur_fits_its_kernel_to_small_frames_and_skips_missing_references():
     refs = torch.stack([_photo(h=16, w=20, seed=2)] * 2)[None].repeat(2, 1, 1, 1, 1)
     available = torch.tensor([[True, False], [False, False]])
     f = fuse("reblur", target, refs, _zero_flow_full_confidence, available=available,
-             rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp))
+             rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp), check=None)
     assert torch.equal(f.image[0], refs[0, 0]) and torch.equal(f.image[1], target[1])
     assert f.refs_used.tolist() == [1, 0]
+
+
+def _masked_psnr(x, truth, mask):
+    m = mask.expand_as(x)
+    return float(-10 * torch.log10((x - truth)[m].square().mean()))
+
+
+def test_the_check_keeps_a_misaligned_reference_out_and_the_blurry_frame_where_it_is_sharp():
+    """A blurry frame (the truth blurred by a 9-px shake) and two references: the truth itself,
+    aligned exactly, and the truth misaligned by 2 px on purpose. Both are confident to the
+    matcher. The check keeps the aligned one where blur changed the frame, keeps the
+    misaligned one out where it would be wrong, and the blurry frame where nothing changed."""
+    truth = _scene()
+    truth[..., :, :40] = truth[..., :, :40].mean((-1, -2), keepdim=True)  # a flat region
+    kernel = _path_kernel(np.stack([np.linspace(-4.5, 4.5, 19), np.zeros(19)], 1))
+    blurry = reblur(truth, kernel)
+    good = truth
+    bad = torch.roll(truth, shifts=2, dims=-1)
+    conf = torch.ones(1, 1, 1, 96, 128)
+    check = Check()
+    _, c_bad = reblur_check(blurry, bad[:, None], conf, kernel, 0.7, check)
+    img_good, c_good = reblur_check(blurry, good[:, None], conf, kernel, 0.7, check)
+    textured = (blurry - truth).abs().amax(1, keepdim=True) > 8 / 255
+    flat = torch.zeros_like(textured)
+    flat[..., 5:-5, 12:34] = True
+    # the misaligned reference is confident on few of the pixels the blur changed, the aligned
+    # one on most of them
+    assert (c_bad[textured] >= 0.7).float().mean() < 0.1
+    assert (c_good[textured] >= 0.7).float().mean() > 0.8
+    # where the blurry frame is already sharp (flat), the pseudo-sharp pixel is the blurry one
+    assert (c_good[flat] >= 0.7).all() and (c_bad[flat] >= 0.7).all()
+    assert torch.equal(img_good[flat.expand_as(img_good)], blurry[flat.expand_as(blurry)])
+    # confident pixels beat the blurry frame; with both references, the check picks the right one
+    both = torch.cat([good, bad])[None]
+    img, c = reblur_check(blurry, both, torch.ones(1, 2, 1, 96, 128), kernel, 0.7, check)
+    mask = c >= 0.7
+    assert _masked_psnr(img, truth, mask) > _masked_psnr(blurry, truth, mask) + 3.0
+    # without the check, the average of both is worse than the blurry frame where it changed
+    plain = both.mean(1)
+    assert _masked_psnr(plain, truth, textured) < _masked_psnr(blurry, truth, textured)

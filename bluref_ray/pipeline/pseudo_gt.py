@@ -40,7 +40,7 @@ from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, PseudoGTConfig, config_hash
 from bluref_ray.data.images import decode_image, encode_png
 from bluref_ray.data.windows import load_windows
-from bluref_ray.fusion import Align, Rematch, aligner, fuse, rematcher
+from bluref_ray.fusion import Align, Check, Rematch, aligner, fuse, rematcher
 from bluref_ray.matching import Matcher, build_matcher
 from bluref_ray.pipeline.common import finished, prepare_out
 from bluref_ray.storage import StorageConfig
@@ -122,8 +122,9 @@ def make_pairs(pixels: np.ndarray, meta: dict, align: Align, cfg: PseudoGTConfig
                 match_input = tiled_forward(deblurrer, target, tile=512, overlap=32)
         if cfg.strategy == "reblur" and rematch is None:
             rematch = build_rematch(cfg)
+        check = Check(cfg.check_gain, cfg.check_noise) if cfg.check else None
         fused = fuse(cfg.strategy, match_input, pool[ref_idx], align, cfg.tau, available,
-                     rematch, target, cfg.kernel_size)
+                     rematch, target, cfg.kernel_size, check)
         for i, t in enumerate(batch):
             rows.append(_row(t, meta["clip_id"], pixels[t["pool"]], _to_u8(fused.image[i]),
                              fused.confidence[i, 0], float(fused.coverage[i]),
