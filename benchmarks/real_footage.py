@@ -118,7 +118,7 @@ def quality_rows(out: str, layout: str) -> list[dict]:
     for clip in sorted({r["clip_id"] for r in t}):
         rs = [r for r in t if r["clip_id"] == clip]
         q = [r for r in rs if r["psnr_pseudo"] is not None]
-        name = clip.rsplit("-", 1)[0]
+        name = clip.rsplit("-", 1)[0].removeprefix(f"{layout}-")
         p = float(np.mean([r["psnr_pseudo"] for r in q])) if q else None
         b = float(np.mean([r["psnr_blurry"] for r in q])) if q else None
         rows.append({"layout": layout, "clip": name, "held out": name not in DEVELOPED_ON,
