@@ -236,8 +236,9 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
     reference would correct). A pixel is
 
     * **corrected** where some reference with matcher confidence ≥ τ changes the frame at least
-      ``check.gain`` times more than it misses (plus the noise floor): the pseudo-sharp pixel is
-      the confidence-weighted mean of those references, its confidence their best;
+      ``check.gain`` times more than its estimated own error (the miss, scaled by how much the
+      blur flattened the gradients there, plus the noise floor): the pseudo-sharp pixel is the
+      confidence-weighted mean of those references, its confidence their best;
     * **already sharp** where a reference both misses and changes the frame by no more than
       noise: the blurry frame itself is the pseudo-sharp pixel (nothing to correct there), with
       that reference's matcher confidence;
@@ -256,7 +257,7 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
                         check.sigma).view_as(miss)
     # A misalignment d shows in the miss as d·∇blurry but costs d·∇reference: scale the miss by
     # how much the blur flattened the gradients here to estimate the reference's own error.
-    flatten = (_gradient_energy(aligned.flatten(0, 1), check.sigma).view_as(miss)
+    flatten = (_gradient_energy(flat, check.sigma).view_as(miss)
                / _gradient_energy(blurry, check.sigma)[:, None].clamp_min(1e-12)).clamp_min(1.0)
     floor = (check.noise / 255.0) ** 2
     corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
