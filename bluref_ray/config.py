@@ -53,6 +53,15 @@ class RayConfig:
         default=True, metadata=_help("show Ray Data's progress bars"))
 
 
+#: The settings each ``synth.look`` gives those of its fields left at None.
+LOOKS: dict[str, dict[str, Any]] = {
+    "studio": {"forward_px": 0.0, "depth": 0.0, "exposure_stops": 0.0, "white_balance": 0.0,
+               "jpeg_quality": 0, "crf": 12},
+    "dashcam": {"forward_px": 6.0, "depth": 0.5, "exposure_stops": 0.3, "white_balance": 0.04,
+                "jpeg_quality": 80, "crf": 23},
+}
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """The GoPro-protocol synthesizer: a high-frame-rate sharp stream, averaged into blur."""
@@ -87,6 +96,34 @@ class SynthConfig:
     zoom: float = field(default=0.08, metadata=_help("largest smooth zoom change (0.08 = ±8%)"))
     objects: int = field(
         default=2, metadata=_help("independently moving foreground objects per clip"))
+    look: str = field(
+        default="studio",
+        metadata=_help("what the camera adds beyond motion blur: 'studio' (nothing: one blur "
+                       "per frame, steady exposure, near-lossless clips) or 'dashcam' (the "
+                       "five settings below at a dashcam's values); a setting given explicitly "
+                       "wins over the look"))
+    forward_px: float | None = field(
+        default=None,
+        metadata=_help("forward surge during each blurry exposure: travel at the frame's "
+                       "corners in pixels, none at its centre (radial blur); studio 0, "
+                       "dashcam 6"))
+    depth: float | None = field(
+        default=None,
+        metadata=_help("parallax of a ground plane: camera motion moves the bottom row "
+                       "(1 + depth) times and the top row (1 - depth) times as far as the "
+                       "centre, so blur grows down the frame; studio 0, dashcam 0.5"))
+    exposure_stops: float | None = field(
+        default=None,
+        metadata=_help("auto-exposure drift between frames, largest change in stops; "
+                       "studio 0, dashcam 0.3"))
+    white_balance: float | None = field(
+        default=None,
+        metadata=_help("white-balance drift between frames, largest per-channel gain change "
+                       "(0.04 = ±4%); studio 0, dashcam 0.04"))
+    jpeg_quality: int | None = field(
+        default=None,
+        metadata=_help("JPEG quality each recorded frame of the tree goes through (0 = "
+                       "lossless PNG), as a camera's encoder; studio 0, dashcam 80"))
     scenes: str = field(
         default="coffee,rocket,astronaut,chelsea,hubble_deep_field,immunohistochemistry,retina",
         metadata=_help("comma-separated scikit-image photos the clips' backgrounds come from; "
@@ -97,7 +134,9 @@ class SynthConfig:
                        "photos seen through a virtual camera"))
     video_ext: str = field(
         default="mp4", metadata=_help("container of the output clips: mp4, mkv, avi or mov"))
-    crf: int = field(default=12, metadata=_help("H.264 quality of the output clips (0 = lossless)"))
+    crf: int | None = field(
+        default=None, metadata=_help("H.264 quality of the output clips (0 = lossless); "
+                                     "studio 12, dashcam 23"))
     write_videos: bool = field(default=True, metadata=_help("write clips as video files"))
     write_frames: bool = field(
         default=True, metadata=_help("write the GoPro-style frame tree {blur,sharp}/NNNNNN.png"))
@@ -118,6 +157,22 @@ class SynthConfig:
                               f"{', '.join(available_photos())}")
         if self.video_ext not in ("mp4", "mkv", "avi", "mov"):
             raise ConfigError(f"synth.video_ext={self.video_ext!r}: use mp4, mkv, avi or mov")
+        if self.look not in LOOKS:
+            raise ConfigError(f"synth.look={self.look!r}: use {' or '.join(LOOKS)}")
+        r = self.resolved()
+        for name in ("forward_px", "depth", "exposure_stops", "white_balance"):
+            if getattr(r, name) < 0:
+                raise ConfigError(f"synth.{name}={getattr(r, name)}: must be >= 0")
+        if r.depth >= 1:
+            raise ConfigError(f"synth.depth={r.depth}: must be below 1 (the top row would "
+                              "move backwards)")
+        if not 0 <= r.jpeg_quality <= 100:
+            raise ConfigError(f"synth.jpeg_quality={r.jpeg_quality}: use 0 (off) to 100")
+
+    def resolved(self) -> SynthConfig:
+        """This config with every setting left to the look (None) filled in from it."""
+        return dataclasses.replace(self, **{k: v for k, v in LOOKS[self.look].items()
+                                            if getattr(self, k) is None})
 
 
 @dataclass(frozen=True)

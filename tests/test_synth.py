@@ -11,7 +11,8 @@ import pytest
 from conftest import TINY
 
 from bluref_ray.config import ConfigError
-from bluref_ray.data.synth import ClipSynth, held_out_scenes, synthesize
+from bluref_ray.data.camera import PhotoCamera, ShakePath
+from bluref_ray.data.synth import ClipSynth, apply_gains, held_out_scenes, synthesize
 from bluref_ray.data.video import decode_frames
 
 
@@ -119,3 +120,67 @@ def test_bad_settings_are_refused(tmp_path):
         synthesize(str(tmp_path), dataclasses.replace(TINY, k_min=9, k_max=3))
     with pytest.raises(ConfigError, match="blurry_share"):
         synthesize(str(tmp_path), dataclasses.replace(TINY, blurry_share=1.5))
+    with pytest.raises(ConfigError, match="synth.look='gopro'"):
+        synthesize(str(tmp_path), dataclasses.replace(TINY, look="gopro"))
+    with pytest.raises(ConfigError, match="synth.depth=1.0"):
+        synthesize(str(tmp_path), dataclasses.replace(TINY, look="dashcam", depth=1.0))
+
+
+def _flow(a, b):
+    """Dense flow from frame ``a`` to frame ``b`` (Farnebäck), ``[H, W, 2]`` (dx, dy)."""
+    grey = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (a, b)]
+    return cv2.calcOpticalFlowFarneback(*grey, None, 0.5, 3, 15, 5, 5, 1.1, 0)
+
+
+def test_dashcam_parallax_and_surge_move_parts_of_the_frame_differently():
+    still = ShakePath([], np.zeros(0), np.random.default_rng(0))
+    h, w = 96, 160
+
+    def camera(**kw):
+        return PhotoCamera(np.random.default_rng(1), h, w, 8, drift_px=3.0, rotation_deg=0.0,
+                           zoom=0.0, n_objects=0, shake=still, shake_reach=0.0,
+                           scenes=("astronaut",), **kw)
+
+    # parallax: the camera's drift moves the bottom rows further than the top rows
+    flat, ground = camera(), camera(depth=0.5)
+    for cam, low, high in ((flat, 0.85, 1.15), (ground, 1.8, 4.0)):
+        flow = _flow(cam.frame(0), cam.frame(32))
+        top, bottom = (np.linalg.norm(flow[rows, 16:-16].mean((0, 1))) for rows in
+                       (slice(8, 24), slice(-24, -8)))
+        assert top > 1.0
+        assert low < bottom / top < high
+    # a forward surge during an exposure: the sides move apart, the centre stays
+    surge = ShakePath([(10.0, 20.0)], np.array([8.0]), np.random.default_rng(2), axis_deg=0.0,
+                      spread_deg=0.0)
+    cam = camera(surge=surge)
+    cam.drift_x = cam.drift_y = lambda _t: 0.0
+    flow = _flow(cam.frame(9), cam.frame(21))[16:-16, :, 0]
+    left, right, centre = flow[:, 8:32].mean(), flow[:, -32:-8].mean(), flow[:, 70:90].mean()
+    assert abs(left) > 2 and abs(right) > 2 and np.sign(left) != np.sign(right)
+    assert abs(centre) < 0.5
+
+
+def test_dashcam_look_drifts_the_light_and_compresses_what_is_recorded(tmp_path):
+    cfg = dataclasses.replace(TINY, look="dashcam", train_clips=1, test_clips=0, frames=40,
+                              write_videos=False)
+    m = synthesize(str(tmp_path), cfg, log=lambda _m: None)
+    assert m["config"]["jpeg_quality"] == 80 and m["config"]["crf"] == 23
+    clip = ClipSynth(cfg, "train", 0)
+    assert clip.gains.shape == (40, 3)
+    exposure = clip.gains.prod(1) ** (1 / 3)
+    assert 1.1 < exposure.max() / exposure.min() < 2 ** 0.6 * 1.13
+    frames = m["clips"][0]["frames"]
+    blurry = next(f for f in frames if f["blurry"])
+    sharp = next(f for f in frames if not f["blurry"])
+    root = tmp_path / "train/clip_0000"
+    # a blurry frame's truth has that frame's light, uncompressed
+    truth = apply_gains(clip.stream.frame(blurry["centre"]), clip.gains[blurry["index"]])
+    np.testing.assert_array_equal(_png(root / f"sharp/{blurry['index']:06d}.png"), truth)
+    # a recorded frame went through the encoder: close to, not equal to, what the lens saw
+    seen = apply_gains(clip.stream.frame(sharp["centre"]), clip.gains[sharp["index"]])
+    recorded = _png(root / f"sharp/{sharp['index']:06d}.png").astype(float)
+    mse = np.mean((recorded - seen) ** 2)
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 28
+    # a setting given explicitly wins over the look; the studio look adds nothing
+    assert dataclasses.replace(cfg, jpeg_quality=0).resolved().jpeg_quality == 0
+    assert ClipSynth(TINY, "train", 0).gains is None

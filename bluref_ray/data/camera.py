@@ -8,7 +8,11 @@ The camera pose is a continuous function of time made of
 * hand-held shake: during each blurry exposure the camera jerks along a slightly curved path of
   a few pixels, and stays where the jerk left it (the shake walk is kept near its origin);
 * independently moving foreground objects (patches of other photos with soft masks) that follow
-  their own paths across the view and occlude the background.
+  their own paths across the view and occlude the background;
+* optionally (a dashcam's look), blur that varies across the frame: a forward surge during each
+  exposure (the view scales about its centre, so the corners move and the centre does not) and
+  the parallax of a ground plane (the camera's motion moves the bottom rows further than the top
+  rows).
 
 :meth:`PhotoCamera.frame` renders the sharp frame at any sub-frame index; it is deterministic for a
 given random generator state at construction.
@@ -108,7 +112,7 @@ class ShakePath:
         return j.origin + u * j.step + j.bend * 4 * u * (1 - u) * side
 
 
-class _Smooth:
+class Smooth:
     """A smooth random scalar signal: a sum of two sinusoids, amplitude at most ``amp``."""
 
     def __init__(self, rng: np.random.Generator, amp: float, period: tuple[float, float]) -> None:
@@ -146,9 +150,9 @@ class _Object:
         self.alpha = np.clip((1.0 - r) / 0.15, 0.0, 1.0).astype(np.float32)
         self.size = np.array([pw, ph], np.float64)
         # Paths in output-frame units; objects wander within the view at a few px per frame.
-        self.x = _Smooth(rng, 0.35 * width, (40 * slot, 120 * slot))
-        self.y = _Smooth(rng, 0.30 * height, (40 * slot, 120 * slot))
-        self.spin = _Smooth(rng, 25.0, (60 * slot, 200 * slot))
+        self.x = Smooth(rng, 0.35 * width, (40 * slot, 120 * slot))
+        self.y = Smooth(rng, 0.30 * height, (40 * slot, 120 * slot))
+        self.spin = Smooth(rng, 25.0, (60 * slot, 200 * slot))
         self.centre = np.array([width / 2, height / 2])
 
     def affine(self, t: float, offset: np.ndarray) -> np.ndarray:
@@ -170,26 +174,32 @@ class PhotoCamera:
         n_objects: number of foreground objects.
         shake: the clip's shake path.
         shake_reach: largest shake offset in pixels (to size the background margin).
+        surge: forward surges (its x offset is the travel at the frame's corner, pixels), or None.
+        depth: ground-plane parallax: the camera's drift and shake move row ``y`` by
+            ``1 + depth · (2y / (H − 1) − 1)`` times as much as the centre row.
     """
 
     def __init__(self, rng: np.random.Generator, height: int, width: int, subframes: int,
                  drift_px: float, rotation_deg: float, zoom: float, n_objects: int,
                  shake: ShakePath, shake_reach: float,
-                 scenes: tuple[str, ...] = BACKGROUNDS) -> None:
+                 scenes: tuple[str, ...] = BACKGROUNDS, surge: ShakePath | None = None,
+                 depth: float = 0.0) -> None:
         self.height, self.width = height, width
         self.shake = shake
+        self.surge, self.depth = surge, depth
         self.background_name = scenes[rng.integers(len(scenes))]
         photo = load_photo(self.background_name)
         period = (60.0 * subframes, 180.0 * subframes)
         # A drift of `drift_px` per output frame on a sinusoid of period P has amplitude v·P/2π.
         travel = drift_px * 120.0 / (2 * math.pi)
-        self.drift_x = _Smooth(rng, travel, period)
-        self.drift_y = _Smooth(rng, 0.6 * travel, period)
-        self.roll = _Smooth(rng, rotation_deg, period)
-        self.zoom = _Smooth(rng, zoom, period)
+        self.drift_x = Smooth(rng, travel, period)
+        self.drift_y = Smooth(rng, 0.6 * travel, period)
+        self.roll = Smooth(rng, rotation_deg, period)
+        self.zoom = Smooth(rng, zoom, period)
         sin = math.sin(math.radians(rotation_deg))
-        need_w = (width + height * sin) * (1 + zoom) + 2 * (travel + shake_reach) + 8
-        need_h = (height + width * sin) * (1 + zoom) + 2 * (0.6 * travel + shake_reach) + 8
+        reach = 1.0 + depth
+        need_w = (width + height * sin) * (1 + zoom) + 2 * reach * (travel + shake_reach) + 8
+        need_h = (height + width * sin) * (1 + zoom) + 2 * reach * (0.6 * travel + shake_reach) + 8
         f = max(1.0, need_w / photo.shape[1], need_h / photo.shape[0])
         if f > 1.0:
             size = (math.ceil(photo.shape[1] * f), math.ceil(photo.shape[0] * f))
@@ -198,6 +208,10 @@ class PhotoCamera:
         self.bg_centre = np.array([photo.shape[1] / 2, photo.shape[0] / 2])
         self.view_centre = np.array([(width - 1) / 2, (height - 1) / 2])
         self.objects = [_Object(rng, height, width, subframes) for _ in range(n_objects)]
+        self.half_diagonal = math.hypot(width - 1, height - 1) / 2
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        self.grid = (xs - np.float32(self.view_centre[0]), ys - np.float32(self.view_centre[1]))
+        self.row_gain = (depth * (2 * ys / max(1, height - 1) - 1)).astype(np.float32)
 
     def frame(self, j: float) -> np.ndarray:
         """The sharp frame at sub-frame time ``j``.
@@ -206,12 +220,19 @@ class PhotoCamera:
             → ``[H, W, 3]`` uint8 RGB.
         """
         shake = self.shake(j)
-        centre = self.bg_centre + np.array([self.drift_x(j), self.drift_y(j)]) + shake
-        a = _rotation(self.roll(j), 1.0 + self.zoom(j))
-        view_to_bg = np.hstack([a, (centre - a @ self.view_centre)[:, None]])
-        out = cv2.warpAffine(self.background, view_to_bg, (self.width, self.height),
-                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                             borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
+        motion = np.array([self.drift_x(j), self.drift_y(j)]) + shake
+        centre = self.bg_centre + motion
+        scale = 1.0 + self.zoom(j)
+        if self.surge is not None:  # moving forward shows a smaller part of the scene
+            scale *= math.exp(-self.surge(j)[0] / self.half_diagonal)
+        a = _rotation(self.roll(j), scale)
+        if self.depth or self.surge is not None:
+            out = self._remap(a, centre, motion)
+        else:
+            view_to_bg = np.hstack([a, (centre - a @ self.view_centre)[:, None]])
+            out = cv2.warpAffine(self.background, view_to_bg, (self.width, self.height),
+                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
         for obj in self.objects:
             m = obj.affine(j, -shake)
             rgb = cv2.warpAffine(obj.rgb, m, (self.width, self.height), flags=cv2.INTER_LINEAR)
@@ -219,6 +240,17 @@ class PhotoCamera:
                                    flags=cv2.INTER_LINEAR)[..., None]
             out = out * (1.0 - alpha) + rgb * alpha
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    def _remap(self, a: np.ndarray, centre: np.ndarray, motion: np.ndarray) -> np.ndarray:
+        """The background through the affine view ``a`` about ``centre``, each row moved by
+        the parallax share of ``motion`` (pixels of the background)."""
+        x, y = self.grid
+        map_x = a[0, 0] * x + a[0, 1] * y + np.float32(centre[0]) \
+            + self.row_gain * np.float32(motion[0])
+        map_y = a[1, 0] * x + a[1, 1] * y + np.float32(centre[1]) \
+            + self.row_gain * np.float32(motion[1])
+        return cv2.remap(self.background, map_x.astype(np.float32), map_y.astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
 
 
 class FrameListStream:

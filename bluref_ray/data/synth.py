@@ -13,9 +13,14 @@ Output, for ``--out ROOT``::
     ROOT/manifest.json                     settings and, per frame: blurry, k, exposure window
 
 The sharp stream comes from real photos seen through a virtual camera (:mod:`.camera`), or from
-the frames of a real video (``synth.video``). Test clips show photos that no train clip shows
-(while ``synth.scenes`` has any left), so a test clip is an unseen scene. Output is deterministic
-for a seed.
+the frames of a real video (``synth.video``). ``synth.look=dashcam`` adds what a dashcam adds and
+the default ``studio`` look leaves out: blur that varies across the frame (a forward surge and
+ground-plane parallax), auto-exposure and white-balance drift between frames (the same gains on a
+frame and its ground truth, so references differ from the blurry frame in light), and lossy
+compression of what is recorded (JPEG in the tree, a dashcam's H.264 quality in the videos).
+
+Test clips show photos that no train clip shows (while ``synth.scenes`` has any left), so a test
+clip is an unseen scene. Output is deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 from bluref_ray import storage
 from bluref_ray.config import ConfigError, SynthConfig
 from bluref_ray.data import video
-from bluref_ray.data.camera import FrameListStream, PhotoCamera, ShakePath
+from bluref_ray.data.camera import FrameListStream, PhotoCamera, ShakePath, Smooth
 from bluref_ray.data.images import encode_png
 from bluref_ray.storage import StorageConfig
 
@@ -102,12 +107,14 @@ class ClipSynth:
     def __init__(self, cfg: SynthConfig, split: str, number: int,
                  source_frames: list[np.ndarray] | None = None,
                  scenes: list[str] | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = cfg.resolved()
         self.split, self.number = split, number
         self.seq = f"clip_{number:04d}"
-        rng = np.random.default_rng([cfg.seed, SPLITS.index(split) if split in SPLITS else 9,
-                                     number])
+        key = [cfg.seed, SPLITS.index(split) if split in SPLITS else 9, number]
+        rng = np.random.default_rng(key)
+        look = np.random.default_rng(key + [1])  # the look's own draws leave the studio's alone
         self.plan = plan_clip(cfg, rng)
+        self.gains = light_gains(cfg, look)
         if source_frames is not None:
             self.stream = FrameListStream(source_frames)
             self.background = "video"
@@ -115,10 +122,14 @@ class ClipSynth:
             windows = [(p.first - 0.5, p.first + p.k - 0.5) for p in self.plan if p.blurry]
             lengths = cfg.shake_px * rng.uniform(0.5, 1.5, size=len(windows))
             shake = ShakePath(windows, lengths, rng, cfg.shake_axis, cfg.shake_spread)
+            surge = (ShakePath(windows, cfg.forward_px * look.uniform(0.5, 1.5, len(windows)),
+                               look, axis_deg=0.0, spread_deg=0.0)
+                     if cfg.forward_px > 0 else None)
             self.stream = PhotoCamera(rng, cfg.height, cfg.width, cfg.subframes, cfg.drift_px,
                                       cfg.rotation_deg, cfg.zoom, cfg.objects, shake,
                                       shake_reach=2.5 * cfg.shake_px,
-                                      scenes=tuple(scenes or cfg.scenes.split(",")))
+                                      scenes=tuple(scenes or cfg.scenes.split(",")),
+                                      surge=surge, depth=cfg.depth)
             self.background = self.stream.background_name
 
     @property
@@ -127,16 +138,63 @@ class ClipSynth:
         return max(last.centre, last.first + last.k - 1) + 1
 
     def render(self, plan: FramePlan) -> tuple[np.ndarray, np.ndarray]:
-        """``(recorded, ground_truth)`` for one output frame, both ``[H, W, 3]`` uint8."""
+        """``(recorded, ground_truth)`` for one output frame, both ``[H, W, 3]`` uint8.
+
+        With a look's exposure and white balance both get the frame's gains; with its
+        compression the recorded frame is what the encoder gives back (for a sharp frame, the
+        recorded frame is also the ground truth: nothing sharper exists).
+        """
         gt = self.stream.frame(plan.centre)
-        if not plan.blurry:
-            return gt, gt
-        frames = [gt if j == plan.centre else self.stream.frame(j) for j in plan.window]
-        return linear_light_average(frames, self.cfg.gamma), gt
+        if plan.blurry:
+            frames = [gt if j == plan.centre else self.stream.frame(j) for j in plan.window]
+            recorded = linear_light_average(frames, self.cfg.gamma)
+        else:
+            recorded = gt
+        if self.gains is not None:
+            gt, recorded = (apply_gains(x, self.gains[plan.index], self.cfg.gamma)
+                            for x in (gt, recorded))
+        if self.cfg.jpeg_quality:
+            recorded = jpeg(recorded, self.cfg.jpeg_quality)
+            if not plan.blurry:
+                gt = recorded
+        return recorded, gt
 
     def frames(self) -> Iterator[tuple[FramePlan, np.ndarray, np.ndarray]]:
         for p in self.plan:
             yield (p, *self.render(p))
+
+
+def light_gains(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray | None:
+    """Per output frame and channel, the linear-light gain of the camera's auto-exposure and
+    white balance: slow random drifts within ``±exposure_stops`` and ``±white_balance``, or None
+    when both are 0.
+
+    Shape:
+        → ``[frames, 3]`` float64.
+    """
+    if not (cfg.exposure_stops or cfg.white_balance):
+        return None
+    signals = [Smooth(rng, cfg.exposure_stops * np.log(2.0), (20, 80))]
+    signals += [Smooth(rng, cfg.white_balance, (20, 80)) for _ in range(3)]
+    log_gain = np.array([[s(i) for s in signals] for i in range(cfg.frames)])
+    return np.exp(log_gain[:, :1] + log_gain[:, 1:])
+
+
+def apply_gains(rgb: np.ndarray, gains: np.ndarray, gamma: float = 2.2) -> np.ndarray:
+    """Scale an 8-bit frame by per-channel gains in linear light, clipping at white.
+
+    Shape:
+        ``[H, W, 3]`` uint8, ``[3]`` → ``[H, W, 3]`` uint8.
+    """
+    lut = (np.arange(256, dtype=np.float64) / 255.0) ** gamma
+    lin = np.minimum(lut[rgb] * gains, 1.0)
+    return np.round(255.0 * lin ** (1.0 / gamma)).astype(np.uint8)
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """The frame after a JPEG round trip at ``quality`` (a camera encoder's losses)."""
+    _, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
 def _read_source_video(cfg: SynthConfig, storage_cfg: StorageConfig | None) -> list[np.ndarray]:
@@ -160,6 +218,7 @@ def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = N
         ConfigError: for invalid settings, or a source video too short for one clip.
     """
     cfg.validate()
+    cfg = cfg.resolved()
     out = storage.normalize(out)
     storage.makedirs(out, storage_cfg)
     source = _read_source_video(cfg, storage_cfg) if cfg.video else None
