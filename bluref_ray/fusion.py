@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from bluref_ray.matching.base import Matcher
-from bluref_ray.matching.kernel import centre_on, estimate_kernel, linear_luma, midpoint, reblur
+from bluref_ray.matching.kernel import (
+    GAMMA,
+    centre_on,
+    estimate_kernel,
+    linear_luma,
+    midpoint,
+    reblur,
+)
 from bluref_ray.matching.warp import warp
 
 #: ``align(target [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
@@ -225,6 +232,31 @@ def _gradient_energy(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return local_mean((gx.square() + gy.square()).mean(1, keepdim=True), sigma) + (1 / 255) ** 2
 
 
+def match_light(aligned: torch.Tensor, blurry: torch.Tensor, matched: torch.Tensor,
+                limit: float = 2.0) -> torch.Tensor:
+    """Give each aligned reference the blurry frame's exposure and white balance.
+
+    Blur moves light around but keeps its amount, so over the pixels a reference is matched on,
+    its mean in linear light equals the blurry frame's unless the camera's gain changed between
+    the two frames (auto-exposure, white balance). The ratio of the two means, per reference and
+    channel (at most ``limit``, one stop, either way), is that change; it scales the reference
+    (in 8-bit space by the ratio to the power 1/γ). A reference matched on under 1% of the frame
+    keeps its light.
+
+    Shape:
+        aligned ``[B, N, 3, H, W]``, blurry ``[B, 3, H, W]``, matched ``[B, N, 1, H, W]`` (bool or
+        0/1) → ``[B, N, 3, H, W]``.
+    """
+    w = matched.float()
+    lin = lambda x: x.float().clamp(0, 1) ** GAMMA  # noqa: E731
+    num = (w * lin(blurry)[:, None]).flatten(3).sum(-1)
+    den = (w * lin(aligned)).flatten(3).sum(-1)
+    enough = (w.flatten(2).mean(-1) > 0.01)[..., None] & (den > 1e-6)
+    ratio = torch.where(enough, num / den.clamp_min(1e-6), torch.ones_like(num))
+    gain = ratio.clamp(1 / limit, limit) ** (1 / GAMMA)
+    return (aligned * gain[..., None, None].to(aligned.dtype)).clamp(0, 1)
+
+
 def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
                  kernel: torch.Tensor, tau: float, check: Check = Check()
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +314,8 @@ def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, remat
     2. One blur kernel per frame: ``blurry ≈ k ⊛ aligned`` over all aligned references, centred
        on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
     3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` and warps the sharp
-       reference by that flow.
+       reference by that flow; :func:`match_light` gives it the blurry frame's exposure and
+       white balance.
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
        vouch for; without it, the references are averaged by confidence (matches ≥ τ only).
@@ -312,6 +345,7 @@ def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, remat
             sharp = refs[idx, k]
             aligned_all[idx, k], conf_all[idx, k] = rematch(blurry[idx], reblur(sharp, kernel[idx]),
                                                             sharp)
+    aligned_all = match_light(aligned_all, blurry, conf_all >= tau)
     if check is None:
         acc = _Accumulator(blurry, tau)
         for k in range(n):
