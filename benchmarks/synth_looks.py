@@ -1,7 +1,7 @@
 """Does the synthesizer hide what real footage shows? Labels and pseudo-GT per ``synth.look``.
 
     python benchmarks/synth_looks.py [--looks studio,dashcam] [--clips 3] [--frames 48]
-        [--matcher dis|learned] [--out /tmp/bluref-looks]
+        [--shake-px 14] [--matcher dis|learned] [--out /tmp/bluref-looks]
 
 For each look it synthesizes the same clips (seed, scenes, shake and blur plan are shared; the
 ``dashcam`` look adds a forward surge, ground-plane parallax, exposure and white-balance drift
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--looks", default="studio,dashcam")
     ap.add_argument("--clips", type=int, default=3)
     ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--shake-px", type=float, default=SynthConfig.shake_px,
+                    help="shake travel during a blurry exposure (the synthesizer's default)")
     ap.add_argument("--matcher", default="dis", choices=("dis", "learned"),
                     help="pseudo-GT matcher (dis: the demo's)")
     ap.add_argument("--out", default="/tmp/bluref-looks")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for look in args.looks.split(","):
         out = f"{args.out}/{look}"
         synth = SynthConfig(seed=5, train_clips=args.clips, test_clips=0, frames=args.frames,
-                            shake_axis=90.0, look=look)
+                            shake_axis=90.0, shake_px=args.shake_px, look=look)
         synthesize(f"{out}/data", synth, log=quiet)
         run_ingest([f"{out}/data/videos"], f"{out}/ingest_videos", base, log=quiet)
         frames = schema.read_table(f"{out}/ingest_videos/frames", schema.FRAMES).to_pylist()
@@ -92,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             (f"{r[c]:.3f}" if c.startswith(("labelled", "coverage")) else f"{r[c]:.2f}")
             if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     text = "\n".join(lines) + (f"\n\n`python benchmarks/synth_looks.py --looks {args.looks} "
-                               f"--clips {args.clips} --frames {args.frames} --matcher "
-                               f"{args.matcher}` ({time.time() - t0:.0f} s)\n")
+                               f"--clips {args.clips} --frames {args.frames} "
+                               f"--shake-px {args.shake_px:g} --matcher {args.matcher}` "
+                               f"({time.time() - t0:.0f} s)\n")
     with open(f"{args.out}/synth_looks.md", "w") as f:
         f.write(text)
     print(text)

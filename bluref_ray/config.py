@@ -99,9 +99,9 @@ class SynthConfig:
     look: str = field(
         default="studio",
         metadata=_help("what the camera adds beyond motion blur: 'studio' (nothing: one blur "
-                       "per frame, steady exposure, near-lossless clips) or 'dashcam' (the "
-                       "five settings below at a dashcam's values); a setting given explicitly "
-                       "wins over the look"))
+                       "per frame, steady exposure, near-lossless clips) or 'dashcam' "
+                       "(forward_px, depth, exposure_stops, white_balance, jpeg_quality and crf "
+                       "at a dashcam's values); a setting given explicitly wins over the look"))
     forward_px: float | None = field(
         default=None,
         metadata=_help("forward surge during each blurry exposure: travel at the frame's "
