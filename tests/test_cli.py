@@ -72,6 +72,15 @@ def test_config_file_overrides_and_errors(tmp_path):
         load_config(str(path))
 
 
+def test_the_example_configs_load():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    ingest = load_config(str(root / "ingest.yaml")).ingest
+    assert (ingest.label_rule, ingest.protocol) == ("local", "auto")
+    synth = load_config(str(root / "synth_dashcam.yaml")).synth
+    synth.validate()
+    assert synth.resolved().jpeg_quality == 80 and synth.resolved().crf == 23
+
+
 def test_bad_option_value_exits_2_with_a_message(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--k-min", "9", "--k-max", "3"]) == 2
     assert "k_min" in capsys.readouterr().err
