@@ -62,6 +62,13 @@ LOOKS: dict[str, dict[str, Any]] = {
 }
 
 
+
+def _look_field(text: str, name: str) -> Any:
+    """A synthesizer setting that defaults to its look's value (None until resolved)."""
+    values = ", ".join(f"{look} {settings[name]}" for look, settings in LOOKS.items())
+    return field(default=None, metadata=_help(f"{text}; default from synth.look: {values}"))
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """The GoPro-protocol synthesizer: a high-frame-rate sharp stream, averaged into blur."""
@@ -102,28 +109,21 @@ class SynthConfig:
                        "per frame, steady exposure, near-lossless clips) or 'dashcam' "
                        "(forward_px, depth, exposure_stops, white_balance, jpeg_quality and crf "
                        "at a dashcam's values); a setting given explicitly wins over the look"))
-    forward_px: float | None = field(
-        default=None,
-        metadata=_help("forward surge during each blurry exposure: travel at the frame's "
-                       "corners in pixels, none at its centre (radial blur); studio 0, "
-                       "dashcam 6"))
-    depth: float | None = field(
-        default=None,
-        metadata=_help("parallax of a ground plane: camera motion moves the bottom row "
-                       "(1 + depth) times and the top row (1 - depth) times as far as the "
-                       "centre, so blur grows down the frame; studio 0, dashcam 0.5"))
-    exposure_stops: float | None = field(
-        default=None,
-        metadata=_help("auto-exposure drift between frames, largest change in stops; "
-                       "studio 0, dashcam 0.3"))
-    white_balance: float | None = field(
-        default=None,
-        metadata=_help("white-balance drift between frames, largest per-channel gain change "
-                       "(0.04 = ±4%); studio 0, dashcam 0.04"))
-    jpeg_quality: int | None = field(
-        default=None,
-        metadata=_help("JPEG quality each recorded frame of the tree goes through (0 = "
-                       "lossless PNG), as a camera's encoder; studio 0, dashcam 80"))
+    forward_px: float | None = _look_field(
+        "forward surge during each blurry exposure: travel at the frame's corners in pixels, "
+        "none at its centre (radial blur)", "forward_px")
+    depth: float | None = _look_field(
+        "parallax of a ground plane: camera motion moves the bottom row (1 + depth) times and "
+        "the top row (1 - depth) times as far as the centre, so blur grows down the frame",
+        "depth")
+    exposure_stops: float | None = _look_field(
+        "auto-exposure drift between frames, largest change in stops", "exposure_stops")
+    white_balance: float | None = _look_field(
+        "white-balance drift between frames, largest per-channel gain change (0.04 = ±4%)",
+        "white_balance")
+    jpeg_quality: int | None = _look_field(
+        "JPEG quality each recorded frame of the tree goes through (0 = lossless PNG), as a "
+        "camera's encoder", "jpeg_quality")
     scenes: str = field(
         default="coffee,rocket,astronaut,chelsea,hubble_deep_field,immunohistochemistry,retina",
         metadata=_help("comma-separated scikit-image photos the clips' backgrounds come from; "
@@ -134,9 +134,7 @@ class SynthConfig:
                        "photos seen through a virtual camera"))
     video_ext: str = field(
         default="mp4", metadata=_help("container of the output clips: mp4, mkv, avi or mov"))
-    crf: int | None = field(
-        default=None, metadata=_help("H.264 quality of the output clips (0 = lossless); "
-                                     "studio 12, dashcam 23"))
+    crf: int | None = _look_field("H.264 quality of the output clips (0 = lossless)", "crf")
     write_videos: bool = field(default=True, metadata=_help("write clips as video files"))
     write_frames: bool = field(
         default=True, metadata=_help("write the GoPro-style frame tree {blur,sharp}/NNNNNN.png"))

@@ -46,13 +46,18 @@ from bluref_ray.storage import StorageConfig
 SPLITS = ("train", "test")
 
 
+def _linear_lut(gamma: float) -> np.ndarray:
+    """8-bit level → linear light in [0, 1] (the inverse of the camera's gamma)."""
+    return (np.arange(256, dtype=np.float64) / 255.0) ** gamma
+
+
 def linear_light_average(frames: list[np.ndarray], gamma: float = 2.2) -> np.ndarray:
     """Average frames in linear light: ``(mean((x/255)^γ))^(1/γ) · 255``, rounded.
 
     Shape:
         k × ``[H, W, 3]`` uint8 → ``[H, W, 3]`` uint8.
     """
-    lut = (np.arange(256, dtype=np.float64) / 255.0) ** gamma
+    lut = _linear_lut(gamma)
     acc = np.zeros(frames[0].shape, np.float64)
     for f in frames:
         acc += lut[f]
@@ -186,8 +191,7 @@ def apply_gains(rgb: np.ndarray, gains: np.ndarray, gamma: float = 2.2) -> np.nd
     Shape:
         ``[H, W, 3]`` uint8, ``[3]`` → ``[H, W, 3]`` uint8.
     """
-    lut = (np.arange(256, dtype=np.float64) / 255.0) ** gamma
-    lin = np.minimum(lut[rgb] * gains, 1.0)
+    lin = np.minimum(_linear_lut(gamma)[rgb] * gains, 1.0)
     return np.round(255.0 * lin ** (1.0 / gamma)).astype(np.uint8)
 
 
