@@ -24,7 +24,7 @@ import torch
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError
-from bluref_ray.data.images import decode_image
+from bluref_ray.data.images import as_saved, decode_image, to_float, to_uint8
 from bluref_ray.storage import StorageConfig
 
 COLUMNS = [("method", "method", "{}"), ("psnr", "PSNR (dB)", "{:.2f}"),
@@ -114,14 +114,13 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
         if gt is not None and gt.shape != blurry.shape:
             raise ValueError(f"{f['gt_uri']}: size {gt.shape[:2]} differs from the blurry "
                              f"frame {f['uri']} ({blurry.shape[:2]})")
-        x = torch.from_numpy(blurry).permute(2, 0, 1)[None].float().div(255).to(device)
-        y = torch.from_numpy(gt).permute(2, 0, 1)[None].float().div(255).to(device) \
-            if gt is not None else None
+        x = to_float(blurry, device)
+        y = to_float(gt, device) if gt is not None else None
         outputs = {"blurry": x}
         for label, net in nets.items():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 pred = tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
-            outputs[label] = (pred.clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
+            outputs[label] = as_saved(pred)
         row = {"uri": f["uri"], "gt_uri": f["gt_uri"]}
         # all methods of a frame in one batch: pyiqa's SSIM (float64 filters) dominates on CPU
         batch = torch.cat(list(outputs.values()))
@@ -139,8 +138,8 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
         if n < grids:
             ps = pseudo.get(f["uri"])
             grid_rows.append([blurry, decode_image(ps)[0] if ps else None,
-                              *[(o[0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
-                                for m, o in outputs.items() if m != "blurry"], gt])
+                              *[to_uint8(o[0]) for m, o in outputs.items() if m != "blurry"],
+                              gt])
         if (n + 1) % 8 == 0 or n + 1 == len(frames):
             log(f"[eval] {n + 1}/{len(frames)} frames, {time.time() - t0:.1f}s")
     table = [{"method": m, **{k: _mean(v) for k, v in scores[m].items()},

@@ -154,13 +154,12 @@ class ImageMetrics:
         return out.reshape(-1).float().cpu()
 
 
-def masked_psnr_t(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                   max_db: float = 99.0) -> torch.Tensor:
     """PSNR in dB (data range 1) of each image over the pixels in ``mask`` (e.g. confident ones).
 
-    The torch counterpart of :func:`bluref_ray.pipeline.pseudo_gt.masked_psnr`: a float mask
-    weights the pixels, a bool mask selects them. Images whose mask is empty get NaN; a zero
-    error gives ``max_db``.
+    A float mask weights the pixels, a bool mask selects them (in every channel). Images whose
+    mask is empty get NaN; a zero error gives ``max_db``.
 
     Shape:
         pred, target ``[B, C, H, W]``, mask ``[B, 1, H, W]`` or ``[B, H, W]`` → ``[B]`` float32.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 
 import cv2
@@ -10,8 +11,7 @@ import pytest
 import torch
 
 from bluref_ray import metrics
-from bluref_ray.metrics import ImageMetrics, masked_psnr_t
-from bluref_ray.pipeline.pseudo_gt import masked_psnr
+from bluref_ray.metrics import ImageMetrics, masked_psnr
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,13 +91,17 @@ def test_niqe_errors(m, tmp_path, monkeypatch):
         metrics.niqe_params_path()
 
 
-def test_masked_psnr_t_matches_numpy():
-    rng = np.random.default_rng(2)
-    a = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    b = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    mask = rng.random((2, 16, 16)) > 0.5
-    mask[1] = False
-    got = masked_psnr_t(torch.from_numpy(a).permute(0, 3, 1, 2) / 255.0,
-                        torch.from_numpy(b).permute(0, 3, 1, 2) / 255.0, torch.from_numpy(mask))
-    assert got[0].item() == pytest.approx(masked_psnr(a[0], b[0], mask[0]), abs=1e-4)
-    assert torch.isnan(got[1])
+def test_masked_psnr_over_the_masked_pixels_only():
+    pred = torch.zeros(3, 3, 4, 4)
+    target = torch.zeros(3, 3, 4, 4)
+    target[:, :, :2] = 10 / 255  # inside the mask: off by 10 levels
+    target[:, :, 2:] = 1.0  # outside: off by everything
+    mask = torch.zeros(3, 4, 4, dtype=torch.bool)
+    mask[:2, :2] = True
+    target[1] = pred[1]  # a perfect match scores the cap
+    got = masked_psnr(pred, target, mask)
+    assert got[0].item() == pytest.approx(20 * math.log10(255 / 10), abs=1e-4)  # 28.13 dB
+    assert got[1].item() == 99.0
+    assert torch.isnan(got[2])  # an empty mask
+    weights = mask[:, None].float() * 0.5  # a float mask weights: uniform weights, same PSNR
+    assert masked_psnr(pred, target, weights)[0].item() == pytest.approx(got[0].item(), abs=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 
 class ImageError(ValueError):
@@ -70,3 +71,34 @@ def encode_png(rgb: np.ndarray, compression: int = 3) -> bytes:
     if not ok:
         raise ImageError("PNG encoding failed")
     return buf.tobytes()
+
+
+def to_float(pixels: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
+             ) -> torch.Tensor:
+    """RGB uint8 pixels → float in [0, 1], channels first, on ``device``.
+
+    Shape:
+        ``[H, W, 3]`` or ``[B, H, W, 3]`` (numpy or tensor) → ``[B, 3, H, W]``.
+    """
+    if isinstance(pixels, np.ndarray):
+        if not pixels.flags.writeable:  # Ray hands out read-only views of the object store
+            pixels = pixels.copy()
+        pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+    t = pixels.to(device)
+    t = t[None] if t.ndim == 3 else t
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """Float images in [0, 1] (clipped) → RGB uint8, rounded, channels last, on the CPU.
+
+    Shape:
+        ``[3, H, W]`` → ``[H, W, 3]``; ``[B, 3, H, W]`` → ``[B, H, W, 3]``.
+    """
+    u8 = (t.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return u8.movedim(-3, -1).cpu().numpy()
+
+
+def as_saved(t: torch.Tensor) -> torch.Tensor:
+    """Float images rounded to the 8-bit levels they are saved with (scores see what is saved)."""
+    return (t.clamp(0, 1) * 255).round() / 255

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from bluref_ray.data.images import to_uint8
 from bluref_ray.matching.base import MatchResult
 
 _PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -22,8 +23,7 @@ _PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
 
 
 def _gray_u8(t: torch.Tensor) -> np.ndarray:
-    rgb = (t.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0)
-    return cv2.cvtColor(np.ascontiguousarray(rgb.cpu().numpy()), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(np.ascontiguousarray(to_uint8(t)), cv2.COLOR_RGB2GRAY)
 
 
 def fb_confidence(fwd: np.ndarray, bwd: np.ndarray, sigma_px: float) -> np.ndarray:

@@ -38,7 +38,7 @@ import torch
 
 from bluref_ray import storage
 from bluref_ray.config import Config, ConfigError, DeblurConfig
-from bluref_ray.data.images import ImageError, decode_image, encode_png
+from bluref_ray.data.images import ImageError, decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, decode_frames
 from bluref_ray.models.tiling import tiled_forward
 from bluref_ray.storage import StorageConfig, StorageError
@@ -130,17 +130,6 @@ def plan(inputs: list[str], out: str,
     return sorted(rows, key=lambda r: r["name"])
 
 
-def _to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``[N, H, W, 3]`` uint8 → ``[N, 3, H, W]`` float in [0, 1] on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2) \
-        .float().div_(255.0)
-
-
-def _to_u8(t: torch.Tensor) -> np.ndarray:
-    """``[N, 3, H, W]`` float in [0, 1] → ``[N, H, W, 3]`` uint8 (rounded)."""
-    return (t.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def deblur_frames(model: torch.nn.Module, frames: np.ndarray, cfg: DeblurConfig,
                   device: torch.device) -> np.ndarray:
     """Deblur a batch of RGB frames (tiled; bfloat16 autocast on CUDA).
@@ -148,10 +137,10 @@ def deblur_frames(model: torch.nn.Module, frames: np.ndarray, cfg: DeblurConfig,
     Shape:
         ``[N, H, W, 3]`` uint8 → ``[N, H, W, 3]`` uint8.
     """
-    x = _to_tensor(frames, device)
+    x = to_float(frames, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         y = tiled_forward(model, x, cfg.tile, cfg.tile_overlap)
-    return _to_u8(y)
+    return to_uint8(y)
 
 
 def deblur_image(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,

@@ -64,21 +64,6 @@ def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-def load_state(state: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, sched,
-               factor: Callable[[int], float]) -> int:
-    """Restore model, optimizer and schedule from a checkpoint; returns its step.
-
-    The optimizer comes back with the learning rate of the step it stopped at (0 at the end of
-    a finished schedule); a resumed or extended run continues on its own schedule instead.
-    """
-    model.load_state_dict(state["state_dict"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    for group, base in zip(opt.param_groups, sched.base_lrs):
-        group["lr"] = base * factor(state["step"])
-    return state["step"]
-
-
 def resume_state(resume: str | None, storage_cfg: StorageConfig,
                  device: torch.device) -> dict | None:
     """The newest checkpoint: the one Ray Train restored, or ``resume`` (a step folder URI)."""

@@ -29,29 +29,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
 from bluref_ray import storage
 from bluref_ray.config import Config, ConfigError, TrainConfig
-from bluref_ray.data.images import decode_image
+from bluref_ray.data.images import decode_image, to_float
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
     export_model,
-    fit,
     gpu_workers,
     latest_checkpoint,
-    load_state,
-    report_checkpoint,
-    resume_state,
-    sync_tensorboard,
-    tensorboard_dir,
     warmup_cosine,
 )
+from bluref_ray.training.loop import Task, Worker, fit_task
 from bluref_ray.training.validation import (
-    VAL_METRICS,
     describe_validation,
     load_pair_images,
     validate,
@@ -177,125 +171,69 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
                    "color_aug": cfg.color_aug})
 
 
-def _state(model, opt, sched, step: int, cfg: TrainConfig, history: list) -> dict:
-    arch, kwargs = model_spec(cfg.model)
-    return {"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-            "config": dataclasses.asdict(cfg), "history": history}
+class DeblurTask(Task):
+    """The deblurrer's part of :func:`bluref_ray.training.loop.train_loop`: the masked loss on
+    crops of pseudo-pairs (or of true pairs), AdamW on a warm-up + cosine schedule, gradients
+    clipped to 1; rank 0 validates on ``config["val"]`` (PSNR/SSIM, or NIQE without ground
+    truth)."""
 
+    name, items = "train", "crops"
 
-def train_loop(config: dict) -> None:
-    """The per-worker loop (Ray Train ``train_loop_per_worker``)."""
-    import ray.train
-    import ray.train.torch
-    from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, cfg: TrainConfig, worker: Worker, config: dict) -> None:
+        from bluref_ray.losses import build_loss
+        from bluref_ray.models import build_model, read_checkpoint
 
-    from bluref_ray.losses import build_loss
-    from bluref_ray.models import build_model, read_checkpoint
+        super().__init__(cfg, worker, config)
+        self.arch, self.kwargs = model_spec(cfg.model)
+        model = build_model(self.arch, **self.kwargs).to(worker.device)
+        if cfg.init:  # a resumed run's checkpoint replaces these weights
+            model.load_state_dict(read_checkpoint(cfg.init, worker.storage_cfg,
+                                                  worker.device)["state_dict"])
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(0.9, 0.9))
+        warmup = max(1, min(100, cfg.steps // 20))
+        self.nets, self.optimizers = {"model": model}, {"model": opt}
+        self.schedules = {"model": torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(cfg.steps, warmup))}
+        self.loss_fn = build_loss(cfg.loss)
+        self.val_images = (load_pair_images(config["val"], worker.storage_cfg)
+                           if worker.rank == 0 else [])
 
-    cfg: TrainConfig = config["cfg"]
-    out, storage_cfg = config["out"], config["storage_cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    amp = cfg.amp and device.type == "cuda"
-    torch.set_num_threads(cfg.threads or max(1, int(cfg.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)  # the same initial weights on every worker
-    arch, kwargs = model_spec(cfg.model)
-    model = build_model(arch, **kwargs).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            betas=(0.9, 0.9))
-    lr_factor = warmup_cosine(cfg.steps, max(1, min(100, cfg.steps // 20)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    start, history = 0, []
-    state = resume_state(config.get("resume"), storage_cfg, device)
-    if state:
-        start = load_state(state, model, opt, sched, lr_factor)
-        history = state.get("history", [])
-    elif cfg.init:
-        model.load_state_dict(read_checkpoint(cfg.init, storage_cfg, device)["state_dict"])
-    ddp = ray.train.torch.prepare_model(model)
-    loss_fn = build_loss(cfg.loss)
-    shard = ray.train.get_dataset_shard("train")
-    val_images = load_pair_images(config["val"], storage_cfg) if rank == 0 else []
-    tb_dir = tensorboard_dir(out)
-    writer = SummaryWriter(tb_dir, purge_step=start) if rank == 0 else None
-    per_worker = cfg.batch_size // world
-    step, t0, seen = start, time.time(), 0
-    warm = start + max(1, (cfg.steps - start) // 10)  # steady-state speed: after 10% of steps
-    t_warm = None
+    def batches(self, start: int) -> Iterator[dict]:
+        import ray.train
 
-    def checkpoint_and_validate(done: int, loss: float) -> None:
-        metrics = {"step": done, "loss": loss}
-        if rank == 0 and val_images and (done % cfg.val_every == 0 or done == cfg.steps):
-            v = validate(model, val_images, device, amp)
-            history.append({"step": done, **{k: x for k, x in v.items() if k != "example"}})
-            metrics.update({f"val_{k}": x for k, x in v.items() if k in VAL_METRICS})
-            print(f"[train] step {done}: validation " + describe_validation(v), flush=True)
-            if writer:
-                for k, x in v.items():
-                    if k != "example":
-                        writer.add_scalar(f"val/{k}", x, done)
-                tag = "val/blurry|deblurred|truth" if "psnr" in v else "val/blurry|deblurred"
-                writer.add_image(tag, v["example"].clamp(0, 1), done)
-        if writer:
-            writer.flush()
-            sync_tensorboard(tb_dir, out, storage_cfg)
-        state = _state(model, opt, sched, done, cfg, history) if rank == 0 else None
-        report_checkpoint(state, metrics, done)
+        shard = ray.train.get_dataset_shard("train")
+        per_rank = self.cfg.batch_size // self.worker.world
+        while True:  # passes over the data, each with new crops
+            empty = True
+            for batch in shard.iter_torch_batches(batch_size=per_rank, drop_last=True,
+                                                  local_shuffle_buffer_size=4 * per_rank):
+                empty = False
+                yield batch
+            if empty:
+                raise ConfigError(f"train: a pass over the pairs gave no batch of {per_rank} "
+                                  "crops; lower train.batch_size or raise train.crops_per_frame")
 
-    while step < cfg.steps:
-        for batch in shard.iter_torch_batches(batch_size=per_worker, drop_last=True,
-                                              local_shuffle_buffer_size=4 * per_worker):
-            x = batch["blurry"].to(device).permute(0, 3, 1, 2).float().div_(255)
-            y = batch["target"].to(device).permute(0, 3, 1, 2).float().div_(255)
-            mask = batch["mask"].to(device)[:, None].float()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = ddp(x)
-            loss = loss_fn(pred.float(), y, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(ddp.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            seen += per_worker * world
-            if step == warm:
-                t_warm = time.time()
-            if writer and (step % cfg.log_every == 0 or step == cfg.steps):
-                rate = seen / (time.time() - t0)
-                writer.add_scalar("train/loss", float(loss.detach()), step)
-                writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
-                writer.add_scalar("train/samples_per_s", rate, step)
-                print(f"[train] step {step}/{cfg.steps} loss {float(loss.detach()):.4f} "
-                      f"lr {sched.get_last_lr()[0]:.2e} {rate:.1f} crops/s", flush=True)
-            if step % cfg.checkpoint_every == 0 or step % cfg.val_every == 0 \
-                    or step == cfg.steps:
-                checkpoint_and_validate(step, float(loss.detach()))
-            if step >= cfg.steps:
-                break
-    sums = weight_checksums(model, world)
-    if rank == 0:
-        print(f"[train] weights of the {world} worker(s) after step {step}: "
-              f"{'in sync' if len(set(sums)) == 1 else 'DIFFERENT: ' + str(sums)}", flush=True)
-        steady = (step - warm) * cfg.batch_size / (time.time() - t_warm) \
-            if t_warm and step > warm else None
-        storage.write_text(storage.join(out, "final.json"), json.dumps(
-            {"step": step, "weight_checksums": sums, "crops_per_s": steady}), storage_cfg)
-    if writer:
-        writer.close()
+    def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        device = self.worker.device
+        x, y = to_float(batch["blurry"], device), to_float(batch["target"], device)
+        mask = batch["mask"].to(device)[:, None].float()
+        with self.worker.autocast():
+            pred = self.ddp["model"](x)
+        loss = self.loss_fn(pred.float(), y, mask)
+        self.update(loss, clip=1.0)
+        return {"loss": loss.detach()}
 
+    def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
+        if not self.val_images:
+            return None
+        v = validate(self.nets["model"], self.val_images, self.worker.device, self.worker.amp)
+        example = v.pop("example")
+        tag = "val/blurry|deblurred|truth" if "psnr" in v else "val/blurry|deblurred"
+        return v, {tag: example}
 
-def weight_checksums(model: torch.nn.Module, world: int) -> list[float]:
-    """Each worker's sum of |weights| (gathered from all DDP ranks): equal when in sync."""
-    total = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
-    if world == 1:
-        return [total]
-    import torch.distributed as dist
-
-    sums: list = [None] * world
-    dist.all_gather_object(sums, total)
-    return sums
+    def describe_validation(self, scores: dict[str, float]) -> str:
+        return describe_validation(scores)
 
 
 def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None] = print,
@@ -345,9 +283,8 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         f"{'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}; {tc.steps} steps of {tc.batch_size} "
         f"crops of {tc.crop}px; {len(val)} validation frames → {out}")
     t0 = time.time()
-    fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg, "val": val}, out,
-        storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu, datasets={"train": dataset},
-        callbacks=callbacks)
+    fit_task(DeblurTask, tc, out, storage_cfg, datasets={"train": dataset},
+             callbacks=callbacks, val=val)
     return finish_training(out, pairs, cfg, time.time() - t0, command, log)
 
 

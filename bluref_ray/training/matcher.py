@@ -18,9 +18,8 @@ Started again with the same ``OUT``, it resumes from the newest checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +31,11 @@ from bluref_ray.matching.synthetic import PairConfig, load_photos, make_batch
 from bluref_ray.matching.warp import warp
 from bluref_ray.training.common import (
     export_model,
-    fit,
     gpu_workers,
     latest_checkpoint,
-    load_state,
-    report_checkpoint,
-    resume_state,
-    sync_tensorboard,
-    tensorboard_dir,
     warmup_cosine,
 )
+from bluref_ray.training.loop import Task, Worker, fit_task
 
 ARCH = "dense-matcher"
 #: learning-rate factor of the layers that fine-tuning (``init``) adds to a trained network
@@ -143,12 +137,6 @@ def init_from(model: DenseMatcherNet, uri: str, storage_cfg=None) -> list[str]:
     return list(missing)
 
 
-def _state(model: torch.nn.Module, opt, sched, step: int, cfg: MatcherTrainConfig) -> dict:
-    return {"arch": ARCH, "kwargs": net_kwargs(cfg), "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-            "config": dataclasses.asdict(cfg)}
-
-
 def _example_grid(batch: dict, out: dict) -> torch.Tensor:
     """target | reference warped by the predicted flow | confidence, for TensorBoard."""
     n = min(4, batch["target"].shape[0])
@@ -158,83 +146,54 @@ def _example_grid(batch: dict, out: dict) -> torch.Tensor:
     return torch.cat(list(rows), dim=1).clamp(0, 1)
 
 
-def train_loop(config: dict) -> None:
-    """The per-worker loop (Ray Train ``train_loop_per_worker``)."""
-    import ray.train
-    import ray.train.torch
-    from torch.utils.tensorboard import SummaryWriter
+class MatcherTask(Task):
+    """The matcher's part of :func:`bluref_ray.training.loop.train_loop`: synthetic pairs made
+    on each rank from the seed, its rank and the step (a resumed run sees the pairs it would
+    have seen), :func:`matcher_loss`, AdamW on a warm-up + cosine schedule, gradients clipped
+    to 5."""
 
-    cfg: MatcherTrainConfig = config["cfg"]
-    out, storage_cfg = config["out"], config["storage_cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    model = DenseMatcherNet(**net_kwargs(cfg))
-    if cfg.backbone:
-        from bluref_ray.models import read_checkpoint
+    name, items, shown = "train-matcher", "pairs", ("loss", "aepe", "pck1", "bce")
 
-        state = read_checkpoint(cfg.backbone, storage_cfg)["state_dict"]
-        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        model.features.load_state_dict(feats)
-    fresh: list[str] = []
-    if cfg.init:
-        fresh = init_from(model, cfg.init, storage_cfg)
-    model.to(device)
-    named = dict(model.named_parameters())
-    groups = [{"params": [p for n, p in named.items() if n not in fresh], "lr": cfg.lr}]
-    if fresh:  # layers the init checkpoint lacks learn from scratch, faster than the rest
-        groups.append({"params": [named[n] for n in fresh if n in named],
-                       "lr": cfg.lr * NEW_LAYER_LR})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_factor = warmup_cosine(cfg.steps, max(1, min(200, cfg.steps // 10)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    start = 0
-    state = resume_state(config.get("resume"), storage_cfg, device)
-    if state:
-        start = load_state(state, model, opt, sched, lr_factor)
-    ddp = ray.train.torch.prepare_model(model)
-    photos = load_photos(folder=cfg.images, storage_cfg=storage_cfg)
-    pair_cfg = PairConfig(size=cfg.crop, p_object=cfg.objects)
-    per_worker = cfg.batch_size // world
-    tb_dir = tensorboard_dir(out)
-    writer = SummaryWriter(tb_dir, purge_step=start) if rank == 0 else None
-    t0, seen = time.time(), 0
-    for step in range(start, cfg.steps):
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
-        batch = {k: v.to(device) for k, v in make_batch(photos, per_worker, pair_cfg,
-                                                       gen).items()}
-        out_ = ddp(batch["target"], batch["reference"])
-        loss, logs = matcher_loss(out_, batch, model.radii)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ddp.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        seen += per_worker * world
-        done = step + 1
-        if writer and (done % cfg.log_every == 0 or done == cfg.steps):
-            for k, v in logs.items():
-                writer.add_scalar(f"train/{k}", float(v), done)
-            writer.add_scalar("train/loss", float(loss.detach()), done)
-            writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
-            writer.add_scalar("train/pairs_per_s", seen / (time.time() - t0), done)
-            if done % (cfg.log_every * 10) == 0 or done == cfg.steps:
-                writer.add_image("train/target|warped reference|confidence",
-                                 _example_grid(batch, out_), done)
-            print(f"[train-matcher] step {done}/{cfg.steps} loss {float(loss.detach()):.3f} "
-                  f"aepe {float(logs['aepe']):.2f} px pck1 {float(logs['pck1']):.3f} "
-                  f"bce {float(logs['bce']):.3f} {seen / (time.time() - t0):.1f} pairs/s",
-                  flush=True)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            metrics = {"step": done, "loss": float(loss.detach()), "aepe": float(logs["aepe"])}
-            if writer:
-                writer.flush()
-                sync_tensorboard(tb_dir, out, storage_cfg)
-            report_checkpoint(_state(model, opt, sched, done, cfg) if rank == 0 else None,
-                              metrics, done)
-    if writer:
-        writer.close()
+    def __init__(self, cfg: MatcherTrainConfig, worker: Worker, config: dict) -> None:
+        super().__init__(cfg, worker, config)
+        self.arch, self.kwargs = ARCH, net_kwargs(cfg)
+        model = DenseMatcherNet(**self.kwargs)
+        if cfg.backbone:
+            from bluref_ray.models import read_checkpoint
+
+            state = read_checkpoint(cfg.backbone, worker.storage_cfg)["state_dict"]
+            model.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                            if k.startswith("features.")})
+        fresh = init_from(model, cfg.init, worker.storage_cfg) if cfg.init else []
+        model.to(worker.device)
+        named = dict(model.named_parameters())
+        groups = [{"params": [p for n, p in named.items() if n not in fresh], "lr": cfg.lr}]
+        if fresh:  # layers the init checkpoint lacks learn from scratch, faster than the rest
+            groups.append({"params": [named[n] for n in fresh if n in named],
+                           "lr": cfg.lr * NEW_LAYER_LR})
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.nets, self.optimizers = {"model": model}, {"model": opt}
+        self.schedules = {"model": torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(cfg.steps, max(1, min(200, cfg.steps // 10))))}
+        self.photos = load_photos(folder=cfg.images, storage_cfg=worker.storage_cfg)
+        self.pair_cfg = PairConfig(size=cfg.crop, p_object=cfg.objects)
+        self.last: dict = {}
+
+    def batches(self, start: int) -> Iterator[dict]:
+        cfg, w = self.cfg, self.worker
+        for step in itertools.count(start):
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + w.rank)
+            batch = make_batch(self.photos, cfg.batch_size // w.world, self.pair_cfg, gen)
+            yield {k: v.to(w.device) for k, v in batch.items()}
+
+    def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        self.last = self.ddp["model"](batch["target"], batch["reference"])
+        loss, logs = matcher_loss(self.last, batch, self.nets["model"].radii)
+        self.update(loss, clip=5.0)
+        return {"loss": loss.detach(), **logs}
+
+    def images(self, batch: dict, logs: dict) -> dict[str, torch.Tensor]:
+        return {"train/target|warped reference|confidence": _example_grid(batch, self.last)}
 
 
 def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
@@ -261,8 +220,7 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
         log(f"[train-matcher] resuming from {resume}")
     log(f"[train-matcher] {tc.workers} worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
         f"{tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px → {out}")
-    final = fit(train_loop, {"cfg": tc, "out": out, "storage_cfg": storage_cfg}, out,
-                storage_cfg, tc.workers, tc.cpus_per_worker, use_gpu)
+    final = fit_task(MatcherTask, tc, out, storage_cfg)
     target = storage.join(out, "matcher.pt")
     export_model(storage.join(final, "state.pt"), target, storage_cfg,
                  command=command or "train_matcher()")

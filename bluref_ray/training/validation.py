@@ -14,7 +14,7 @@ import torch
 
 from bluref_ray import storage
 from bluref_ray.config import ConfigError
-from bluref_ray.data.images import decode_image
+from bluref_ray.data.images import as_saved, decode_image, to_float
 from bluref_ray.storage import StorageConfig
 
 #: Validation scores reported to Ray Train (as ``val_<name>``) and hence to a sweep.
@@ -49,13 +49,6 @@ def load_pair_images(frames: list[tuple[str, str | None]], storage_cfg: StorageC
             for b, g in frames]
 
 
-def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Shape: ``[H, W, 3]`` or ``[B, H, W, 3]`` uint8 → ``[B, 3, H, W]`` float in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
-    t = t[None] if t.ndim == 3 else t
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
 @torch.no_grad()
 def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray | None]],
              device: torch.device, amp: bool = False) -> dict:
@@ -77,13 +70,13 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray |
     sums = dict.fromkeys(keys, 0.0)
     example = None
     for blurry, gt in images:
-        x = to_tensor(blurry, device)
+        x = to_float(blurry, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x).float()
         finite = bool(torch.isfinite(pred).all())
-        pred = (pred.clamp(0, 1) * 255).round() / 255  # scored as saved: 8-bit
+        pred = as_saved(pred)
         if with_gt:
-            y = to_tensor(gt, device)
+            y = to_float(gt, device)
             sums["psnr"] += float(metrics.psnr(pred, y)[0]) if finite else 0.0
             sums["ssim"] += float(metrics.ssim(pred, y)[0]) if finite else 0.0
             sums["psnr_blurry"] += float(metrics.psnr(x, y)[0])

@@ -1,0 +1,265 @@
+"""The one training loop: every model trains through :func:`train_loop` on Ray Train.
+
+A model brings a :class:`Task`, its own small part: the networks, optimizers and learning-rate
+schedules (built in the constructor, on the worker), its batches, its step (forward, losses and
+updates) and, optionally, a validation. The loop owns everything else:
+
+- the worker: rank, world size, the device Ray assigned, threads, the seed (the same initial
+  weights on every rank), bfloat16 autocast on CUDA only (:class:`Worker`);
+- resume from the newest checkpoint, and checkpoints every ``checkpoint_every`` steps
+  (``OUT/ray-train/step_NNNNNN/state.pt``: every net, optimizer and schedule, the step and the
+  validation history);
+- DDP (every net of the task is wrapped; gloo on CPUs, NCCL on GPUs, chosen by :func:`fit`);
+- the log cadence: TensorBoard scalars and one printed line every ``log_every`` steps, images ten
+  times less often, validation every ``val_every`` steps;
+- ``OUT/final.json`` after the last step: the step, each rank's weight checksum (equal when the
+  ranks are in sync) and the steady-state rate.
+
+A task with two networks and two optimizers (a GAN's generator and discriminator) names both in
+``nets`` and ``optimizers`` and updates them in turn in :meth:`Task.step` with :meth:`Task.update`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+
+import torch
+
+from bluref_ray import storage
+from bluref_ray.storage import StorageConfig
+from bluref_ray.training.common import (
+    fit,
+    report_checkpoint,
+    resume_state,
+    sync_tensorboard,
+    tensorboard_dir,
+)
+
+
+@dataclasses.dataclass
+class Worker:
+    """Where a task runs; the loop makes it, the task reads it."""
+
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool  #: bfloat16 autocast (CUDA only)
+    out: str  #: the run's output folder
+    storage_cfg: StorageConfig
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast when ``amp``, nothing otherwise."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+
+class Task:
+    """One model's part of training. Subclasses set, in their constructor:
+
+    Attributes:
+        nets: the networks by name, on ``worker.device``; the first is the one that
+            ``arch``/``kwargs`` describe and that the export writes.
+        optimizers: by name.
+        schedules: by name, ``LambdaLR`` schedules stepped once per step.
+        arch, kwargs: how :func:`bluref_ray.models.build_model` rebuilds the first net.
+
+    The loop sets ``ddp`` (the nets wrapped for DDP, by name; the nets themselves on one worker)
+    before the first step; :meth:`step` runs the forward pass through them.
+    """
+
+    #: the prefix of the printed lines
+    name = "train"
+    #: what ``batch_size`` counts (for the rate)
+    items = "samples"
+    #: the logs shown in the printed line (all of them go to TensorBoard)
+    shown: tuple[str, ...] = ("loss",)
+
+    nets: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedules: dict[str, torch.optim.lr_scheduler.LambdaLR]
+    ddp: dict[str, torch.nn.Module]
+    arch: str
+    kwargs: dict
+
+    def __init__(self, cfg, worker: Worker, config: dict) -> None:
+        self.cfg, self.worker = cfg, worker
+
+    def batches(self, start: int) -> Iterator[dict]:
+        """This rank's batches from step ``start`` on, as many as the loop takes."""
+        raise NotImplementedError
+
+    def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """One training step (forward, losses, :meth:`update`); returns scalar logs, ``loss``
+        among them."""
+        raise NotImplementedError
+
+    def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
+        """Rank 0's validation: scores and images (``[3, H, W]``) by name; None: none to run."""
+        return None
+
+    def describe_validation(self, scores: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+
+    def images(self, batch: dict, logs: dict) -> dict[str, torch.Tensor]:
+        """Images for TensorBoard at this step, ``[3, H, W]`` by tag (rank 0, every tenth log)."""
+        return {}
+
+    def update(self, loss: torch.Tensor, name: str = "model", clip: float | None = None) -> None:
+        """Backpropagate ``loss`` and step optimizer ``name`` (gradients clipped to ``clip``)."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    # checkpoints -------------------------------------------------------------------------
+
+    def state(self, step: int, history: list) -> dict:
+        first, *others = self.nets
+        return {"arch": self.arch, "kwargs": self.kwargs,
+                "state_dict": self.nets[first].state_dict(),
+                "nets": {k: self.nets[k].state_dict() for k in others},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
+                "step": step, "config": dataclasses.asdict(self.cfg), "history": history}
+
+    def load(self, state: dict) -> int:
+        """Restore nets, optimizers and schedules from a checkpoint; returns its step.
+
+        The optimizers come back with the learning rate of their schedule at that step (0 at
+        the end of a finished schedule): an extended run continues on its own schedule.
+        """
+        first, *others = self.nets
+        self.nets[first].load_state_dict(state["state_dict"])
+        for k in others:
+            self.nets[k].load_state_dict(state["nets"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedules.items():
+            s.load_state_dict(state["schedules"][k])
+            for group, base, factor in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                group["lr"] = base * factor(state["step"])
+        return state["step"]
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train's ``train_loop_per_worker`` for every task.
+
+    ``config``: ``task`` (a :class:`Task` class), ``cfg`` (its settings section: ``steps``,
+    ``batch_size``, ``seed``, ``log_every``, ``checkpoint_every``, ``cpus_per_worker``, and
+    optionally ``val_every``, ``amp``, ``threads``), ``out``, ``storage_cfg``, ``resume`` (set by
+    :func:`bluref_ray.training.common.fit`), and whatever the task reads.
+    """
+    import ray.train
+    import ray.train.torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg, out, storage_cfg = config["cfg"], config["out"], config["storage_cfg"]
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    worker = Worker(ctx.get_world_rank(), ctx.get_world_size(), device,
+                    bool(getattr(cfg, "amp", False)) and device.type == "cuda", out, storage_cfg)
+    torch.set_num_threads(getattr(cfg, "threads", None) or max(1, int(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    task: Task = config["task"](cfg, worker, config)
+    start, history = 0, []
+    state = resume_state(config.get("resume"), storage_cfg, device)
+    if state:
+        start = task.load(state)
+        history = state.get("history", [])
+    task.ddp = {k: ray.train.torch.prepare_model(m) for k, m in task.nets.items()}
+    rank0 = worker.rank == 0
+    tb_dir = tensorboard_dir(out)
+    writer = SummaryWriter(tb_dir, purge_step=start) if rank0 else None
+    per_rank = cfg.batch_size // worker.world
+    val_every = getattr(cfg, "val_every", None)
+    warm = start + max(1, (cfg.steps - start) // 10)  # steady-state rate: after 10% of steps
+    t0, t_warm, seen, done = time.time(), None, 0, start
+
+    def checkpoint(logs: dict) -> None:
+        metrics = {"step": done, **{k: float(v) for k, v in logs.items()}}
+        if rank0 and val_every and (done % val_every == 0 or done == cfg.steps):
+            v = task.validate(done)
+            if v is not None:
+                scores, images = v
+                history.append({"step": done, **scores})
+                metrics.update({f"val_{k}": x for k, x in scores.items()})
+                print(f"[{task.name}] step {done}: validation "
+                      f"{task.describe_validation(scores)}", flush=True)
+                for k, x in scores.items():
+                    writer.add_scalar(f"val/{k}", x, done)
+                for tag, image in images.items():
+                    writer.add_image(tag, image.clamp(0, 1), done)
+        if writer:
+            writer.flush()
+            sync_tensorboard(tb_dir, out, storage_cfg)
+        report_checkpoint(task.state(done, history) if rank0 else None, metrics, done)
+
+    for step, batch in zip(range(start, cfg.steps), task.batches(start)):
+        logs = task.step(batch, step)
+        for s in task.schedules.values():
+            s.step()
+        done = step + 1
+        seen += per_rank * worker.world
+        if done == warm:
+            t_warm = time.time()
+        if writer and (done % cfg.log_every == 0 or done == cfg.steps):
+            _log(writer, task, logs, done, cfg.steps, seen / (time.time() - t0))
+            if done % (cfg.log_every * 10) == 0 or done == cfg.steps:
+                for tag, image in task.images(batch, logs).items():
+                    writer.add_image(tag, image.clamp(0, 1), done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps \
+                or (val_every and done % val_every == 0):
+            checkpoint(logs)
+    sums = weight_checksums(next(iter(task.nets.values())), worker.world)
+    if rank0:
+        print(f"[{task.name}] weights of the {worker.world} worker(s) after step {done}: "
+              f"{'in sync' if len(set(sums)) == 1 else 'DIFFERENT: ' + str(sums)}", flush=True)
+        steady = (done - warm) * cfg.batch_size / (time.time() - t_warm) \
+            if t_warm and done > warm else None
+        storage.write_text(storage.join(out, "final.json"), json.dumps(
+            {"step": done, "weight_checksums": sums, f"{task.items}_per_s": steady}),
+            storage_cfg)
+        writer.close()
+
+
+def fit_task(task: type[Task], cfg, out: str, storage_cfg: StorageConfig,
+             datasets: dict | None = None, callbacks: list | None = None, **config) -> str:
+    """Train ``task`` with settings ``cfg`` (``workers``, ``cpus_per_worker``, ``use_gpu``
+    decided) through :func:`train_loop` on Ray Train; returns the newest checkpoint's URI.
+
+    ``config``: more entries of the loop's config, for the task's constructor.
+    """
+    return fit(train_loop, {"task": task, "cfg": cfg, "out": out, "storage_cfg": storage_cfg,
+                            **config}, out, storage_cfg, cfg.workers, cfg.cpus_per_worker,
+               bool(cfg.use_gpu), datasets=datasets, callbacks=callbacks)
+
+
+def _log(writer, task: Task, logs: dict, done: int, steps: int, rate: float) -> None:
+    """TensorBoard scalars and one printed line."""
+    lrs = {k: s.get_last_lr()[0] for k, s in task.schedules.items()}
+    for k, v in logs.items():
+        writer.add_scalar(f"train/{k}", float(v), done)
+    for k, lr in lrs.items():
+        writer.add_scalar("train/lr" if len(lrs) == 1 else f"train/lr_{k}", lr, done)
+    writer.add_scalar(f"train/{task.items}_per_s", rate, done)
+    shown = " ".join(f"{k} {float(logs[k]):.4f}" for k in task.shown if k in logs)
+    lr = " ".join(f"lr {v:.2e}" for v in lrs.values())
+    print(f"[{task.name}] step {done}/{steps} {shown} {lr} {rate:.1f} {task.items}/s", flush=True)
+
+
+def weight_checksums(model: torch.nn.Module, world: int) -> list[float]:
+    """Each rank's sum of |weights| (gathered from all DDP ranks): equal when in sync."""
+    total = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+    if world == 1:
+        return [total]
+    import torch.distributed as dist
+
+    sums: list = [None] * world
+    dist.all_gather_object(sums, total)
+    return sums
