@@ -7,7 +7,7 @@
 Synthesizes clips (videos) and ingests them once, then makes pseudo-pairs for the same blurry
 frames three ways:
 
-* **loop**: one process calls :func:`load_windows` and :func:`make_pairs` window after window
+* **loop**: one process calls :func:`load_windows` and a :class:`PairMaker` window after window
   (the functions the pipeline's stages run) and writes the same shards;
 * **ray, 1 actor** and **ray, 2 actors**: :func:`run_pseudo_gt` on a local Ray cluster. Actors
   get ``CPUs - 1`` CPUs between them so one CPU stays free for the tasks that decode frames.
@@ -35,32 +35,22 @@ from bluref_ray.config import Config, IngestConfig, PseudoGTConfig, RayConfig, S
 from bluref_ray.data.synth import synthesize
 from bluref_ray.data.windows import load_windows
 from bluref_ray.pipeline.ingest import run_ingest
-from bluref_ray.pipeline.pseudo_gt import (
-    build_align,
-    make_pairs,
-    run_pseudo_gt,
-    settings_hash,
-    write_window,
-)
+from bluref_ray.pipeline.pairs import PairMaker, write_window
+from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt, settings_hash
 
 
 def _loop(frames_dir: str, out: str, pg: PseudoGTConfig) -> int:
     """The single-process baseline: the pipeline's two stages, one after the other."""
-    import json
-
-    import numpy as np
     import torch
 
-    align = build_align(pg, torch.device("cpu"))
-    chash = settings_hash(pg)
+    make = PairMaker(pg, settings_hash(pg), torch.device("cpu"))
     n = 0
     for f in storage.list_files(frames_dir):
         frames = schema.read_table(f, schema.FRAMES)
-        for w in load_windows(frames, pg.targets_per_shard, pg.max_refs, limit=pg.limit):
-            meta = json.loads(w["meta"])
-            rows, rejects = make_pairs(np.asarray(w["pixels"]), meta, align, pg, chash,
-                                       torch.device("cpu"))
-            write_window(out, w["shard"], rows, rejects, None)
+        for window, pixels in load_windows(frames, pg.targets_per_shard, pg.max_refs,
+                                           limit=pg.limit):
+            rows, rejects = make(window, pixels)
+            write_window(out, window.name, rows, rejects, None)
             n += len(rows)
     return n
 

@@ -169,7 +169,7 @@ def _numbers(text: str | None, flag: str, kind: type) -> list | None:
 
 
 def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
-    from bluref_ray.pipeline.pseudo_gt import quality_markdown, quality_table
+    from bluref_ray.pipeline.quality import quality_markdown, quality_table
 
     cfg = _config(args)
     refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
@@ -195,8 +195,9 @@ def cmd_train_matcher(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_matcher(args: argparse.Namespace) -> int:
+    from bluref_ray.matching import matcher_from_config
     from bluref_ray.matching.evaluate import evaluate, markdown
-    from bluref_ray.pipeline.pseudo_gt import matcher_from_config, quality_markdown, quality_table
+    from bluref_ray.pipeline.quality import quality_markdown, quality_table
 
     cfg = _config(args)
     pg = cfg.pseudo_gt

@@ -90,6 +90,15 @@ def rematcher(matcher: Matcher) -> Rematch:
     return rematch
 
 
+def dis_rematch(preset: str = "medium") -> Rematch:
+    """The ``reblur`` strategy's second matching: DIS between the blurry frame and the equally
+    blurred reference (so no extra blur of the reference, which is the point), warping the sharp
+    reference."""
+    from bluref_ray.matching import build_matcher
+
+    return rematcher(build_matcher("dis", preset=preset, ref_blur=0.0))
+
+
 class _Accumulator:
     """Running confidence-weighted sum of aligned references (matches ≥ τ only)."""
 
@@ -363,19 +372,15 @@ def fuse(strategy: str, target: torch.Tensor, refs: torch.Tensor, align: Align,
          kernel_size: int = 41, check: Check | None = Check()) -> Fusion:
     """Run one of :data:`STRATEGIES` by name.
 
-    ``reblur`` also takes ``rematch`` (default: DIS at its medium preset, see
-    :func:`rematcher`), when ``target`` is not the blurry frame itself (a deblurrer's output),
-    the ``blurry`` frame, and the physical ``check`` (None: none).
+    ``reblur`` also takes ``rematch`` (default: :func:`dis_rematch`), when ``target`` is not
+    the blurry frame itself (a deblurrer's output), the ``blurry`` frame, and the physical
+    ``check`` (None: none).
     """
     fns = {"weighted": weighted_average, "sequential": sequential_accumulation,
            "progressive": progressive_average}
     if strategy == "reblur":
-        if rematch is None:
-            from bluref_ray.matching import build_matcher
-
-            rematch = rematcher(build_matcher("dis", ref_blur=0.0))
-        return reblur_average(target, refs, align, rematch, tau, available, blurry, kernel_size,
-                              check)
+        return reblur_average(target, refs, align, rematch or dis_rematch(), tau, available,
+                              blurry, kernel_size, check)
     if strategy not in fns:
         raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     return fns[strategy](target, refs, align, tau, available)

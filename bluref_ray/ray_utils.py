@@ -29,5 +29,7 @@ def init_ray(cfg: RayConfig) -> None:
             ray.init(num_cpus=cfg.num_cpus, include_dashboard=True,
                      logging_level=logging.WARNING)
     ctx = DataContext.get_current()
+    # columns of Python objects (a typed window between two stages) travel pickled, silently
+    ctx.enable_fallback_to_arrow_object_ext_type = True
     ctx.enable_progress_bars = cfg.progress_bars
     ctx.print_on_execution_start = cfg.progress_bars

@@ -16,12 +16,8 @@ from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
 from bluref_ray.fusion import STRATEGIES
 from bluref_ray.pipeline.ingest import run_ingest
-from bluref_ray.pipeline.pseudo_gt import (
-    actor_resources,
-    at_equal_coverage,
-    quality_markdown,
-    run_pseudo_gt,
-)
+from bluref_ray.pipeline.pseudo_gt import actor_resources, run_pseudo_gt
+from bluref_ray.pipeline.quality import at_equal_coverage, quality_markdown
 
 CFG = Config(ray=RayConfig(progress_bars=False),
              pseudo_gt=PseudoGTConfig(max_refs=3, batch_size=4, targets_per_shard=3, limit=6))
@@ -104,10 +100,9 @@ def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_clus
     os.remove(f"{out}/summary.json")
     (tmp_path / "resumed/shards/.x.parquet.abcd.tmp").write_bytes(b"half")
     kept = {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in shards[1::2]}
-    logs = []
-    run_pseudo_gt(tiny_frames, out, CFG, log=logs.append)
-    assert any(f"resuming: {len(kept)} shards already done" in m for m in logs)
-    assert sum("[pseudo-gt] shard" in m for m in logs) == len(shards[::2])
+    s = run_pseudo_gt(tiny_frames, out, CFG, log=lambda _m: None)
+    assert s["this_run"]["skipped"] == len(kept)
+    assert s["this_run"]["shards"] == len(shards[::2])
     assert {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in kept} == kept
     assert _shards(out).equals(full)
 
@@ -179,7 +174,7 @@ def test_delta_keeps_only_references_within_it():
              "source_uri": "u", "references": []} for i in (0, 3, 9, 10)]
     rows.append({"frame_id": "c:5", "frame_index": 5, "role": "blurry", "clip_id": "c",
                  "source_uri": "u", "references": ["c:3", "c:9", "c:0", "c:10"]})
-    refs = lambda **kw: plan_windows(rows, 4, **kw)[0].targets[0].ref_ids  # noqa: E731
+    refs = lambda **kw: plan_windows(rows, 4, **kw)[0].frames[0].ref_ids  # noqa: E731
     assert refs(max_refs=4) == ["c:3", "c:9", "c:0", "c:10"]
     assert refs(max_refs=4, delta=4) == ["c:3", "c:9"]
     assert refs(max_refs=1, delta=5) == ["c:3"]

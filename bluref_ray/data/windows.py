@@ -4,15 +4,15 @@ The blurry frames of a clip are cut into windows of consecutive frames (one wind
 shard). :func:`load_windows` walks a clip's windows in order and loads every frame a window needs
 (its blurry frames and their references) exactly once: a video is decoded front to back a single
 time, image files are read once, and a frame stays in memory only until the last window that uses
-it. Each window comes out as one row: a pool of distinct frames ``[F, H, W, 3]`` and, per blurry
-frame, indices into the pool. Frames that cannot be used come out as rejects with the reason:
-a blurry frame that cannot be read, or whose references are all missing, unreadable or of
-another size.
+it. Each window comes out as a :class:`Window` and a pool of its distinct frames
+``[F, H, W, 3]``: each :class:`BlurryFrame` holds the pool index of its pixels and of its
+references' pixels. Frames that cannot be used come out as :class:`Reject` with the reason: a
+blurry frame that cannot be read, or whose references are all missing, unreadable or of another
+size.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -26,36 +26,60 @@ from bluref_ray.storage import StorageConfig
 
 
 @dataclass
-class Target:
-    """A blurry frame and the frame ids of its references, nearest first."""
+class BlurryFrame:
+    """A blurry frame and its references (frame ids, nearest first).
+
+    Once its window is loaded, ``pool`` and ``refs`` index the pixels of the frame and of its
+    usable references in the window's frame pool; ``ref_ids`` then names those references, and
+    ``dropped`` says why the others were left out.
+    """
 
     frame_id: str
     frame_index: int
     source_uri: str
     gt_uri: str | None
     ref_ids: list[str]
+    pool: int = -1
+    refs: list[int] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reject:
+    """A blurry frame that gets no pseudo-pair, and why."""
+
+    frame_id: str
+    frame_index: int
+    source_uri: str
+    reason: str
+
+    def row(self) -> dict:
+        """The row of :data:`bluref_ray.schema.PSEUDO_REJECTS`, without the clip id."""
+        return asdict(self)
 
 
 @dataclass
 class Window:
-    """Consecutive blurry frames of one clip: the unit of work and of output (one shard)."""
+    """Consecutive blurry frames of one clip: the unit of work, written as one shard."""
 
     clip_id: str
     index: int
-    targets: list[Target] = field(default_factory=list)
+    frames: list[BlurryFrame] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
 
     @property
     def name(self) -> str:
+        """The name of the window's shard."""
         return f"{self.clip_id}-{self.index:05d}"
 
     def frame_ids(self) -> list[str]:
         ids = []
-        for t in self.targets:
-            ids += [t.frame_id, *t.ref_ids]
+        for f in self.frames:
+            ids += [f.frame_id, *f.ref_ids]
         return list(dict.fromkeys(ids))
 
 
-def plan_windows(clip_rows: list[dict], targets_per_window: int, max_refs: int,
+def plan_windows(clip_rows: list[dict], frames_per_window: int, max_refs: int,
                  limit: int | None = None, delta: int | None = None) -> list[Window]:
     """Cut one clip's blurry frames (frames-table rows) into windows, in frame order.
 
@@ -68,13 +92,13 @@ def plan_windows(clip_rows: list[dict], targets_per_window: int, max_refs: int,
     if limit is not None:
         blurry = blurry[:limit]
     windows = []
-    for k in range(0, len(blurry), targets_per_window):
-        w = Window(blurry[0]["clip_id"], k // targets_per_window)
-        for r in blurry[k:k + targets_per_window]:
+    for k in range(0, len(blurry), frames_per_window):
+        w = Window(blurry[0]["clip_id"], k // frames_per_window)
+        for r in blurry[k:k + frames_per_window]:
             refs = [f for f in r["references"] if delta is None or f not in index
                     or abs(index[f] - r["frame_index"]) <= delta]
-            w.targets.append(Target(r["frame_id"], r["frame_index"], r["source_uri"],
-                                    r.get("gt_uri"), refs[:max_refs]))
+            w.frames.append(BlurryFrame(r["frame_id"], r["frame_index"], r["source_uri"],
+                                        r.get("gt_uri"), refs[:max_refs]))
         windows.append(w)
     return windows
 
@@ -147,11 +171,11 @@ class _ClipFrames:
             del self.cache[k]
 
 
-def _pack(window: Window, frames: _ClipFrames, wanted: set[str]) -> dict:
+def _load(window: Window, frames: _ClipFrames, wanted: set[str]) -> tuple[Window, np.ndarray]:
     """Load a window's frames into a pool and index it; collect rejects with their reasons."""
     pool: list[np.ndarray] = []
     slot: dict[str, int] = {}
-    targets, rejects = [], []
+    loaded = Window(window.clip_id, window.index)
 
     def put(fid: str) -> int:
         if fid not in slot:
@@ -159,54 +183,53 @@ def _pack(window: Window, frames: _ClipFrames, wanted: set[str]) -> dict:
             pool.append(frames.get(fid, wanted))
         return slot[fid]
 
-    for t in window.targets:
-        reject = {"frame_id": t.frame_id, "frame_index": t.frame_index,
-                  "source_uri": t.source_uri}
-        if not t.ref_ids:
-            rejects.append({**reject, "reason": "no sharp reference within ±Δ"})
+    for f in window.frames:
+        def reject(reason: str) -> None:
+            loaded.rejects.append(Reject(f.frame_id, f.frame_index, f.source_uri, reason))
+
+        if not f.ref_ids:
+            reject("no sharp reference within ±Δ")
             continue
         try:
-            target = frames.get(t.frame_id, wanted)
+            blurry = frames.get(f.frame_id, wanted)
         except LookupError as e:
-            rejects.append({**reject, "reason": f"blurry frame unreadable: {e}"})
+            reject(f"blurry frame unreadable: {e}")
             continue
-        if pool and target.shape != pool[0].shape:
-            rejects.append({**reject, "reason": f"frame is {target.shape[1]}x{target.shape[0]}, "
-                                                f"the window's frames are "
-                                                f"{pool[0].shape[1]}x{pool[0].shape[0]}"})
+        if pool and blurry.shape != pool[0].shape:
+            reject(f"frame is {blurry.shape[1]}x{blurry.shape[0]}, the window's frames are "
+                   f"{pool[0].shape[1]}x{pool[0].shape[0]}")
             continue
         refs, problems = [], []
-        for rid in t.ref_ids:
+        for rid in f.ref_ids:
             try:
                 ref = frames.get(rid, wanted)
             except LookupError as e:
                 problems.append(f"reference {rid} unusable: {e}")
                 continue
-            if ref.shape != target.shape:
+            if ref.shape != blurry.shape:
                 problems.append(f"reference {rid} is {ref.shape[1]}x{ref.shape[0]}, the blurry "
-                                f"frame is {target.shape[1]}x{target.shape[0]}")
+                                f"frame is {blurry.shape[1]}x{blurry.shape[0]}")
                 continue
             refs.append(rid)
         if not refs:
-            rejects.append({**reject, "reason": "; ".join(problems)})
+            reject("; ".join(problems))
             continue
-        targets.append({**asdict(t), "pool": put(t.frame_id), "refs": [put(r) for r in refs],
-                        "ref_ids": refs, "dropped": problems})
+        loaded.frames.append(BlurryFrame(f.frame_id, f.frame_index, f.source_uri, f.gt_uri,
+                                         refs, put(f.frame_id), [put(r) for r in refs],
+                                         problems))
     pixels = np.stack(pool) if pool else np.zeros((0, 1, 1, 3), np.uint8)
-    meta = {"clip_id": window.clip_id, "shard": window.name, "targets": targets,
-            "rejects": rejects}
-    return {"shard": window.name, "pixels": pixels, "meta": json.dumps(meta)}
+    return loaded, pixels
 
 
-def load_windows(frames: pa.Table, targets_per_window: int, max_refs: int,
+def load_windows(frames: pa.Table, frames_per_window: int, max_refs: int,
                  done: set[str] | frozenset = frozenset(), limit: int | None = None,
                  storage_cfg: StorageConfig | None = None,
-                 delta: int | None = None) -> Iterator[dict]:
-    """Yield one packed row per window of each clip in ``frames``, skipping windows in ``done``.
+                 delta: int | None = None) -> Iterator[tuple[Window, np.ndarray]]:
+    """Each window of each clip in ``frames`` with its frame pool, skipping windows in ``done``.
 
     Yields:
-        ``{"shard": name, "pixels": uint8 [F, H, W, 3], "meta": json}``; ``meta`` lists the
-        targets (pool index of the blurry frame and of each reference) and the rejects.
+        The window (its usable blurry frames with pool indices, and its rejects) and the pool of
+        its distinct frames, ``[F, H, W, 3]`` uint8.
     """
     rows = frames.to_pylist()
     by_clip: dict[str, list[dict]] = {}
@@ -214,7 +237,7 @@ def load_windows(frames: pa.Table, targets_per_window: int, max_refs: int,
         by_clip.setdefault(r["clip_id"], []).append(r)
     for clip_id in sorted(by_clip):
         clip_rows = by_clip[clip_id]
-        windows = [w for w in plan_windows(clip_rows, targets_per_window, max_refs, limit, delta)
+        windows = [w for w in plan_windows(clip_rows, frames_per_window, max_refs, limit, delta)
                    if w.name not in done]
         if not windows:
             continue
@@ -224,5 +247,5 @@ def load_windows(frames: pa.Table, targets_per_window: int, max_refs: int,
         for i in range(len(windows) - 2, -1, -1):
             later[i] = later[i + 1] | needs[i + 1]
         for i, w in enumerate(windows):
-            yield _pack(w, source, needs[i] | later[i])
+            yield _load(w, source, needs[i] | later[i])
             source.keep_only(later[i])

@@ -9,7 +9,9 @@ A matcher maps each pixel of a target to a reference::
 :func:`warp` brings the reference into the target's frame with that flow.
 """
 
-from bluref_ray.matching.base import Matcher, MatchResult, build_matcher
+from bluref_ray.matching.base import Matcher, MatchResult
+from bluref_ray.matching.build import MATCHERS, build_matcher, matcher_from_config
 from bluref_ray.matching.warp import Warp, warp
 
-__all__ = ["MatchResult", "Matcher", "Warp", "build_matcher", "warp"]
+__all__ = ["MATCHERS", "MatchResult", "Matcher", "Warp", "build_matcher", "matcher_from_config",
+           "warp"]

@@ -1,9 +1,9 @@
-"""The Matcher protocol and the registry of matchers by name."""
+"""The Matcher protocol and what a matcher returns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -36,21 +36,3 @@ class Matcher(Protocol):
     def __call__(self, target: torch.Tensor, reference: torch.Tensor) -> MatchResult: ...
 
     def to(self, device: torch.device | str) -> Matcher: ...
-
-
-def build_matcher(name: str, **kwargs: Any) -> Matcher:
-    """A matcher by name: ``"learned"`` (the dense matcher network; ``checkpoint=``,
-    ``radius_px=``) or ``"dis"`` (OpenCV DIS optical flow, the classical baseline).
-
-    Raises:
-        ValueError: for an unknown name.
-    """
-    if name == "dis":
-        from bluref_ray.matching.classical import DISMatcher
-
-        return DISMatcher(**kwargs)
-    if name == "learned":
-        from bluref_ray.matching.learned import LearnedMatcher
-
-        return LearnedMatcher(**kwargs)
-    raise ValueError(f"unknown matcher {name!r}; known: learned, dis")

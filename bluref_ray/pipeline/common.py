@@ -1,9 +1,13 @@
-"""Helpers shared by the pipelines: output folders that resume, and listing finished parts."""
+"""Helpers shared by the pipelines: output folders that resume, finished parts, actor pools."""
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable
+
+import torch
 
 from bluref_ray import storage
 from bluref_ray.config import ConfigError
@@ -45,3 +49,114 @@ def finished(uri: str, storage_cfg: StorageConfig, suffix: str = ".parquet") -> 
     except storage.StorageNotFoundError:
         return set()
     return {storage.basename(f)[:-len(suffix)] for f in files if f.endswith(suffix)}
+
+
+def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_actor: float,
+               gpus_per_actor: float | None, loaders: bool = False,
+               max_actors: int | None = None) -> tuple[float, int, float]:
+    """GPUs per actor, number of actors and CPUs per actor of a stage's actor pool.
+
+    Default: one actor per GPU; ``concurrency`` actors on fewer GPUs share them (a fraction each
+    that packs onto whole GPUs; an explicit ``gpus_per_actor`` is kept). Without GPUs: with
+    ``loaders`` (a stage that loads data for the actors), as many actors as fit while leaving one
+    CPU to the loading tasks (they would starve otherwise, and the pipeline would stall), and on
+    a cluster of fewer than two CPUs one actor with half of them; without, one actor. Never more
+    than ``max_actors``.
+
+    Raises:
+        ConfigError: the actors (and the loading tasks) do not fit the cluster; the message
+            names ``section``.
+    """
+    n_gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if n_gpus else 0.0)
+    per_actor = min(cpus_per_actor, cpus)
+    if concurrency:
+        n = concurrency
+    elif gpus:
+        n = max(1, int(n_gpus / gpus))
+    elif loaders and cpus - 1 < per_actor:
+        n, per_actor = 1, cpus / 2
+    elif loaders:
+        n = max(1, int((cpus - 1) // per_actor))
+    else:
+        n = 1
+    n = max(1, min(n, max_actors or n))
+    if gpus_per_actor is None and n_gpus and n > n_gpus:  # more actors than GPUs: share them
+        gpus = 1.0 / math.ceil(n / n_gpus)
+    loader = min(1.0, cpus / 2) if loaders else 0.0
+    if n * per_actor > cpus - loader:
+        raise ConfigError(
+            f"{section}: {n} actors × {per_actor:g} CPU leave no CPU for loading frames on a "
+            f"cluster of {cpus:g} CPUs; lower --concurrency or --cpus-per-actor" if loaders else
+            f"{section}: {n} actors × {per_actor:g} CPU do not fit a cluster of {cpus:g} CPUs; "
+            "lower --concurrency or --cpus-per-actor")
+    if n * gpus > n_gpus + 1e-9:
+        raise ConfigError(f"{section}: {n} actors × {gpus:g} GPU do not fit a cluster of "
+                          f"{n_gpus} GPUs; lower --concurrency or --gpus-per-actor")
+    return gpus, n, per_actor
+
+
+def actor_setup() -> tuple[torch.device, int]:
+    """For a Ray actor's constructor: the device Ray assigned it (its GPU, else the CPU) and its
+    CPUs, to which the torch and OpenCV thread counts are set. Outside Ray: the CPU."""
+    import cv2
+    import ray
+
+    try:
+        gpus = ray.get_gpu_ids()
+        cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    except AssertionError:  # not on a Ray worker (a plain loop, a test): the CPU, as it is
+        gpus, cpus = [], torch.get_num_threads()
+    device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(cpus)
+    cv2.setNumThreads(cpus)
+    return device, cpus
+
+
+class Progress:
+    """Progress lines of a long stage: at most one every ``every`` seconds (and one at the end),
+    each with the items done of the total, the rate and an estimate of the time left.
+
+    Example line: ``[pseudo-gt] 12/40 windows (30%), 0.41/s, 1m08s left; 96 pairs, 3 rejected``.
+    """
+
+    def __init__(self, what: str, total: int | None, unit: str,
+                 log: Callable[[str], None], every: float = 5.0) -> None:
+        self.what, self.total, self.unit, self.log, self.every = what, total, unit, log, every
+        self.t0 = time.time()
+        self.last = -math.inf
+        self.done = 0
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.t0
+
+    def update(self, status: str = "", note: str = "", n: int = 1) -> None:
+        """Count ``n`` more items done; print a line if one is due. ``note`` (a warning about
+        this item) is always printed."""
+        self.done += n
+        if note:
+            self.log(f"[{self.what}]   ! {note}")
+        now = time.time()
+        last = self.total is not None and self.done >= self.total
+        if now - self.last < self.every and not last:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        head = f"[{self.what}] {self.done}"
+        if self.total:
+            head += f"/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%)"
+            left = max(0, self.total - self.done) / rate if rate > 0 else math.inf
+            head += f", {rate:.2f}/s, {_duration(left)} left"
+        else:
+            head += f" {self.unit}, {rate:.2f}/s"
+        self.log(head + (f"; {status}" if status else ""))
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (
+        f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")

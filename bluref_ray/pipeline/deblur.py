@@ -10,8 +10,8 @@ Stages (each with its resources):
    ``deblur.overwrite``, so a stopped run, started again, does only what is left; files under
    ``OUT`` itself are never inputs.
 2. **deblur** (actor pool, ``concurrency`` actors, 1 GPU each when the cluster has GPUs, else
-   ``cpus_per_actor`` CPUs): :class:`DeblurWorker` loads the checkpoint once per actor, on its
-   first batch, and runs it tile by tile (:func:`bluref_ray.models.tiling.tiled_forward`, so
+   ``cpus_per_actor`` CPUs): :class:`DeblurWorker` loads the checkpoint once per actor, in its
+   constructor, and runs it tile by tile (:func:`bluref_ray.models.tiling.tiled_forward`, so
    memory is bounded by ``deblur.tile``) in bfloat16 autocast on CUDA, float32 on the CPU.
    Videos are streamed: decoded, deblurred and encoded a few frames at a time.
 3. **write** (same actor): an image's PNG atomically; a video is encoded to a local temporary
@@ -19,7 +19,7 @@ Stages (each with its resources):
    A bad file (unreadable, empty, corrupt, breaking mid-way) becomes a failed entry that names
    the file and the reason, leaves no output behind and does not stop the other files.
 4. **summarize** (driver): ``OUT/deblur_summary.json`` with files done, skipped and failed (with
-   the errors), frames, seconds and frames per second; a progress line per file.
+   the errors), frames, seconds and frames per second; a progress line every few seconds.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from bluref_ray import storage
-from bluref_ray.config import Config, ConfigError, DeblurConfig
+from bluref_ray.config import Config, DeblurConfig
 from bluref_ray.data.images import ImageError, decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, decode_frames
 from bluref_ray.models.tiling import tiled_forward
+from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup
 from bluref_ray.storage import StorageConfig, StorageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -238,38 +239,20 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
 
 
 class DeblurWorker:
-    """Ray Data actor: deblurs the files of its batches and writes the outputs.
-
-    The constructor is cheap; the checkpoint loads on the worker at the first batch, on the GPU
-    Ray assigned, else the CPU, with as many torch threads as the actor has CPUs.
-    """
+    """Ray Data actor: loads the checkpoint once, on the GPU Ray assigned (else the CPU, with as
+    many torch threads as the actor has CPUs), then deblurs the files of its batches and writes
+    the outputs."""
 
     def __init__(self, checkpoint: str, cfg: DeblurConfig, storage_cfg: StorageConfig) -> None:
-        self.checkpoint, self.cfg, self.storage_cfg = checkpoint, cfg, storage_cfg
-        self.model: torch.nn.Module | None = None
-        self.device = torch.device("cpu")
-        self.threads = 1
-
-    def _setup(self) -> None:
-        import cv2
-        import ray
-
         from bluref_ray.models import load_checkpoint
 
-        gpus = ray.get_gpu_ids()
-        self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        self.threads = max(1, int(cpus))
-        torch.set_num_threads(self.threads)
-        cv2.setNumThreads(self.threads)
-        model, _ = load_checkpoint(self.checkpoint, self.storage_cfg, map_location="cpu")
+        self.cfg, self.storage_cfg = cfg, storage_cfg
+        self.device, self.threads = actor_setup()
+        model, _ = load_checkpoint(checkpoint, storage_cfg, map_location="cpu")
         self.model = model.to(self.device).eval()
 
     def process(self, src: str, dst: str, kind: str) -> dict[str, Any]:
         """Deblur one file; a failure becomes ``error`` (naming the file), never an exception."""
-        if self.model is None:
-            self._setup()
-        assert self.model is not None
         t0 = time.perf_counter()
         frames, error = 0, ""
         try:
@@ -301,31 +284,11 @@ class DeblurWorker:
 
 
 def actor_resources(dc: DeblurConfig, resources: dict, n_files: int) -> tuple[float, int, float]:
-    """GPUs per actor, number of actors and CPUs per actor.
-
-    Default: one actor per GPU (1 GPU each), else a single CPU actor; never more actors than
-    files.
-
-    Raises:
-        ConfigError: the actors ask for more CPUs or GPUs than the cluster has.
-    """
-    n_gpus = float(resources.get("GPU", 0))
-    cpus = float(resources.get("CPU", 1))
-    gpus = dc.gpus_per_actor if dc.gpus_per_actor is not None else (1.0 if n_gpus else 0.0)
-    if dc.concurrency:
-        concurrency = dc.concurrency
-    elif gpus:
-        concurrency = max(1, int(n_gpus / gpus))
-    else:
-        concurrency = 1
-    concurrency = max(1, min(concurrency, n_files))
-    per_actor = min(dc.cpus_per_actor, cpus)
-    if concurrency * per_actor > cpus or concurrency * gpus > n_gpus:
-        raise ConfigError(
-            f"deblur: {concurrency} actors × ({per_actor:g} CPU, {gpus:g} GPU) do not fit a "
-            f"cluster of {cpus:g} CPUs and {n_gpus:g} GPUs; lower --concurrency, "
-            "--cpus-per-actor or --gpus-per-actor")
-    return gpus, concurrency, per_actor
+    """GPUs per actor, number of actors and CPUs per actor (see
+    :func:`bluref_ray.pipeline.common.actor_pool`): one actor per GPU, else a single CPU actor;
+    never more actors than files."""
+    return actor_pool("deblur", resources, dc.concurrency, dc.cpus_per_actor, dc.gpus_per_actor,
+                      max_actors=n_files)
 
 
 def _existing(out: str, storage_cfg: StorageConfig) -> set[str]:
@@ -388,17 +351,17 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
             "checkpoint": checkpoint, "cfg": dc, "storage_cfg": storage_cfg},
             batch_size=dc.batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
             num_cpus=cpus_per_actor, num_gpus=gpus)
-        for i, r in enumerate(ds.iter_rows(), 1):
-            head = f"[deblur] {i}/{len(todo)} {r['name']}"
+        progress = Progress("deblur", len(todo), "files", log)
+        for r in ds.iter_rows():
             if r["error"]:
                 failed.append({"input": r["src"], "output": r["dst"], "error": r["error"]})
-                log(f"{head}: FAILED: {r['error']}")
-                continue
-            done += 1
-            frames += int(r["frames"])
-            busy += float(r["seconds"])
-            rate = r["frames"] / r["seconds"] if r["seconds"] > 0 else 0.0
-            log(f"{head}: {r['frames']} frame{'s' * (r['frames'] != 1)}, {rate:.1f} frames/s")
+            else:
+                done += 1
+                frames += int(r["frames"])
+                busy += float(r["seconds"])
+            progress.update(f"{frames} frames, {frames / progress.seconds:.1f} frames/s, "
+                            f"{len(failed)} failed",
+                            f"{r['name']}: FAILED: {r['error']}" if r["error"] else "")
     seconds = time.time() - t_run
     summary = {
         "checkpoint": checkpoint, "inputs": list(inputs), "out": out,

@@ -46,7 +46,7 @@ from bluref_ray.data.sharpness import (
     to_gray,
 )
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
-from bluref_ray.pipeline.common import finished, prepare_out
+from bluref_ray.pipeline.common import Progress, finished, prepare_out
 from bluref_ray.storage import StorageConfig
 
 
@@ -249,16 +249,17 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
     todo = [c for c in clips if c.clip_id not in done]
     if done:
         log(f"[ingest] resuming: {len(clips) - len(todo)} of {len(clips)} clips already done")
-    if todo:
-        _run_ray(todo, out, cfg, storage_cfg, log)
+    ingested = _run_ray(todo, out, cfg, storage_cfg, log) if todo else 0
     summary = _summarize(out, storage_cfg, sources, len(clips), time.time() - t0)
+    summary["this_run"] = {"clips": ingested, "skipped": len(clips) - len(todo)}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),
                        storage_cfg)
     return summary
 
 
 def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig,
-             log: Callable[[str], None]) -> None:
+             log: Callable[[str], None]) -> int:
+    """Stages 2-3 on Ray Data for the clips left to do; returns how many were done."""
     import ray
 
     from bluref_ray.ray_utils import init_ray
@@ -272,15 +273,14 @@ def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig
     # One operator: reserving resources per operator only idles CPUs (measured: 8 one-second
     # tasks on 2 CPUs took 5.4-7.0 s with the reservation, 4.1 s without).
     ds.context.op_resource_reservation_enabled = False
-    t0, n, frames, rejected = time.time(), 0, 0, 0
+    progress = Progress("ingest", len(todo), "clips", log)
+    frames = 0
     for row in ds.iter_rows():
-        n += 1
         frames += row["frames"]
-        rejected += row["rejects"] > 0
-        note = f"  ! {row['first_reject']}" if row["rejects"] else ""
-        rate = frames / max(time.time() - t0, 1e-6)
-        log(f"[ingest] {n}/{len(todo)} {row['clip_id']}: {row['frames']} frames "
-            f"({row['blurry']} blurry), {row['rejects']} rejects; {rate:.1f} frames/s{note}")
+        progress.update(f"{frames} frames, {frames / progress.seconds:.1f} frames/s",
+                        f"{row['clip_id']}: {row['rejects']} rejects, first: "
+                        f"{row['first_reject']}" if row["rejects"] else "")
+    return progress.done
 
 
 def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips: int,
