@@ -87,7 +87,8 @@ def _common(parser: argparse.ArgumentParser, *sections: tuple) -> None:
 def _config(args: argparse.Namespace) -> Config:
     """Defaults < --config FILE < --set KEY=VALUE < explicit options."""
     explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
-    return load_config(args.config, [*args.overrides, *explicit])
+    quiet = ["ray.quiet=true"] if getattr(args, "quiet", False) else []
+    return load_config(args.config, [*args.overrides, *explicit, *quiet])
 
 
 def _log(args: argparse.Namespace) -> Callable[[str], None]:

@@ -49,8 +49,12 @@ class RayConfig:
                        "if set (as under `ray job submit`), else start Ray in-process"))
     num_cpus: int | None = field(
         default=None, metadata=_help("CPUs for an in-process Ray (default: all of this machine)"))
-    progress_bars: bool = field(
-        default=True, metadata=_help("show Ray Data's progress bars"))
+    quiet: bool = field(
+        default=False, metadata=_help("print only results: no progress lines from training "
+                                      "workers, Ray Data or Ray's loggers (--quiet)"))
+    progress_bars: bool | None = field(
+        default=None, metadata=_help("show Ray Data's progress bars (default: when the output "
+                                     "is a terminal)"))
 
 
 #: The settings each ``synth.look`` gives those of its fields left at None.

@@ -284,7 +284,7 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         f"crops of {tc.crop}px; {len(val)} validation frames → {out}")
     t0 = time.time()
     fit_task(DeblurTask, tc, out, storage_cfg, datasets={"train": dataset},
-             callbacks=callbacks, val=val)
+             callbacks=callbacks, val=val, quiet=cfg.ray.quiet)
     return finish_training(out, pairs, cfg, time.time() - t0, command, log)
 
 

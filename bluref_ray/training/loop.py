@@ -152,8 +152,9 @@ def train_loop(config: dict) -> None:
 
     ``config``: ``task`` (a :class:`Task` class), ``cfg`` (its settings section: ``steps``,
     ``batch_size``, ``seed``, ``log_every``, ``checkpoint_every``, ``cpus_per_worker``, and
-    optionally ``val_every``, ``amp``, ``threads``), ``out``, ``storage_cfg``, ``resume`` (set by
-    :func:`bluref_ray.training.common.fit`), and whatever the task reads.
+    optionally ``val_every``, ``amp``, ``threads``), ``out``, ``storage_cfg``, ``quiet`` (print
+    nothing), ``resume`` (set by :func:`bluref_ray.training.common.fit`), and whatever the task
+    reads.
     """
     import ray.train
     import ray.train.torch
@@ -174,6 +175,7 @@ def train_loop(config: dict) -> None:
         history = state.get("history", [])
     task.ddp = {k: ray.train.torch.prepare_model(m) for k, m in task.nets.items()}
     rank0 = worker.rank == 0
+    say = (lambda _line: None) if config.get("quiet") else (lambda line: print(line, flush=True))
     tb_dir = tensorboard_dir(out)
     writer = SummaryWriter(tb_dir, purge_step=start) if rank0 else None
     per_rank = cfg.batch_size // worker.world
@@ -189,8 +191,7 @@ def train_loop(config: dict) -> None:
                 scores, images = v
                 history.append({"step": done, **scores})
                 metrics.update({f"val_{k}": x for k, x in scores.items()})
-                print(f"[{task.name}] step {done}: validation "
-                      f"{task.describe_validation(scores)}", flush=True)
+                say(f"[{task.name}] step {done}: validation {task.describe_validation(scores)}")
                 for k, x in scores.items():
                     writer.add_scalar(f"val/{k}", x, done)
                 for tag, image in images.items():
@@ -209,7 +210,7 @@ def train_loop(config: dict) -> None:
         if done == warm:
             t_warm = time.time()
         if writer and (done % cfg.log_every == 0 or done == cfg.steps):
-            _log(writer, task, logs, done, cfg.steps, seen / (time.time() - t0))
+            say(_log(writer, task, logs, done, cfg.steps, seen / (time.time() - t0)))
             if done % (cfg.log_every * 10) == 0 or done == cfg.steps:
                 for tag, image in task.images(batch, logs).items():
                     writer.add_image(tag, image.clamp(0, 1), done)
@@ -218,8 +219,8 @@ def train_loop(config: dict) -> None:
             checkpoint(logs)
     sums = weight_checksums(next(iter(task.nets.values())), worker.world)
     if rank0:
-        print(f"[{task.name}] weights of the {worker.world} worker(s) after step {done}: "
-              f"{'in sync' if len(set(sums)) == 1 else 'DIFFERENT: ' + str(sums)}", flush=True)
+        say(f"[{task.name}] weights of the {worker.world} worker(s) after step {done}: "
+            f"{'in sync' if len(set(sums)) == 1 else 'DIFFERENT: ' + str(sums)}")
         steady = (done - warm) * cfg.batch_size / (time.time() - t_warm) \
             if t_warm and done > warm else None
         storage.write_text(storage.join(out, "final.json"), json.dumps(
@@ -229,19 +230,21 @@ def train_loop(config: dict) -> None:
 
 
 def fit_task(task: type[Task], cfg, out: str, storage_cfg: StorageConfig,
-             datasets: dict | None = None, callbacks: list | None = None, **config) -> str:
+             datasets: dict | None = None, callbacks: list | None = None, quiet: bool = False,
+             **config) -> str:
     """Train ``task`` with settings ``cfg`` (``workers``, ``cpus_per_worker``, ``use_gpu``
     decided) through :func:`train_loop` on Ray Train; returns the newest checkpoint's URI.
 
     ``config``: more entries of the loop's config, for the task's constructor.
     """
-    return fit(train_loop, {"task": task, "cfg": cfg, "out": out, "storage_cfg": storage_cfg,
-                            **config}, out, storage_cfg, cfg.workers, cfg.cpus_per_worker,
+    config = {"task": task, "cfg": cfg, "out": out, "storage_cfg": storage_cfg, "quiet": quiet,
+              **config}
+    return fit(train_loop, config, out, storage_cfg, cfg.workers, cfg.cpus_per_worker,
                bool(cfg.use_gpu), datasets=datasets, callbacks=callbacks)
 
 
-def _log(writer, task: Task, logs: dict, done: int, steps: int, rate: float) -> None:
-    """TensorBoard scalars and one printed line."""
+def _log(writer, task: Task, logs: dict, done: int, steps: int, rate: float) -> str:
+    """TensorBoard scalars; returns the line to print."""
     lrs = {k: s.get_last_lr()[0] for k, s in task.schedules.items()}
     for k, v in logs.items():
         writer.add_scalar(f"train/{k}", float(v), done)
@@ -250,7 +253,7 @@ def _log(writer, task: Task, logs: dict, done: int, steps: int, rate: float) -> 
     writer.add_scalar(f"train/{task.items}_per_s", rate, done)
     shown = " ".join(f"{k} {float(logs[k]):.4f}" for k in task.shown if k in logs)
     lr = " ".join(f"lr {v:.2e}" for v in lrs.values())
-    print(f"[{task.name}] step {done}/{steps} {shown} {lr} {rate:.1f} {task.items}/s", flush=True)
+    return f"[{task.name}] step {done}/{steps} {shown} {lr} {rate:.1f} {task.items}/s"
 
 
 def weight_checksums(model: torch.nn.Module, world: int) -> list[float]:

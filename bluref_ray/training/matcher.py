@@ -220,7 +220,7 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
         log(f"[train-matcher] resuming from {resume}")
     log(f"[train-matcher] {tc.workers} worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
         f"{tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px → {out}")
-    final = fit_task(MatcherTask, tc, out, storage_cfg)
+    final = fit_task(MatcherTask, tc, out, storage_cfg, quiet=cfg.ray.quiet)
     target = storage.join(out, "matcher.pt")
     export_model(storage.join(final, "state.pt"), target, storage_cfg,
                  command=command or "train_matcher()")
