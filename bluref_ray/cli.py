@@ -43,15 +43,22 @@ _TRAIN = ("train", TrainConfig, "", "deblurrer training settings")
 _TRAIN_PREFIXED = ("train", TrainConfig, "train-", "deblurrer training settings")
 _REFINE = ("refine", RefineConfig, "", "refinement settings")
 _DEBLUR = ("deblur", DeblurConfig, "", "deblurring settings")
+CONCERN_TITLES = {"method": "the method", "matcher": "the matcher",
+                  "execution": "execution (not part of the settings hash)"}
 _TAUS_HELP = ("comma-separated confidence thresholds τ (default: --tau alone); several trace each "
               "matcher's PSNR-coverage curve, and matchers are compared at equal coverage")
 
 
 def _add_section(parser: argparse.ArgumentParser, section: str, cls: type, prefix: str,
                  title: str) -> None:
-    group = parser.add_argument_group(title)
+    groups: dict[str, argparse._ArgumentGroup] = {}  # one per concern, if the fields have one
     hints = section_types(cls)
     for f in dataclasses.fields(cls):
+        concern = f.metadata.get("concern")
+        if concern not in groups:
+            groups[concern] = parser.add_argument_group(
+                f"{title}: {CONCERN_TITLES[concern]}" if concern else title)
+        group = groups[concern]
         flag = "--" + prefix + f.name.replace("_", "-")
         helptext = f.metadata.get("help", "").replace("%", "%%")
         dest = f"{section}.{f.name}"

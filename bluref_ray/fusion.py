@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bluref_ray.config import STRATEGIES
 from bluref_ray.matching.base import Matcher
 from bluref_ray.matching.kernel import (
     GAMMA,
@@ -47,7 +48,6 @@ Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
 #: confidence)``: match the target to the blurred reference, warp the sharp one.
 Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-STRATEGIES = ("weighted", "sequential", "progressive", "reblur")
 
 
 @dataclass

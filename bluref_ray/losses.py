@@ -15,11 +15,12 @@ from typing import Callable
 
 import torch
 
+from bluref_ray.config import LOSSES
+
 #: Signature of every reconstruction loss: ``(pred, target, mask=None) -> scalar``.
 LossFn = Callable[..., torch.Tensor]
 
 #: Names :func:`build_loss` knows.
-LOSSES: tuple[str, ...] = ("l1", "l2", "psnr", "charbonnier")
 
 #: Smallest denominator of a masked mean (only reached by an empty mask, whose sum is zero).
 _MIN_COUNT = 1e-6

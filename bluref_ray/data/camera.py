@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from bluref_ray.config import PHOTOS
+
 #: Colour photos shipped with scikit-image that make good scenes.
 BACKGROUNDS = ("coffee", "rocket", "astronaut", "chelsea", "hubble_deep_field",
                "immunohistochemistry", "retina")
@@ -36,9 +38,7 @@ OBJECTS = ("astronaut", "chelsea", "coffee", "rocket", "colorwheel", "immunohist
 
 def available_photos() -> tuple[str, ...]:
     """scikit-image sample photos that ship with the package (no download needed)."""
-    return ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
-            "colorwheel", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
-            "page", "retina", "rocket", "text")
+    return PHOTOS
 
 
 @functools.lru_cache(maxsize=32)

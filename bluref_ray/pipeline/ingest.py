@@ -20,7 +20,6 @@ every later clip would fail the same way; the run resumes where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -33,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bluref_ray import schema, storage
-from bluref_ray.config import Config, ConfigError, IngestConfig, config_hash
+from bluref_ray.config import Config, ConfigError, IngestConfig, settings_hash
 from bluref_ray.data.references import pick_references
 from bluref_ray.data.sharpness import (
     colour_histogram,
@@ -240,11 +239,9 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
     dupes = [k for k, v in Counter(c.clip_id for c in clips).items() if v > 1]
     if dupes:
         raise ConfigError(f"clip ids occur in more than one source: {dupes[:5]}")
-    # settings that change the tables; overwrite and clips_per_task do not
-    key = dataclasses.replace(cfg.ingest, overwrite=False, clips_per_task=1)
-    prepare_out(out, "_ingest.json", {"config_hash": config_hash(key), "inputs": sources},
-                cfg.ingest.overwrite, ("frames", "rejects", "summary.json"), storage_cfg, log,
-                "ingest")
+    want = {"config_hash": settings_hash(cfg.ingest), "inputs": sources}
+    prepare_out(out, "_ingest.json", want, cfg.ingest.overwrite,
+                ("frames", "rejects", "summary.json"), storage_cfg, log, "ingest")
     done = finished(storage.join(out, "frames"), storage_cfg)
     todo = [c for c in clips if c.clip_id not in done]
     if done:

@@ -33,18 +33,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from bluref_ray import schema, storage
-from bluref_ray.config import Config, ConfigError, PseudoGTConfig, config_hash
+from bluref_ray.config import Config, ConfigError, PseudoGTConfig, settings_hash
 from bluref_ray.data.windows import load_windows
 from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup, finished, prepare_out
 from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, write_window
 from bluref_ray.storage import StorageConfig
-
-
-def settings_hash(cfg: PseudoGTConfig) -> str:
-    """Hash of the settings that change the pseudo-pairs (not batching, concurrency, limits)."""
-    return config_hash(dataclasses.replace(
-        cfg, batch_size=1, targets_per_shard=1, concurrency=None, cpus_per_actor=1.0,
-        gpus_per_actor=None, limit=None, overwrite=False))
 
 
 def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, float]:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from bluref_ray import storage
-from bluref_ray.config import Config, config_hash
+from bluref_ray.config import Config, settings_hash
 from bluref_ray.sweep.spec import trial_config
 
 #: Memory a trial reserves for itself (its Ray Train run reserves the workers' resources).
@@ -20,10 +20,8 @@ TRIAL_MEMORY = 256 * 2**20
 def cache_key(pg, data: tuple[str, ...], ingest) -> str:
     """Readable, unique name of a pseudo-GT in the cache: its settings, then a hash of them
     and of the data and ingest settings they were made from."""
-    from bluref_ray.pipeline.pseudo_gt import settings_hash
-
     digest = hashlib.sha256(json.dumps(
-        [settings_hash(pg), list(data), config_hash(ingest)]).encode()).hexdigest()[:10]
+        [settings_hash(pg), list(data), settings_hash(ingest)]).encode()).hexdigest()[:10]
     delta = f"-D{pg.delta}" if pg.delta is not None else ""
     return f"{pg.matcher}-{pg.strategy}-N{pg.max_refs}{delta}-tau{pg.tau:g}-{digest}"
 

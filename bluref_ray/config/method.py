@@ -1,0 +1,278 @@
+"""Settings of the method and its training: pseudo-GT, refinement, training, deblurring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bluref_ray.config.core import (
+    LOSSES,
+    MATCHER_NAMES,
+    STRATEGIES,
+    ConfigError,
+    _help,
+    execution,
+    matching,
+    method,
+)
+
+
+@dataclass(frozen=True)
+class PseudoGTConfig:
+    """Pseudo-GT: match references to each blurry frame and fuse them (BluRef)."""
+
+    max_refs: int = field(default=6, metadata=method("N: most references fused per blurry frame"))
+    delta: int | None = field(
+        default=None,
+        metadata=method("Δ: use only references within ±delta frames of the blurry frame "
+                       "(default: all that ingest picked, within its own ingest.delta)"))
+    tau: float = field(
+        default=0.7, metadata=method("τ: confidence threshold; pixels at or above it are covered"))
+    strategy: str = field(
+        default="reblur",
+        metadata=method("fusion: 'reblur' (match, estimate the frame's blur kernel, blur the "
+                       "references by it and match again; the sharpest pseudo-GT), "
+                       "'sequential' (the running fusion is the next matching input), "
+                       "'weighted' (average of independent matches) or 'progressive' (new "
+                       "references only for pixels still below τ)"))
+    kernel_size: int = field(
+        default=41,
+        metadata=method("reblur: side of the estimated blur kernel, pixels (odd; at least the "
+                       "longest blur streak)"))
+    check: bool = field(
+        default=True,
+        metadata=method("reblur: the physical check; a reference counts only where, blurred by "
+                       "the frame's kernel, it reproduces the blurry frame, and where the blurry "
+                       "frame is already sharp it is its own pseudo-sharp image (confident "
+                       "pixels then beat or equal the blurry frame on real footage)"))
+    check_gain: float = field(
+        default=4.0,
+        metadata=method("check: a reference must change the blurry frame this many times more "
+                       "than its reblurred self misses it"))
+    check_noise: float = field(
+        default=2.0, metadata=method("check: the camera's noise level, 8-bit levels"))
+    matcher: str = field(
+        default="learned",
+        metadata=matching("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
+                       "(OpenCV DIS optical flow, the classical baseline)"))
+    matcher_checkpoint: str = field(
+        default="package://bluref_ray/assets/matcher.pt",
+        metadata=matching("learned matcher checkpoint (default: the one shipped in the package)"))
+    matcher_radius: float | None = field(
+        default=4.0,
+        metadata=matching("learned matcher: confidence as P(error < R px), R = 1, 2 or 4; 4 gave "
+                       "the best pseudo-GT (none: the checkpoint's own)"))
+    dis_refine: bool = field(
+        default=True,
+        metadata=matching("learned matcher: refine its flow with DIS started from it (sub-pixel "
+                       "precision; on the CPU); the confidence stays the network's"))
+    dis_preset: str = field(
+        default="medium", metadata=matching("DIS preset: ultrafast, fast or medium"))
+    dis_ref_blur: float = field(
+        default=1.5,
+        metadata=matching("DIS: blur (sigma, px) applied to references before matching"))
+    deblurrer: str | None = field(
+        default=None,
+        metadata=method("deblurrer checkpoint: match its output instead of the blurry frame "
+                       "(iterative target refinement)"))
+    round: int = field(default=1, metadata=method("refinement round recorded in the shards"))
+    batch_size: int = field(
+        default=8, metadata=execution("blurry frames matched together in one batch"))
+    targets_per_shard: int = field(
+        default=16, metadata=execution("blurry frames per shard (consecutive frames of one clip)"))
+    concurrency: int | None = field(
+        default=None,
+        metadata=execution("matching actors (default: one per GPU, else half the CPUs)"))
+    cpus_per_actor: float = field(default=1.0, metadata=execution("CPUs reserved by each actor"))
+    gpus_per_actor: float | None = field(
+        default=None,
+        metadata=execution("GPUs per actor (default: 1 if the cluster has GPUs, else 0)"))
+    limit: int | None = field(
+        default=None, metadata=execution("process at most this many blurry frames per clip"))
+    overwrite: bool = field(
+        default=False,
+        metadata=execution("delete earlier results in --out instead of resuming from them"))
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"pseudo_gt.strategy={self.strategy!r}: use one of "
+                              f"{', '.join(STRATEGIES)}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
+        if self.check_gain <= 0 or self.check_noise < 0:
+            raise ConfigError("pseudo_gt.check_gain must be > 0 and check_noise >= 0")
+        if self.kernel_size < 3 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"pseudo_gt.kernel_size={self.kernel_size}: an odd number >= 3")
+        if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:
+            raise ConfigError("pseudo_gt.max_refs, batch_size and targets_per_shard must be >= 1")
+        if self.delta is not None and self.delta < 1:
+            raise ConfigError(f"pseudo_gt.delta={self.delta}: must be >= 1")
+        if self.matcher not in MATCHER_NAMES:
+            raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use one of "
+                              f"{', '.join(MATCHER_NAMES)}")
+        if self.matcher_radius not in (None, 1.0, 2.0, 4.0):
+            raise ConfigError(f"pseudo_gt.matcher_radius={self.matcher_radius}: use 1, 2 or 4")
+
+
+@dataclass(frozen=True)
+class MatcherTrainConfig:
+    """Self-supervised training of the dense matcher on synthetic warps of real photos."""
+
+    steps: int = field(default=3000, metadata=_help("optimizer steps"))
+    batch_size: int = field(
+        default=8, metadata=_help("pairs per step, over all workers together"))
+    lr: float = field(default=4e-4, metadata=_help("AdamW learning rate (cosine decay)"))
+    weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
+    crop: int = field(default=192, metadata=_help("side of the square training crops, pixels"))
+    workers: int = field(default=2, metadata=_help("DDP workers (Ray Train)"))
+    use_gpu: bool | None = field(
+        default=None, metadata=_help("train on GPUs (default: when the cluster has them)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs per worker"))
+    radius_px: float = field(
+        default=1.0,
+        metadata=_help("R of the default confidence, P(|flow error| < R px): 1, 2 or 4 (the "
+                       "network predicts all three)"))
+    global_size: int = field(
+        default=192, metadata=_help("side both images are resized to for global correlation"))
+    images: str | None = field(
+        default=None, metadata=_help("extra training photos: a folder or bucket of images"))
+    backbone: str | None = field(
+        default=None, metadata=_help("checkpoint with feature-pyramid weights to start from"))
+    init: str | None = field(
+        default=None,
+        metadata=_help("matcher checkpoint to start from (fine-tuning; layers it lacks start "
+                       "fresh), e.g. package://bluref_ray/assets/matcher.pt"))
+    half_level: bool = field(
+        default=True, metadata=_help("refine the flow at 1/2 resolution (sub-pixel precision)"))
+    objects: float = field(
+        default=0.5,
+        metadata=_help("share of pairs with a foreground object that moves on its own (its own "
+                       "flow and blur, and the background it hides), as in fleet video"))
+    log_every: int = field(default=25, metadata=_help("steps between TensorBoard scalars"))
+    checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
+    seed: int = field(default=0, metadata=_help("random seed of the synthetic pairs"))
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.workers < 1:
+            raise ConfigError("train_matcher.steps, batch_size and workers must be >= 1")
+        if self.batch_size % self.workers:
+            raise ConfigError(f"train_matcher.batch_size={self.batch_size} must divide by "
+                              f"train_matcher.workers={self.workers}")
+        if not 0.0 <= self.objects <= 1.0:
+            raise ConfigError(f"train_matcher.objects={self.objects}: a share, from 0 to 1")
+        if self.radius_px not in (1.0, 2.0, 4.0):
+            raise ConfigError(f"train_matcher.radius_px={self.radius_px}: use 1, 2 or 4")
+        if self.crop < 64 or self.global_size % 16:
+            raise ConfigError("train_matcher.crop must be >= 64 and global_size a multiple of 16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training the deblurrer on (blurry, pseudo-sharp) pairs with the masked BluRef loss."""
+
+    model: str = field(
+        default="nafnet-tiny",
+        metadata=_help("network: a preset (nafnet-tiny, nafnet-width32, nafnet-width64, "
+                       "restormer-tiny, restormer) or an architecture name (nafnet, restormer)"))
+    loss: str = field(
+        default="l1", metadata=_help("reconstruction loss: l1, l2, psnr or charbonnier"))
+    tau: float = field(
+        default=0.7,
+        metadata=_help("τ: the loss counts only pixels whose pseudo-GT confidence is >= tau"))
+    supervised: bool = field(
+        default=False,
+        metadata=_help("train on the ground truth (gt_uri of each pair) without a mask: the "
+                       "supervised upper bound"))
+    steps: int = field(default=600, metadata=_help("optimizer steps"))
+    batch_size: int = field(
+        default=8, metadata=_help("crops per step, over all workers together"))
+    crop: int = field(default=96, metadata=_help("side of the square random training crops"))
+    crops_per_frame: int = field(
+        default=32,
+        metadata=_help("random crops cut from each pair per pass over the data (more crops per "
+                       "decoded frame: less decoding per step)"))
+    color_aug: bool = field(
+        default=True,
+        metadata=_help("augment crops with a random channel order and brightness (x0.5 to x1), "
+                       "the same for input and target, on top of flips: better on scenes whose "
+                       "colours the training clips lack"))
+    lr: float = field(default=2e-3, metadata=_help("AdamW peak learning rate (cosine decay)"))
+    weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
+    workers: int = field(default=1, metadata=_help("DDP workers (Ray Train)"))
+    use_gpu: bool | None = field(
+        default=None, metadata=_help("train on GPUs (default: when the cluster has them)"))
+    cpus_per_worker: float = field(
+        default=1.0, metadata=_help("CPUs each worker reserves (leave some for data loading)"))
+    threads: int | None = field(
+        default=None, metadata=_help("torch threads per worker (default: cpus_per_worker)"))
+    amp: bool = field(default=True, metadata=_help("mixed precision (bfloat16), on CUDA only"))
+    val: str | None = field(
+        default=None,
+        metadata=_help("validation frames with ground truth: GoPro-style tree "
+                       "(<seq>/{blur,sharp}/) or its parent; PSNR/SSIM are reported"))
+    val_frames: int = field(default=16, metadata=_help("validation frames used (evenly picked)"))
+    val_every: int = field(default=200, metadata=_help("steps between validations"))
+    init: str | None = field(
+        default=None,
+        metadata=_help("checkpoint to start from (weights only: warm start of a refinement "
+                       "round)"))
+    log_every: int = field(default=25, metadata=_help("steps between log lines and scalars"))
+    checkpoint_every: int = field(default=100, metadata=_help("steps between checkpoints"))
+    seed: int = field(default=0, metadata=_help("random seed"))
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss={self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.crop < 16:
+            raise ConfigError("train.steps, batch_size, workers must be >= 1 and crop >= 16")
+        if self.batch_size % self.workers:
+            raise ConfigError(f"train.batch_size={self.batch_size} must divide by "
+                              f"train.workers={self.workers}")
+        if not 0.0 <= self.tau <= 1.0:
+            raise ConfigError(f"train.tau={self.tau}: must be within [0, 1]")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Iterative target refinement: pseudo-GT and training, round after round."""
+
+    rounds: int = field(default=2, metadata=_help("K: rounds of pseudo-GT + training"))
+    steps_later: int | None = field(
+        default=None,
+        metadata=_help("training steps of rounds 2..K, warm-started (default: train.steps)"))
+    lr_later: float = field(
+        default=0.25,
+        metadata=_help("peak learning rate of rounds 2..K as a share of train.lr: a warm-started "
+                       "round fine-tunes, and a full restart of the schedule undoes some of what "
+                       "the last round learned"))
+
+    def validate(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"refine.rounds={self.rounds}: must be >= 1")
+        if not 0 < self.lr_later <= 1:
+            raise ConfigError(f"refine.lr_later={self.lr_later}: must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DeblurConfig:
+    """Batch deblurring of images and videos with a trained checkpoint."""
+
+    tile: int = field(
+        default=512, metadata=_help("frames larger than this are deblurred in tiles of this "
+                                    "side (0 = whole frames)"))
+    tile_overlap: int = field(default=32, metadata=_help("overlap of neighbouring tiles, pixels"))
+    batch_size: int = field(default=4, metadata=_help("files per batch of an actor"))
+    concurrency: int | None = field(
+        default=None, metadata=_help("deblurring actors (default: one per GPU, else 1)"))
+    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved by each actor"))
+    gpus_per_actor: float | None = field(
+        default=None, metadata=_help("GPUs per actor (default: 1 if the cluster has GPUs)"))
+    crf: int = field(default=12, metadata=_help("H.264 quality of output videos (0 = lossless)"))
+    overwrite: bool = field(
+        default=False, metadata=_help("redo outputs that already exist instead of skipping"))
+
+    def validate(self) -> None:
+        if self.tile and self.tile <= 2 * self.tile_overlap:
+            raise ConfigError(f"deblur.tile={self.tile} must exceed twice "
+                              f"deblur.tile_overlap={self.tile_overlap} (or be 0)")
+        if self.batch_size < 1:
+            raise ConfigError("deblur.batch_size must be >= 1")

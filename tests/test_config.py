@@ -1,0 +1,71 @@
+"""Settings: concerns and the settings hash, and the configuration reference page."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from bluref_ray.config import (
+    CONCERNS,
+    LOSSES,
+    STRATEGIES,
+    IngestConfig,
+    PseudoGTConfig,
+    settings_hash,
+)
+from bluref_ray.config.reference import reference_markdown
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("cls", [IngestConfig, PseudoGTConfig])
+def test_hashed_sections_give_every_setting_a_concern(cls):
+    concerns = {f.name: f.metadata.get("concern") for f in dataclasses.fields(cls)}
+    assert not [k for k, c in concerns.items() if c not in CONCERNS], concerns
+
+
+def test_the_settings_hash_covers_method_and_matcher_not_execution():
+    pg = PseudoGTConfig()
+    same = dataclasses.replace(pg, batch_size=3, targets_per_shard=5, concurrency=4,
+                               cpus_per_actor=2.0, gpus_per_actor=0.5, limit=7, overwrite=True)
+    assert settings_hash(same) == settings_hash(pg)
+    for change in ({"tau": 0.5}, {"strategy": "weighted"}, {"matcher": "dis"},
+                   {"dis_preset": "fast"}, {"round": 2}):
+        assert settings_hash(dataclasses.replace(pg, **change)) != settings_hash(pg), change
+    ingest = IngestConfig()
+    assert settings_hash(dataclasses.replace(ingest, clips_per_task=4)) == settings_hash(ingest)
+    assert settings_hash(dataclasses.replace(ingest, delta=3)) != settings_hash(ingest)
+
+
+def test_a_setting_without_a_concern_cannot_be_hashed():
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="Section.x declares no concern"):
+        settings_hash(Section())
+
+
+def test_the_names_settings_accept_are_the_ones_the_code_runs():
+    import torch
+
+    from bluref_ray.fusion import aligner, fuse
+    from bluref_ray.losses import build_loss
+    from bluref_ray.matching import build_matcher
+
+    x = torch.rand(1, 3, 24, 24)
+    mask = torch.ones(1, 1, 24, 24)
+    for name in LOSSES:  # each builds, and a right prediction costs less than a wrong one
+        assert build_loss(name)(x, x, mask) < build_loss(name)(x, 1 - x, mask), name
+    align = aligner(build_matcher("dis"))
+    for name in STRATEGIES:
+        assert fuse(name, x, x[:, None], align, kernel_size=5).image.shape == x.shape
+
+
+def test_the_configuration_reference_is_current():
+    page = (DOCS / "configuration.md").read_text()
+    assert page == reference_markdown(), (
+        "docs/configuration.md is out of date: python -m bluref_ray.config.reference > "
+        "docs/configuration.md")
