@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from bluref_ray import __version__, storage
+from bluref_ray import __version__, commands, storage
 from bluref_ray.config import (
-    Config,
     ConfigError,
     DeblurConfig,
     IngestConfig,
@@ -27,7 +26,6 @@ from bluref_ray.config import (
     RefineConfig,
     SynthConfig,
     TrainConfig,
-    load_config,
     section_types,
 )
 from bluref_ray.storage import StorageConfig
@@ -91,246 +89,185 @@ def _common(parser: argparse.ArgumentParser, *sections: tuple) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the final result")
 
 
-def _config(args: argparse.Namespace) -> Config:
-    """Defaults < --config FILE < --set KEY=VALUE < explicit options."""
-    explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
-    quiet = ["ray.quiet=true"] if getattr(args, "quiet", False) else []
-    return load_config(args.config, [*args.overrides, *explicit, *quiet])
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One ``add_argument`` call of a command, kept for :func:`build_parser`."""
+    return flags, kwargs
 
 
-def _log(args: argparse.Namespace) -> Callable[[str], None]:
-    if getattr(args, "quiet", False):
-        return lambda _msg: None
-    return lambda msg: print(msg, flush=True)
+@dataclass(frozen=True)
+class Command:
+    """A ``bluref`` subcommand: its name, what runs it (:mod:`bluref_ray.commands`), its texts,
+    its own arguments, and the settings sections whose fields become its options (None: none,
+    as for ``sweep``, whose file holds them). ``out``: ``--out`` is required (True), has this
+    default (a string), or is among the command's own arguments (None)."""
+
+    name: str
+    run: Callable[[argparse.Namespace], int]
+    help: str
+    description: str
+    args: tuple = ()
+    sections: tuple | None = ()
+    out: bool | str | None = True
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    from bluref_ray.data.synth import synthesize
-
-    cfg = _config(args)
-    t0 = time.time()
-    manifest = synthesize(args.out, cfg.synth, cfg.storage, log=_log(args))
-    n = sum(len(c["frames"]) for c in manifest["clips"])
-    nb = sum(f["blurry"] for c in manifest["clips"] for f in c["frames"])
-    print(f"synthesized {len(manifest['clips'])} clips, {n} frames ({nb} blurry) in "
-          f"{time.time() - t0:.1f}s → {storage.normalize(args.out)}")
-    if cfg.synth.write_frames:
-        print(f"  frame trees: {storage.join(args.out, '{train,test}/<seq>/{blur,sharp}')}")
-    if cfg.synth.write_videos:
-        print(f"  videos:      {storage.join(args.out, 'videos')}")
-    print(f"  manifest:    {storage.join(args.out, 'manifest.json')}")
-    return 0
-
-
-def _print_ingest(summary: dict) -> None:
-    print(f"ingested {summary['clips']} clips: {summary['frames']} frames "
-          f"({summary['blurry']} blurry, {summary['sharp']} sharp), "
-          f"{summary['mean_references']:.2f} references per blurry frame "
-          f"({', '.join(f'{n} clips {p}' for p, n in summary['protocols'].items())} protocol), "
-          f"{summary['rejects']} rejects, {summary['seconds']:.1f}s")
-    print(f"  frames table:  {summary['frames_table']}")
-    print(f"  rejects table: {summary['rejects_table']}")
-    for uri in summary["rejected_files"][:10]:
-        print(f"  rejected: {uri}")
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from bluref_ray.pipeline.ingest import run_ingest
-
-    cfg = _config(args)
-    summary = run_ingest(args.sources, args.out, cfg, log=_log(args))
-    _print_ingest(summary)
-    return 0
-
-
-def _print_pseudo_gt(s: dict) -> None:
-    print(f"pseudo-GT: {s['rows']} pairs, {s['rejected']} rejected, mean coverage "
-          f"{s['mean_coverage']:.3f}, {s['mean_refs_used']:.2f} references matched per frame, "
-          f"{s['seconds']:.1f}s")
-    if "quality" in s:
-        q = s["quality"]
-        print(f"  quality on {q['frames_with_gt']} frames with ground truth, confident pixels: "
-              f"pseudo-GT {q['psnr_pseudo_confident']:.2f} dB, blurry "
-              f"{q['psnr_blurry_confident']:.2f} dB")
-    for reason, n in s["reject_reasons"].items():
-        print(f"  rejected {n}: {reason}")
-    print(f"  shards:  {storage.join(s['out'], 'shards')}")
-    print(f"  summary: {storage.join(s['out'], 'summary.json')}")
-
-
-def cmd_pseudo_gt(args: argparse.Namespace) -> int:
-    from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
-
-    cfg = _config(args)
-    _print_pseudo_gt(run_pseudo_gt(args.frames, args.out, cfg, log=_log(args)))
-    return 0
-
-
-def _numbers(text: str | None, flag: str, kind: type) -> list | None:
-    """``"1,2,4"`` → ``[1, 2, 4]`` (None stays None); a clear error for anything else."""
-    if text is None:
-        return None
-    try:
-        return [kind(x) for x in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers") from None
-
-
-def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
-    from bluref_ray.pipeline.quality import quality_markdown, quality_table
-
-    cfg = _config(args)
-    refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
-    strategies = args.strategies.split(",")
-    for s in strategies:
-        dataclasses.replace(cfg.pseudo_gt, strategy=s).validate()
-    results = quality_table(args.frames, args.out, cfg, strategies, refs, log=_log(args),
-                            taus=taus)
-    print(quality_markdown(results, cfg.pseudo_gt))
-    print(f"written: {storage.join(args.out, 'quality.md')} and quality.json")
-    return 0
-
-
-def cmd_train_matcher(args: argparse.Namespace) -> int:
-    from bluref_ray.training.matcher import train_matcher
-
-    cfg = _config(args)
-    path = train_matcher(args.out, cfg, log=_log(args),
-                         command="bluref " + " ".join(args.argv))
-    print(f"matcher checkpoint: {path}")
-    print(f"TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
-    return 0
-
-
-def cmd_eval_matcher(args: argparse.Namespace) -> int:
-    from bluref_ray.matching import matcher_from_config
-    from bluref_ray.matching.evaluate import evaluate, markdown
-    from bluref_ray.pipeline.quality import quality_markdown, quality_table
-
-    cfg = _config(args)
-    pg = cfg.pseudo_gt
-    # the pairs table measures the network alone, and with DIS refinement when that is on
-    net = dataclasses.replace(pg, matcher_radius=args.pairs_radius, dis_refine=False)
-    matchers = {"learned": matcher_from_config(net, "learned", cfg.storage)}
-    if pg.dis_refine:
-        matchers["learned+dis"] = matcher_from_config(
-            dataclasses.replace(net, dis_refine=True), "learned", cfg.storage)
-    matchers["dis"] = matcher_from_config(pg, "dis", cfg.storage)
-    radius = matchers["learned"].net.radius_px
-    log = _log(args)
-    log(f"[eval-matcher] {args.pairs} held-out pairs per condition, {pg.matcher_checkpoint}")
-    results = evaluate(matchers, pairs=args.pairs, size=args.size, tau=pg.tau, radius_px=radius)
-    table = markdown(results, pg.tau, radius)
-    storage.write_text(storage.join(args.out, "matcher_eval.json"),
-                       json.dumps(results, indent=1), cfg.storage)
-    storage.write_text(storage.join(args.out, "matcher_eval.md"), table, cfg.storage)
-    print(table)
-    if args.frames:
-        refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
-        rows = quality_table(args.frames, storage.join(args.out, "pseudo_gt"), cfg,
-                             [pg.strategy], refs, log=log, matchers=["learned", "dis"],
-                             taus=taus)
-        print(quality_markdown(rows, pg))
-    print(f"written: {storage.join(args.out, 'matcher_eval.md')}"
-          + (f" and {storage.join(args.out, 'pseudo_gt', 'quality.md')}" if args.frames else ""))
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from bluref_ray.training.deblur import train_deblurrer
-    from bluref_ray.training.validation import describe_validation
-
-    cfg = _config(args)
-    s = train_deblurrer(args.pairs, args.out, cfg, log=_log(args),
-                        command="bluref " + " ".join(args.argv))
-    v = s["val"]
-    print(f"trained {s['steps']} steps in {s['seconds']:.0f}s → {s['model']}")
-    if v:
-        print(f"  validation: {describe_validation(v)}")
-    print(f"  TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
-    return 0
-
-
-def cmd_refine(args: argparse.Namespace) -> int:
-    from bluref_ray.refine import COLUMNS, run_refine
-    from bluref_ray.report import markdown_table
-
-    cfg = _config(args)
-    result = run_refine(args.frames, args.out, cfg, log=_log(args))
-    print(markdown_table(result["rounds"], COLUMNS))
-    print(f"final model: {result['model']}")
-    print(f"written: {storage.join(args.out, 'refine.md')}, refine.json and refine.png")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from bluref_ray.evaluation import COLUMNS, evaluate
-    from bluref_ray.report import markdown_table
-
-    cfg = _config(args)
-    models = {}
-    for i, spec in enumerate(args.model, 1):
-        label, _, uri = spec.partition("=") if "=" in spec else (f"model {i}", "", spec)
-        models[label] = uri
-    result = evaluate(models, args.data, args.out, cfg, pairs=args.pairs,
-                      max_frames=args.max_frames or None, log=_log(args))
-    print(markdown_table(result["methods"], COLUMNS))
-    print(f"report: {result['report']}")
-    return 0
-
-
-def cmd_deblur(args: argparse.Namespace) -> int:
-    from bluref_ray.pipeline.deblur import run_deblur
-
-    cfg = _config(args)
-    s = run_deblur(args.checkpoint, args.inputs, args.out, cfg, log=_log(args))
-    print(f"deblurred {s['done']} file(s), {s['frames']} frames ({s['frames_per_second']:.2f} "
-          f"frames/s); {s['skipped']} skipped (already done), {len(s['failed'])} failed → "
-          f"{s['out']}")
-    for f in s["failed"]:
-        print(f"  failed: {f['error']}")
-    return 1 if s["failed"] else 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from bluref_ray.sweep import load_sweep, run_sweep
-
-    spec = load_sweep(args.config, {"out": args.out, "data": args.data, "val": args.val,
-                                    "samples": args.samples, "concurrency": args.concurrency},
-                      args.overrides)
-    s = run_sweep(spec, log=_log(args), overwrite=args.overwrite, verbose=0 if args.quiet else 1)
-    print(f"\nbluref sweep finished in {s['seconds'] / 60:.1f} min: {len(s['rows'])} trials")
-    print(s["table"])
-    failed = [r for r in s["rows"] if r["status"] == "error"]
-    for r in failed:
-        print(f"  trial {r['trial']} failed: {r['error']} (see {storage.join(spec.out, 'tune')})")
-    if s["best"]:
-        b = s["best"]
-        print(f"best: trial {b['trial']}, {b['settings']}: {s['metric']} {b['metric']:.4g} "
-              f"→ {b['model']}")
-    else:
-        print("best: none (no trial ran to the end)")
-    print(f"written: {storage.join(spec.out, 'results.md')}, results.csv, best.json, "
-          f"{', '.join(s['plots']) or 'no plots'} and {s['report']}")
-    return 1 if failed else 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from bluref_ray.demo import DEMO_SETTINGS, run_demo
-
-    explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
-    cfg = load_config(args.config, [*DEMO_SETTINGS, *args.overrides, *explicit])
-    s = run_demo(args.out, cfg, log=_log(args))
-    print(f"\nbluref demo finished in {s['seconds'] / 60:.1f} min")
-    print(s["markdown"])
-    print(f"  sharpness labels of the video frames agree with the synthesizer's truth on "
-          f"{100 * s['label_accuracy']:.1f}% of frames")
-    print(f"  report: {s['report']}")
-    print(f"  everything else: {storage.normalize(args.out)}")
-    return 0
+#: Every subcommand, in the order ``bluref --help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("synth", commands.cmd_synth,
+            "make a GoPro-protocol dataset with ground truth",
+            "Synthesize clips by the GoPro protocol: a high-frame-rate sharp stream (real photos "
+            "through a virtual hand-held camera with moving objects, or a video you give) whose "
+            "frames are averaged in linear light into blurry frames. Writes videos, a "
+            "{blur,sharp} frame tree and a manifest.",
+            sections=(_SYNTH, _STORAGE,)),
+    Command("ingest", commands.cmd_ingest,
+            "decode, score sharpness, pick references (Ray Data)",
+            "Ingest videos and frame trees with Ray Data: decode every frame, score sharpness "
+            "(variance of the Laplacian and the FFT score), label blurry/sharp, and pick up to N "
+            "sharp references within ±Δ frames of each blurry frame. Writes OUT/frames/ and "
+            "OUT/rejects/ (Parquet) and OUT/summary.json. An interrupted run resumes where it "
+            "stopped.",
+            args=(arg("sources", nargs="+", metavar="SOURCE",
+                     help="folder, bucket prefix or video file (local or s3://)"),),
+            sections=(_INGEST, _RAY, _STORAGE,)),
+    Command("pseudo-gt", commands.cmd_pseudo_gt,
+            "match and fuse references into pseudo-sharp frames",
+            "Make BluRef pseudo-pairs with Ray Data: for every blurry frame of a frames table, "
+            "match its references (an actor pool, on GPUs when the cluster has them), fuse them "
+            "into a pseudo-sharp image with a confidence map, and write Parquet shards (PNG "
+            "bytes) to OUT/shards/, rejects to OUT/rejects/, and OUT/summary.json. An interrupted "
+            "run resumes.",
+            args=(arg("frames", metavar="FRAMES",
+                     help="ingest output folder (or its frames/ folder), local or s3://"),),
+            sections=(_PSEUDO, _RAY, _STORAGE,)),
+    Command("pseudo-gt-quality", commands.cmd_pseudo_gt_quality,
+            "pseudo-GT quality per fusion strategy and N (needs ground truth)",
+            "Run pseudo-GT for each fusion strategy and reference count N on data with ground "
+            "truth (synthesized, or GoPro-style trees), and tabulate PSNR of the pseudo-sharp "
+            "image and of the blurry frame inside the confident region, and coverage. Writes "
+            "OUT/quality.md and OUT/quality.json.",
+            args=(arg("frames", metavar="FRAMES", help="ingest output folder of frame trees"),
+                  arg("--strategies", default="weighted,sequential,progressive,reblur",
+                      help="comma-separated fusion strategies"),
+                  arg("--refs", default="1,2,4,6", help="comma-separated reference counts N"),
+                  arg("--taus", default=None, help=_TAUS_HELP)),
+            sections=(_PSEUDO, _RAY, _STORAGE,)),
+    Command("train-matcher", commands.cmd_train_matcher,
+            "train the learned dense matcher (Ray Train, DDP)",
+            "Train the dense matcher without real pairs: synthetic warps (homography, thin-plate "
+            "spline, elastic) of real photos, with BSRGAN-style blur, noise and JPEG on the "
+            "target. Ray Train DDP (gloo on CPUs, NCCL on GPUs); checkpoints in OUT/ray-train/, "
+            "TensorBoard logs in OUT/tensorboard/, the final model in OUT/matcher.pt. Run it "
+            "again with the same --out to resume.",
+            sections=(_TRAIN_MATCHER, _RAY, _STORAGE,)),
+    Command("eval-matcher", commands.cmd_eval_matcher,
+            "learned matcher vs the classical baseline",
+            "Evaluate the learned matcher and the DIS baseline on the same held-out synthetic "
+            "pairs, with and without blur: AEPE, PCK-1/3/5, AUSE (how well confidence ranks "
+            "errors), calibration error, coverage; the network alone, and with --dis-refine (the "
+            "default) also refined by DIS. With --frames, also the pseudo-GT quality of both "
+            "matchers, as configured, on data with ground truth.",
+            args=(arg("--pairs", type=int, default=48, help="held-out pairs per condition"),
+                  arg("--size", type=int, default=192, help="side of the pairs, pixels"),
+                  arg("--pairs-radius", type=float, default=1.0, choices=(1.0, 2.0, 4.0),
+                      help="R of the learned confidence P(error < R px) on the pairs (default: "
+                           "1; the pseudo-GT part uses --matcher-radius)"),
+                  arg("--frames", metavar="FRAMES", default=None,
+                      help="ingested frame trees with ground truth: also compare pseudo-GT "
+                           "quality"),
+                  arg("--refs", default="1,6", help="reference counts N for the pseudo-GT part"),
+                  arg("--taus", default=None, help=_TAUS_HELP)),
+            sections=(_PSEUDO, _RAY, _STORAGE,)),
+    Command("train", commands.cmd_train,
+            "train the deblurrer on pseudo-pairs (Ray Train, DDP)",
+            "Train a deblurrer (NAFNet or Restormer) on the pseudo-pairs of `bluref pseudo-gt`, "
+            "with the loss masked where the pseudo-GT confidence is below τ (BluRef), or on the "
+            "ground truth with --supervised. Ray Train DDP (gloo on CPUs, NCCL and bfloat16 "
+            "autocast on GPUs), data streamed by Ray Data with random crops and flips. Writes "
+            "OUT/model.pt, checkpoints in OUT/ray-train/ and TensorBoard logs; run it again with "
+            "the same --out to resume.",
+            args=(arg("pairs", metavar="PAIRS", help="pseudo-gt output folder (or its shards/)"),),
+            sections=(_TRAIN, _RAY, _STORAGE,)),
+    Command("refine", commands.cmd_refine,
+            "iterative target refinement: K rounds of pseudo-GT + training",
+            "BluRef's iterative target refinement. Round 1 matches the references to the blurry "
+            "frames and trains; round k+1 matches them to the output of round k's model and "
+            "trains again from its weights. Writes OUT/round_K/{pseudo_gt,train}/ and a per-round "
+            "table and plot (OUT/refine.md, refine.png). Resumes when run again.",
+            args=(arg("frames", metavar="FRAMES", help="ingest output folder (frames table)"),),
+            sections=(_REFINE, _PSEUDO, _TRAIN_PREFIXED, _RAY, _STORAGE,)),
+    Command("eval", commands.cmd_eval,
+            "PSNR/SSIM/NIQE of models, with a report",
+            "Evaluate deblurrers on frames: PSNR and SSIM (pyiqa, RGB) against the ground truth "
+            "of GoPro-style trees, NIQE without it. Writes OUT/eval.json and OUT/report.{md,html} "
+            "with image grids (blurry | pseudo-sharp | models | truth) and a plot of PSNR per "
+            "model.",
+            args=(arg("data", nargs="+", metavar="DATA",
+                      help="GoPro-style tree(s) <seq>/{blur,sharp}/ or image folders"),
+                  arg("--model", action="append", default=[], metavar="[LABEL=]CKPT",
+                      help="a checkpoint to evaluate, optionally labelled (repeatable; in "
+                           "order, e.g. round1=…/model.pt round2=…/model.pt)"),
+                  arg("--pairs", metavar="PSEUDO_GT", default=None,
+                      help="pseudo-gt output of the same frames (pseudo-sharp column of the "
+                           "grids)"),
+                  arg("--max-frames", type=int, default=32,
+                      help="frames evaluated, evenly picked (0 = all)")),
+            sections=(_DEBLUR, _STORAGE,)),
+    Command("deblur", commands.cmd_deblur,
+            "deblur images, folders, buckets and videos (Ray Data)",
+            "Batch deblurring with a trained checkpoint through Ray Data actors (GPUs when the "
+            "cluster has them): images become PNGs, videos come out as videos, large frames are "
+            "processed in tiles. Outputs keep the inputs' relative paths under OUT; finished "
+            "files are skipped when run again; a bad file is reported and the others go on.",
+            args=(arg("checkpoint", metavar="CKPT", help="model.pt from `bluref train` / refine"),
+                  arg("inputs", nargs="+", metavar="INPUT",
+                      help="image or video files, folders or bucket prefixes (local or s3://)")),
+            sections=(_DEBLUR, _RAY, _STORAGE,)),
+    Command("sweep", commands.cmd_sweep,
+            "Ray Tune sweep over N, Δ, τ, strategy, lr, steps",
+            "Sweep BluRef's settings with Ray Tune: each trial makes (or reuses, by the hash of "
+            "its settings) the pseudo-GT of its N, Δ, τ, strategy and matcher, trains the "
+            "deblurrer on it with Ray Train and reports validation PSNR/SSIM (or NIQE without "
+            "ground truth); ASHA stops poor trials early. Writes OUT/results.{csv,md}, best.json, "
+            "plots of the metric against N, Δ and τ, and report.html. Run it again to resume. The "
+            "sweep file is described in `python -m pydoc bluref_ray.sweep`; examples are in "
+            "configs/sweeps/.",
+            args=(arg("--config", required=True, metavar="SWEEP.yaml",
+                      help="the sweep file (local or s3://): out, data, val, space, ..."),
+                  arg("--out", metavar="URI", default=None,
+                      help="output folder (default: the file's 'out')"),
+                  arg("--data", nargs="+", metavar="SOURCE", default=None,
+                      help="sources to learn from (default: the file's 'data')"),
+                  arg("--val", metavar="URI", default=None,
+                      help="validation frames (default: the file's 'val')"),
+                  arg("--samples", type=int, default=None,
+                      help="samples of the space (default: the file's, else 1)"),
+                  arg("--concurrency", type=int, default=None,
+                      help="trials at once (default: the file's, else what the cluster fits)"),
+                  arg("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE",
+                      help="a base setting by its dotted name, e.g. train.workers=2 "
+                           "(repeatable; wins over the file's 'set')"),
+                  arg("--overwrite", action="store_true",
+                      help="start over: delete the earlier trials and Tune state in OUT (the "
+                           "pseudo-GT cache is kept)"),
+                  arg("--quiet", action="store_true", help="print only the final result")),
+            sections=None,
+            out=None),
+    Command("demo", commands.cmd_demo,
+            "run the whole method on generated data, on this machine",
+            "Run BluRef end to end with Ray started in-process: synthesize a small dataset, "
+            "ingest it, make pseudo-GT, train and refine the deblurrer, train the supervised "
+            "upper bound with the same budget, evaluate on held-out clips and print one table. "
+            "Under 15 minutes on 2 CPU cores, with the DIS matcher for that budget. Any setting "
+            "can be changed with --set section.key=value, e.g. --set train.steps=2000 --set "
+            "refine.rounds=3 --set pseudo_gt.matcher=learned.",
+            sections=(_SYNTH, _RAY, _STORAGE,),
+            out="bluref-demo"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``bluref`` parser: one subparser per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="bluref",
         description="bluref-ray: unsupervised deblurring at fleet scale on Ray. Turns video with "
@@ -340,196 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bluref-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("synth", help="make a GoPro-protocol dataset with ground truth",
-                       description="Synthesize clips by the GoPro protocol: a high-frame-rate "
-                                   "sharp stream (real photos through a virtual hand-held "
-                                   "camera with moving objects, or a video you give) whose "
-                                   "frames are averaged in linear light into blurry frames. "
-                                   "Writes videos, a {blur,sharp} frame tree and a manifest.")
-    _out(p)
-    _common(p, _SYNTH, _STORAGE)
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("ingest", help="decode, score sharpness, pick references (Ray Data)",
-                       description="Ingest videos and frame trees with Ray Data: decode every "
-                                   "frame, score sharpness (variance of the Laplacian and the "
-                                   "FFT score), label blurry/sharp, and pick up to N sharp "
-                                   "references within ±Δ frames of each blurry frame. Writes "
-                                   "OUT/frames/ and OUT/rejects/ (Parquet) and OUT/summary.json. "
-                                   "An interrupted run resumes where it stopped.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folder, bucket prefix or video file (local or s3://)")
-    _out(p)
-    _common(p, _INGEST, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_ingest)
-
-    p = sub.add_parser("pseudo-gt", help="match and fuse references into pseudo-sharp frames",
-                       description="Make BluRef pseudo-pairs with Ray Data: for every blurry "
-                                   "frame of a frames table, match its references (an actor "
-                                   "pool, on GPUs when the cluster has them), fuse them into a "
-                                   "pseudo-sharp image with a confidence map, and write Parquet "
-                                   "shards (PNG bytes) to OUT/shards/, rejects to OUT/rejects/, "
-                                   "and OUT/summary.json. An interrupted run resumes.")
-    p.add_argument("frames", metavar="FRAMES",
-                   help="ingest output folder (or its frames/ folder), local or s3://")
-    _out(p)
-    _common(p, _PSEUDO, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_pseudo_gt)
-
-    p = sub.add_parser("pseudo-gt-quality",
-                       help="pseudo-GT quality per fusion strategy and N (needs ground truth)",
-                       description="Run pseudo-GT for each fusion strategy and reference count "
-                                   "N on data with ground truth (synthesized, or GoPro-style "
-                                   "trees), and tabulate PSNR of the pseudo-sharp image and of "
-                                   "the blurry frame inside the confident region, and coverage. "
-                                   "Writes OUT/quality.md and OUT/quality.json.")
-    p.add_argument("frames", metavar="FRAMES", help="ingest output folder of frame trees")
-    _out(p)
-    p.add_argument("--strategies", default="weighted,sequential,progressive,reblur",
-                   help="comma-separated fusion strategies")
-    p.add_argument("--refs", default="1,2,4,6", help="comma-separated reference counts N")
-    p.add_argument("--taus", default=None, help=_TAUS_HELP)
-    _common(p, _PSEUDO, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_pseudo_gt_quality)
-
-    p = sub.add_parser("train-matcher", help="train the learned dense matcher (Ray Train, DDP)",
-                       description="Train the dense matcher without real pairs: synthetic warps "
-                                   "(homography, thin-plate spline, elastic) of real photos, "
-                                   "with BSRGAN-style blur, noise and JPEG on the target. Ray "
-                                   "Train DDP (gloo on CPUs, NCCL on GPUs); checkpoints in "
-                                   "OUT/ray-train/, TensorBoard logs in OUT/tensorboard/, the "
-                                   "final model in OUT/matcher.pt. Run it again with the same "
-                                   "--out to resume.")
-    _out(p)
-    _common(p, _TRAIN_MATCHER, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_train_matcher)
-
-    p = sub.add_parser("eval-matcher", help="learned matcher vs the classical baseline",
-                       description="Evaluate the learned matcher and the DIS baseline on the "
-                                   "same held-out synthetic pairs, with and without blur: AEPE, "
-                                   "PCK-1/3/5, AUSE (how well confidence ranks errors), "
-                                   "calibration error, coverage; the network alone, and with "
-                                   "--dis-refine (the default) also refined by DIS. With "
-                                   "--frames, also the pseudo-GT quality of both matchers, as "
-                                   "configured, on data with ground truth.")
-    _out(p)
-    p.add_argument("--pairs", type=int, default=48, help="held-out pairs per condition")
-    p.add_argument("--size", type=int, default=192, help="side of the pairs, pixels")
-    p.add_argument("--pairs-radius", type=float, default=1.0, choices=(1.0, 2.0, 4.0),
-                   help="R of the learned confidence P(error < R px) on the pairs (default: 1; "
-                        "the pseudo-GT part uses --matcher-radius)")
-    p.add_argument("--frames", metavar="FRAMES", default=None,
-                   help="ingested frame trees with ground truth: also compare pseudo-GT quality")
-    p.add_argument("--refs", default="1,6", help="reference counts N for the pseudo-GT part")
-    p.add_argument("--taus", default=None, help=_TAUS_HELP)
-    _common(p, _PSEUDO, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_eval_matcher)
-
-    p = sub.add_parser("train", help="train the deblurrer on pseudo-pairs (Ray Train, DDP)",
-                       description="Train a deblurrer (NAFNet or Restormer) on the pseudo-pairs "
-                                   "of `bluref pseudo-gt`, with the loss masked where the "
-                                   "pseudo-GT confidence is below τ (BluRef), or on the ground "
-                                   "truth with --supervised. Ray Train DDP (gloo on CPUs, NCCL "
-                                   "and bfloat16 autocast on GPUs), data streamed by Ray Data "
-                                   "with random crops and flips. Writes OUT/model.pt, "
-                                   "checkpoints in OUT/ray-train/ and TensorBoard logs; run it "
-                                   "again with the same --out to resume.")
-    p.add_argument("pairs", metavar="PAIRS", help="pseudo-gt output folder (or its shards/)")
-    _out(p)
-    _common(p, _TRAIN, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("refine", help="iterative target refinement: K rounds of pseudo-GT + "
-                                      "training",
-                       description="BluRef's iterative target refinement. Round 1 matches the "
-                                   "references to the blurry frames and trains; round k+1 "
-                                   "matches them to the output of round k's model and trains "
-                                   "again from its weights. Writes OUT/round_K/{pseudo_gt,"
-                                   "train}/ and a per-round table and plot (OUT/refine.md, "
-                                   "refine.png). Resumes when run again.")
-    p.add_argument("frames", metavar="FRAMES", help="ingest output folder (frames table)")
-    _out(p)
-    _common(p, _REFINE, _PSEUDO, _TRAIN_PREFIXED, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_refine)
-
-    p = sub.add_parser("eval", help="PSNR/SSIM/NIQE of models, with a report",
-                       description="Evaluate deblurrers on frames: PSNR and SSIM (pyiqa, RGB) "
-                                   "against the ground truth of GoPro-style trees, NIQE without "
-                                   "it. Writes OUT/eval.json and OUT/report.{md,html} with image "
-                                   "grids (blurry | pseudo-sharp | models | truth) and a plot of "
-                                   "PSNR per model.")
-    p.add_argument("data", nargs="+", metavar="DATA",
-                   help="GoPro-style tree(s) <seq>/{blur,sharp}/ or image folders")
-    p.add_argument("--model", action="append", default=[], metavar="[LABEL=]CKPT",
-                   help="a checkpoint to evaluate, optionally labelled (repeatable; in order, "
-                        "e.g. round1=…/model.pt round2=…/model.pt)")
-    p.add_argument("--pairs", metavar="PSEUDO_GT", default=None,
-                   help="pseudo-gt output of the same frames (pseudo-sharp column of the grids)")
-    p.add_argument("--max-frames", type=int, default=32,
-                   help="frames evaluated, evenly picked (0 = all)")
-    _out(p)
-    _common(p, _DEBLUR, _STORAGE)
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("deblur", help="deblur images, folders, buckets and videos (Ray Data)",
-                       description="Batch deblurring with a trained checkpoint through Ray Data "
-                                   "actors (GPUs when the cluster has them): images become PNGs, "
-                                   "videos come out as videos, large frames are processed in "
-                                   "tiles. Outputs keep the inputs' relative paths under OUT; "
-                                   "finished files are skipped when run again; a bad file is "
-                                   "reported and the others go on.")
-    p.add_argument("checkpoint", metavar="CKPT", help="model.pt from `bluref train` / refine")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image or video files, folders or bucket prefixes (local or s3://)")
-    _out(p)
-    _common(p, _DEBLUR, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_deblur)
-
-    p = sub.add_parser("sweep", help="Ray Tune sweep over N, Δ, τ, strategy, lr, steps",
-                       description="Sweep BluRef's settings with Ray Tune: each trial makes (or "
-                                   "reuses, by the hash of its settings) the pseudo-GT of its "
-                                   "N, Δ, τ, strategy and matcher, trains the deblurrer on it "
-                                   "with Ray Train and reports validation PSNR/SSIM (or NIQE "
-                                   "without ground truth); ASHA stops poor trials early. "
-                                   "Writes OUT/results.{csv,md}, best.json, plots of the metric "
-                                   "against N, Δ and τ, and report.html. Run it again to "
-                                   "resume. The sweep file is described in "
-                                   "`python -m pydoc bluref_ray.sweep`; examples are in "
-                                   "configs/sweeps/.")
-    p.add_argument("--config", required=True, metavar="SWEEP.yaml",
-                   help="the sweep file (local or s3://): out, data, val, space, ...")
-    p.add_argument("--out", metavar="URI", default=None, help="output folder (default: the "
-                                                              "file's 'out')")
-    p.add_argument("--data", nargs="+", metavar="SOURCE", default=None,
-                   help="sources to learn from (default: the file's 'data')")
-    p.add_argument("--val", metavar="URI", default=None,
-                   help="validation frames (default: the file's 'val')")
-    p.add_argument("--samples", type=int, default=None,
-                   help="samples of the space (default: the file's, else 1)")
-    p.add_argument("--concurrency", type=int, default=None,
-                   help="trials at once (default: the file's, else what the cluster fits)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a base setting by its dotted name, e.g. train.workers=2 (repeatable; "
-                        "wins over the file's 'set')")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over: delete the earlier trials and Tune state in OUT (the "
-                        "pseudo-GT cache is kept)")
-    p.add_argument("--quiet", action="store_true", help="print only the final result")
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser("demo", help="run the whole method on generated data, on this machine",
-                       description="Run BluRef end to end with Ray started in-process: "
-                                   "synthesize a small dataset, ingest it, make pseudo-GT, "
-                                   "train and refine the deblurrer, train the supervised upper "
-                                   "bound with the same budget, evaluate on held-out clips and "
-                                   "print one table. Under 15 minutes on 2 CPU cores, with the "
-                                   "DIS matcher for that budget. Any setting can be changed "
-                                   "with --set section.key=value, e.g. --set train.steps=2000 "
-                                   "--set refine.rounds=3 --set pseudo_gt.matcher=learned.")
-    _out(p, default="bluref-demo")
-    _common(p, _SYNTH, _RAY, _STORAGE)
-    p.set_defaults(func=cmd_demo)
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.description)
+        for flags, kwargs in c.args:
+            p.add_argument(*flags, **kwargs)
+        if c.out is not None:
+            _out(p, None if c.out is True else c.out)
+        if c.sections is not None:
+            _common(p, *c.sections)
+        p.set_defaults(func=c.run)
     return parser
 
 

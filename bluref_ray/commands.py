@@ -1,0 +1,253 @@
+"""What each ``bluref`` subcommand does: read its settings, call one library function (the one
+``jobs/`` also calls), print the result. The options themselves are in :mod:`bluref_ray.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+
+from bluref_ray import storage
+from bluref_ray.config import Config, ConfigError, load_config
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """Defaults < --config FILE < --set KEY=VALUE < explicit options."""
+    explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
+    quiet = ["ray.quiet=true"] if getattr(args, "quiet", False) else []
+    return load_config(args.config, [*args.overrides, *explicit, *quiet])
+
+
+def _log(args: argparse.Namespace) -> Callable[[str], None]:
+    if getattr(args, "quiet", False):
+        return lambda _msg: None
+    return lambda msg: print(msg, flush=True)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from bluref_ray.data.synth import synthesize
+
+    cfg = _config(args)
+    t0 = time.time()
+    manifest = synthesize(args.out, cfg.synth, cfg.storage, log=_log(args))
+    n = sum(len(c["frames"]) for c in manifest["clips"])
+    nb = sum(f["blurry"] for c in manifest["clips"] for f in c["frames"])
+    print(f"synthesized {len(manifest['clips'])} clips, {n} frames ({nb} blurry) in "
+          f"{time.time() - t0:.1f}s → {storage.normalize(args.out)}")
+    if cfg.synth.write_frames:
+        print(f"  frame trees: {storage.join(args.out, '{train,test}/<seq>/{blur,sharp}')}")
+    if cfg.synth.write_videos:
+        print(f"  videos:      {storage.join(args.out, 'videos')}")
+    print(f"  manifest:    {storage.join(args.out, 'manifest.json')}")
+    return 0
+
+
+def _print_ingest(summary: dict) -> None:
+    print(f"ingested {summary['clips']} clips: {summary['frames']} frames "
+          f"({summary['blurry']} blurry, {summary['sharp']} sharp), "
+          f"{summary['mean_references']:.2f} references per blurry frame "
+          f"({', '.join(f'{n} clips {p}' for p, n in summary['protocols'].items())} protocol), "
+          f"{summary['rejects']} rejects, {summary['seconds']:.1f}s")
+    print(f"  frames table:  {summary['frames_table']}")
+    print(f"  rejects table: {summary['rejects_table']}")
+    for uri in summary["rejected_files"][:10]:
+        print(f"  rejected: {uri}")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from bluref_ray.pipeline.ingest import run_ingest
+
+    cfg = _config(args)
+    summary = run_ingest(args.sources, args.out, cfg, log=_log(args))
+    _print_ingest(summary)
+    return 0
+
+
+def _print_pseudo_gt(s: dict) -> None:
+    print(f"pseudo-GT: {s['rows']} pairs, {s['rejected']} rejected, mean coverage "
+          f"{s['mean_coverage']:.3f}, {s['mean_refs_used']:.2f} references matched per frame, "
+          f"{s['seconds']:.1f}s")
+    if "quality" in s:
+        q = s["quality"]
+        print(f"  quality on {q['frames_with_gt']} frames with ground truth, confident pixels: "
+              f"pseudo-GT {q['psnr_pseudo_confident']:.2f} dB, blurry "
+              f"{q['psnr_blurry_confident']:.2f} dB")
+    for reason, n in s["reject_reasons"].items():
+        print(f"  rejected {n}: {reason}")
+    print(f"  shards:  {storage.join(s['out'], 'shards')}")
+    print(f"  summary: {storage.join(s['out'], 'summary.json')}")
+
+
+def cmd_pseudo_gt(args: argparse.Namespace) -> int:
+    from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
+
+    cfg = _config(args)
+    _print_pseudo_gt(run_pseudo_gt(args.frames, args.out, cfg, log=_log(args)))
+    return 0
+
+
+def _numbers(text: str | None, flag: str, kind: type) -> list | None:
+    """``"1,2,4"`` → ``[1, 2, 4]`` (None stays None); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
+    from bluref_ray.pipeline.quality import quality_markdown, quality_table
+
+    cfg = _config(args)
+    refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
+    strategies = args.strategies.split(",")
+    for s in strategies:
+        dataclasses.replace(cfg.pseudo_gt, strategy=s).validate()
+    results = quality_table(args.frames, args.out, cfg, strategies, refs, log=_log(args),
+                            taus=taus)
+    print(quality_markdown(results, cfg.pseudo_gt))
+    print(f"written: {storage.join(args.out, 'quality.md')} and quality.json")
+    return 0
+
+
+def cmd_train_matcher(args: argparse.Namespace) -> int:
+    from bluref_ray.training.matcher import train_matcher
+
+    cfg = _config(args)
+    path = train_matcher(args.out, cfg, log=_log(args),
+                         command="bluref " + " ".join(args.argv))
+    print(f"matcher checkpoint: {path}")
+    print(f"TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
+    return 0
+
+
+def cmd_eval_matcher(args: argparse.Namespace) -> int:
+    from bluref_ray.matching import matcher_from_config
+    from bluref_ray.matching.evaluate import evaluate, markdown
+    from bluref_ray.pipeline.quality import quality_markdown, quality_table
+
+    cfg = _config(args)
+    pg = cfg.pseudo_gt
+    # the pairs table measures the network alone, and with DIS refinement when that is on
+    net = dataclasses.replace(pg, matcher_radius=args.pairs_radius, dis_refine=False)
+    matchers = {"learned": matcher_from_config(net, "learned", cfg.storage)}
+    if pg.dis_refine:
+        matchers["learned+dis"] = matcher_from_config(
+            dataclasses.replace(net, dis_refine=True), "learned", cfg.storage)
+    matchers["dis"] = matcher_from_config(pg, "dis", cfg.storage)
+    radius = matchers["learned"].net.radius_px
+    log = _log(args)
+    log(f"[eval-matcher] {args.pairs} held-out pairs per condition, {pg.matcher_checkpoint}")
+    results = evaluate(matchers, pairs=args.pairs, size=args.size, tau=pg.tau, radius_px=radius)
+    table = markdown(results, pg.tau, radius)
+    storage.write_text(storage.join(args.out, "matcher_eval.json"),
+                       json.dumps(results, indent=1), cfg.storage)
+    storage.write_text(storage.join(args.out, "matcher_eval.md"), table, cfg.storage)
+    print(table)
+    if args.frames:
+        refs, taus = _numbers(args.refs, "--refs", int), _numbers(args.taus, "--taus", float)
+        rows = quality_table(args.frames, storage.join(args.out, "pseudo_gt"), cfg,
+                             [pg.strategy], refs, log=log, matchers=["learned", "dis"],
+                             taus=taus)
+        print(quality_markdown(rows, pg))
+    print(f"written: {storage.join(args.out, 'matcher_eval.md')}"
+          + (f" and {storage.join(args.out, 'pseudo_gt', 'quality.md')}" if args.frames else ""))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bluref_ray.training.deblur import train_deblurrer
+    from bluref_ray.training.validation import describe_validation
+
+    cfg = _config(args)
+    s = train_deblurrer(args.pairs, args.out, cfg, log=_log(args),
+                        command="bluref " + " ".join(args.argv))
+    v = s["val"]
+    print(f"trained {s['steps']} steps in {s['seconds']:.0f}s → {s['model']}")
+    if v:
+        print(f"  validation: {describe_validation(v)}")
+    print(f"  TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from bluref_ray.refine import COLUMNS, run_refine
+    from bluref_ray.report import markdown_table
+
+    cfg = _config(args)
+    result = run_refine(args.frames, args.out, cfg, log=_log(args))
+    print(markdown_table(result["rounds"], COLUMNS))
+    print(f"final model: {result['model']}")
+    print(f"written: {storage.join(args.out, 'refine.md')}, refine.json and refine.png")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from bluref_ray.evaluation import COLUMNS, evaluate
+    from bluref_ray.report import markdown_table
+
+    cfg = _config(args)
+    models = {}
+    for i, spec in enumerate(args.model, 1):
+        label, _, uri = spec.partition("=") if "=" in spec else (f"model {i}", "", spec)
+        models[label] = uri
+    result = evaluate(models, args.data, args.out, cfg, pairs=args.pairs,
+                      max_frames=args.max_frames or None, log=_log(args))
+    print(markdown_table(result["methods"], COLUMNS))
+    print(f"report: {result['report']}")
+    return 0
+
+
+def cmd_deblur(args: argparse.Namespace) -> int:
+    from bluref_ray.pipeline.deblur import run_deblur
+
+    cfg = _config(args)
+    s = run_deblur(args.checkpoint, args.inputs, args.out, cfg, log=_log(args))
+    print(f"deblurred {s['done']} file(s), {s['frames']} frames ({s['frames_per_second']:.2f} "
+          f"frames/s); {s['skipped']} skipped (already done), {len(s['failed'])} failed → "
+          f"{s['out']}")
+    for f in s["failed"]:
+        print(f"  failed: {f['error']}")
+    return 1 if s["failed"] else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bluref_ray.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.config, {"out": args.out, "data": args.data, "val": args.val,
+                                    "samples": args.samples, "concurrency": args.concurrency},
+                      args.overrides)
+    s = run_sweep(spec, log=_log(args), overwrite=args.overwrite, verbose=0 if args.quiet else 1)
+    print(f"\nbluref sweep finished in {s['seconds'] / 60:.1f} min: {len(s['rows'])} trials")
+    print(s["table"])
+    failed = [r for r in s["rows"] if r["status"] == "error"]
+    for r in failed:
+        print(f"  trial {r['trial']} failed: {r['error']} (see {storage.join(spec.out, 'tune')})")
+    if s["best"]:
+        b = s["best"]
+        print(f"best: trial {b['trial']}, {b['settings']}: {s['metric']} {b['metric']:.4g} "
+              f"→ {b['model']}")
+    else:
+        print("best: none (no trial ran to the end)")
+    print(f"written: {storage.join(spec.out, 'results.md')}, results.csv, best.json, "
+          f"{', '.join(s['plots']) or 'no plots'} and {s['report']}")
+    return 1 if failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bluref_ray.demo import DEMO_SETTINGS, run_demo
+
+    explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
+    cfg = load_config(args.config, [*DEMO_SETTINGS, *args.overrides, *explicit])
+    s = run_demo(args.out, cfg, log=_log(args))
+    print(f"\nbluref demo finished in {s['seconds'] / 60:.1f} min")
+    print(s["markdown"])
+    print(f"  sharpness labels of the video frames agree with the synthesizer's truth on "
+          f"{100 * s['label_accuracy']:.1f}% of frames")
+    print(f"  report: {s['report']}")
+    print(f"  everything else: {storage.normalize(args.out)}")
+    return 0
