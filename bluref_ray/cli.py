@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -96,173 +97,93 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Command:
-    """A ``bluref`` subcommand: its name, what runs it (:mod:`bluref_ray.commands`), its texts,
-    its own arguments, and the settings sections whose fields become its options (None: none,
-    as for ``sweep``, whose file holds them). ``out``: ``--out`` is required (True), has this
-    default (a string), or is among the command's own arguments (None)."""
+    """A ``bluref`` subcommand: its name, what runs it (a function of
+    :mod:`bluref_ray.commands`, whose docstring's first line is the command's short help and
+    the rest its description), its own arguments, and the settings sections whose fields
+    become its options (None: none, as for ``sweep``, whose file holds them). ``out``:
+    ``--out`` is required (True), has this default (a string), or is among ``args`` (None)."""
 
     name: str
     run: Callable[[argparse.Namespace], int]
-    help: str
-    description: str
     args: tuple = ()
     sections: tuple | None = ()
     out: bool | str | None = True
 
+    @property
+    def texts(self) -> tuple[str, str]:
+        """(short help, description) from the runner's docstring."""
+        head, _, rest = inspect.getdoc(self.run).partition("\n\n")
+        return head.rstrip("."), " ".join(rest.split())
+
 
 #: Every subcommand, in the order ``bluref --help`` lists them.
 COMMANDS: tuple[Command, ...] = (
-    Command("synth", commands.cmd_synth,
-            "make a GoPro-protocol dataset with ground truth",
-            "Synthesize clips by the GoPro protocol: a high-frame-rate sharp stream (real photos "
-            "through a virtual hand-held camera with moving objects, or a video you give) whose "
-            "frames are averaged in linear light into blurry frames. Writes videos, a "
-            "{blur,sharp} frame tree and a manifest.",
-            sections=(_SYNTH, _STORAGE,)),
-    Command("ingest", commands.cmd_ingest,
-            "decode, score sharpness, pick references (Ray Data)",
-            "Ingest videos and frame trees with Ray Data: decode every frame, score sharpness "
-            "(variance of the Laplacian and the FFT score), label blurry/sharp, and pick up to N "
-            "sharp references within ±Δ frames of each blurry frame. Writes OUT/frames/ and "
-            "OUT/rejects/ (Parquet) and OUT/summary.json. An interrupted run resumes where it "
-            "stopped.",
-            args=(arg("sources", nargs="+", metavar="SOURCE",
-                     help="folder, bucket prefix or video file (local or s3://)"),),
-            sections=(_INGEST, _RAY, _STORAGE,)),
-    Command("pseudo-gt", commands.cmd_pseudo_gt,
-            "match and fuse references into pseudo-sharp frames",
-            "Make BluRef pseudo-pairs with Ray Data: for every blurry frame of a frames table, "
-            "match its references (an actor pool, on GPUs when the cluster has them), fuse them "
-            "into a pseudo-sharp image with a confidence map, and write Parquet shards (PNG "
-            "bytes) to OUT/shards/, rejects to OUT/rejects/, and OUT/summary.json. An interrupted "
-            "run resumes.",
-            args=(arg("frames", metavar="FRAMES",
-                     help="ingest output folder (or its frames/ folder), local or s3://"),),
-            sections=(_PSEUDO, _RAY, _STORAGE,)),
+    Command("synth", commands.cmd_synth, sections=(_SYNTH, _STORAGE)),
+    Command("ingest", commands.cmd_ingest, sections=(_INGEST, _RAY, _STORAGE), args=(
+        arg("sources", nargs="+", metavar="SOURCE",
+            help="folder, bucket prefix or video file (local or s3://)"),)),
+    Command("pseudo-gt", commands.cmd_pseudo_gt, sections=(_PSEUDO, _RAY, _STORAGE), args=(
+        arg("frames", metavar="FRAMES",
+            help="ingest output folder (or its frames/ folder), local or s3://"),)),
     Command("pseudo-gt-quality", commands.cmd_pseudo_gt_quality,
-            "pseudo-GT quality per fusion strategy and N (needs ground truth)",
-            "Run pseudo-GT for each fusion strategy and reference count N on data with ground "
-            "truth (synthesized, or GoPro-style trees), and tabulate PSNR of the pseudo-sharp "
-            "image and of the blurry frame inside the confident region, and coverage. Writes "
-            "OUT/quality.md and OUT/quality.json.",
-            args=(arg("frames", metavar="FRAMES", help="ingest output folder of frame trees"),
-                  arg("--strategies", default="weighted,sequential,progressive,reblur",
-                      help="comma-separated fusion strategies"),
-                  arg("--refs", default="1,2,4,6", help="comma-separated reference counts N"),
-                  arg("--taus", default=None, help=_TAUS_HELP)),
-            sections=(_PSEUDO, _RAY, _STORAGE,)),
+            sections=(_PSEUDO, _RAY, _STORAGE), args=(
+        arg("frames", metavar="FRAMES", help="ingest output folder of frame trees"),
+        arg("--strategies", default="weighted,sequential,progressive,reblur",
+            help="comma-separated fusion strategies"),
+        arg("--refs", default="1,2,4,6", help="comma-separated reference counts N"),
+        arg("--taus", default=None, help=_TAUS_HELP))),
     Command("train-matcher", commands.cmd_train_matcher,
-            "train the learned dense matcher (Ray Train, DDP)",
-            "Train the dense matcher without real pairs: synthetic warps (homography, thin-plate "
-            "spline, elastic) of real photos, with BSRGAN-style blur, noise and JPEG on the "
-            "target. Ray Train DDP (gloo on CPUs, NCCL on GPUs); checkpoints in OUT/ray-train/, "
-            "TensorBoard logs in OUT/tensorboard/, the final model in OUT/matcher.pt. Run it "
-            "again with the same --out to resume.",
-            sections=(_TRAIN_MATCHER, _RAY, _STORAGE,)),
-    Command("eval-matcher", commands.cmd_eval_matcher,
-            "learned matcher vs the classical baseline",
-            "Evaluate the learned matcher and the DIS baseline on the same held-out synthetic "
-            "pairs, with and without blur: AEPE, PCK-1/3/5, AUSE (how well confidence ranks "
-            "errors), calibration error, coverage; the network alone, and with --dis-refine (the "
-            "default) also refined by DIS. With --frames, also the pseudo-GT quality of both "
-            "matchers, as configured, on data with ground truth.",
-            args=(arg("--pairs", type=int, default=48, help="held-out pairs per condition"),
-                  arg("--size", type=int, default=192, help="side of the pairs, pixels"),
-                  arg("--pairs-radius", type=float, default=1.0, choices=(1.0, 2.0, 4.0),
-                      help="R of the learned confidence P(error < R px) on the pairs (default: "
-                           "1; the pseudo-GT part uses --matcher-radius)"),
-                  arg("--frames", metavar="FRAMES", default=None,
-                      help="ingested frame trees with ground truth: also compare pseudo-GT "
-                           "quality"),
-                  arg("--refs", default="1,6", help="reference counts N for the pseudo-GT part"),
-                  arg("--taus", default=None, help=_TAUS_HELP)),
-            sections=(_PSEUDO, _RAY, _STORAGE,)),
-    Command("train", commands.cmd_train,
-            "train the deblurrer on pseudo-pairs (Ray Train, DDP)",
-            "Train a deblurrer (NAFNet or Restormer) on the pseudo-pairs of `bluref pseudo-gt`, "
-            "with the loss masked where the pseudo-GT confidence is below τ (BluRef), or on the "
-            "ground truth with --supervised. Ray Train DDP (gloo on CPUs, NCCL and bfloat16 "
-            "autocast on GPUs), data streamed by Ray Data with random crops and flips. Writes "
-            "OUT/model.pt, checkpoints in OUT/ray-train/ and TensorBoard logs; run it again with "
-            "the same --out to resume.",
-            args=(arg("pairs", metavar="PAIRS", help="pseudo-gt output folder (or its shards/)"),),
-            sections=(_TRAIN, _RAY, _STORAGE,)),
+            sections=(_TRAIN_MATCHER, _RAY, _STORAGE)),
+    Command("eval-matcher", commands.cmd_eval_matcher, sections=(_PSEUDO, _RAY, _STORAGE), args=(
+        arg("--pairs", type=int, default=48, help="held-out pairs per condition"),
+        arg("--size", type=int, default=192, help="side of the pairs, pixels"),
+        arg("--pairs-radius", type=float, default=1.0, choices=(1.0, 2.0, 4.0),
+            help="R of the learned confidence P(error < R px) on the pairs (default: 1; the "
+                 "pseudo-GT part uses --matcher-radius)"),
+        arg("--frames", metavar="FRAMES", default=None,
+            help="ingested frame trees with ground truth: also compare pseudo-GT quality"),
+        arg("--refs", default="1,6", help="reference counts N for the pseudo-GT part"),
+        arg("--taus", default=None, help=_TAUS_HELP))),
+    Command("train", commands.cmd_train, sections=(_TRAIN, _RAY, _STORAGE), args=(
+        arg("pairs", metavar="PAIRS", help="pseudo-gt output folder (or its shards/)"),)),
     Command("refine", commands.cmd_refine,
-            "iterative target refinement: K rounds of pseudo-GT + training",
-            "BluRef's iterative target refinement. Round 1 matches the references to the blurry "
-            "frames and trains; round k+1 matches them to the output of round k's model and "
-            "trains again from its weights. Writes OUT/round_K/{pseudo_gt,train}/ and a per-round "
-            "table and plot (OUT/refine.md, refine.png). Resumes when run again.",
-            args=(arg("frames", metavar="FRAMES", help="ingest output folder (frames table)"),),
-            sections=(_REFINE, _PSEUDO, _TRAIN_PREFIXED, _RAY, _STORAGE,)),
-    Command("eval", commands.cmd_eval,
-            "PSNR/SSIM/NIQE of models, with a report",
-            "Evaluate deblurrers on frames: PSNR and SSIM (pyiqa, RGB) against the ground truth "
-            "of GoPro-style trees, NIQE without it. Writes OUT/eval.json and OUT/report.{md,html} "
-            "with image grids (blurry | pseudo-sharp | models | truth) and a plot of PSNR per "
-            "model.",
-            args=(arg("data", nargs="+", metavar="DATA",
-                      help="GoPro-style tree(s) <seq>/{blur,sharp}/ or image folders"),
-                  arg("--model", action="append", default=[], metavar="[LABEL=]CKPT",
-                      help="a checkpoint to evaluate, optionally labelled (repeatable; in "
-                           "order, e.g. round1=…/model.pt round2=…/model.pt)"),
-                  arg("--pairs", metavar="PSEUDO_GT", default=None,
-                      help="pseudo-gt output of the same frames (pseudo-sharp column of the "
-                           "grids)"),
-                  arg("--max-frames", type=int, default=32,
-                      help="frames evaluated, evenly picked (0 = all)")),
-            sections=(_DEBLUR, _STORAGE,)),
-    Command("deblur", commands.cmd_deblur,
-            "deblur images, folders, buckets and videos (Ray Data)",
-            "Batch deblurring with a trained checkpoint through Ray Data actors (GPUs when the "
-            "cluster has them): images become PNGs, videos come out as videos, large frames are "
-            "processed in tiles. Outputs keep the inputs' relative paths under OUT; finished "
-            "files are skipped when run again; a bad file is reported and the others go on.",
-            args=(arg("checkpoint", metavar="CKPT", help="model.pt from `bluref train` / refine"),
-                  arg("inputs", nargs="+", metavar="INPUT",
-                      help="image or video files, folders or bucket prefixes (local or s3://)")),
-            sections=(_DEBLUR, _RAY, _STORAGE,)),
-    Command("sweep", commands.cmd_sweep,
-            "Ray Tune sweep over N, Δ, τ, strategy, lr, steps",
-            "Sweep BluRef's settings with Ray Tune: each trial makes (or reuses, by the hash of "
-            "its settings) the pseudo-GT of its N, Δ, τ, strategy and matcher, trains the "
-            "deblurrer on it with Ray Train and reports validation PSNR/SSIM (or NIQE without "
-            "ground truth); ASHA stops poor trials early. Writes OUT/results.{csv,md}, best.json, "
-            "plots of the metric against N, Δ and τ, and report.html. Run it again to resume. The "
-            "sweep file is described in `python -m pydoc bluref_ray.sweep`; examples are in "
-            "configs/sweeps/.",
-            args=(arg("--config", required=True, metavar="SWEEP.yaml",
-                      help="the sweep file (local or s3://): out, data, val, space, ..."),
-                  arg("--out", metavar="URI", default=None,
-                      help="output folder (default: the file's 'out')"),
-                  arg("--data", nargs="+", metavar="SOURCE", default=None,
-                      help="sources to learn from (default: the file's 'data')"),
-                  arg("--val", metavar="URI", default=None,
-                      help="validation frames (default: the file's 'val')"),
-                  arg("--samples", type=int, default=None,
-                      help="samples of the space (default: the file's, else 1)"),
-                  arg("--concurrency", type=int, default=None,
-                      help="trials at once (default: the file's, else what the cluster fits)"),
-                  arg("--set", dest="overrides", action="append", default=[],
-                      metavar="KEY=VALUE",
-                      help="a base setting by its dotted name, e.g. train.workers=2 "
-                           "(repeatable; wins over the file's 'set')"),
-                  arg("--overwrite", action="store_true",
-                      help="start over: delete the earlier trials and Tune state in OUT (the "
-                           "pseudo-GT cache is kept)"),
-                  arg("--quiet", action="store_true", help="print only the final result")),
-            sections=None,
-            out=None),
-    Command("demo", commands.cmd_demo,
-            "run the whole method on generated data, on this machine",
-            "Run BluRef end to end with Ray started in-process: synthesize a small dataset, "
-            "ingest it, make pseudo-GT, train and refine the deblurrer, train the supervised "
-            "upper bound with the same budget, evaluate on held-out clips and print one table. "
-            "Under 15 minutes on 2 CPU cores, with the DIS matcher for that budget. Any setting "
-            "can be changed with --set section.key=value, e.g. --set train.steps=2000 --set "
-            "refine.rounds=3 --set pseudo_gt.matcher=learned.",
-            sections=(_SYNTH, _RAY, _STORAGE,),
-            out="bluref-demo"),
+            sections=(_REFINE, _PSEUDO, _TRAIN_PREFIXED, _RAY, _STORAGE), args=(
+        arg("frames", metavar="FRAMES", help="ingest output folder (frames table)"),)),
+    Command("eval", commands.cmd_eval, sections=(_DEBLUR, _STORAGE), args=(
+        arg("data", nargs="+", metavar="DATA",
+            help="GoPro-style tree(s) <seq>/{blur,sharp}/ or image folders"),
+        arg("--model", action="append", default=[], metavar="[LABEL=]CKPT",
+            help="a checkpoint to evaluate, optionally labelled (repeatable; in order, e.g. "
+                 "round1=…/model.pt round2=…/model.pt)"),
+        arg("--pairs", metavar="PSEUDO_GT", default=None,
+            help="pseudo-gt output of the same frames (pseudo-sharp column of the grids)"),
+        arg("--max-frames", type=int, default=32,
+            help="frames evaluated, evenly picked (0 = all)"))),
+    Command("deblur", commands.cmd_deblur, sections=(_DEBLUR, _RAY, _STORAGE), args=(
+        arg("checkpoint", metavar="CKPT", help="model.pt from `bluref train` / refine"),
+        arg("inputs", nargs="+", metavar="INPUT",
+            help="image or video files, folders or bucket prefixes (local or s3://)"))),
+    Command("sweep", commands.cmd_sweep, sections=None, out=None, args=(
+        arg("--config", required=True, metavar="SWEEP.yaml",
+            help="the sweep file (local or s3://): out, data, val, space, ..."),
+        arg("--out", metavar="URI", default=None,
+            help="output folder (default: the file's 'out')"),
+        arg("--data", nargs="+", metavar="SOURCE", default=None,
+            help="sources to learn from (default: the file's 'data')"),
+        arg("--val", metavar="URI", default=None,
+            help="validation frames (default: the file's 'val')"),
+        arg("--samples", type=int, default=None,
+            help="samples of the space (default: the file's, else 1)"),
+        arg("--concurrency", type=int, default=None,
+            help="trials at once (default: the file's, else what the cluster fits)"),
+        arg("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="a base setting by its dotted name, e.g. train.workers=2 (repeatable; wins "
+                 "over the file's 'set')"),
+        arg("--overwrite", action="store_true",
+            help="start over: delete the earlier trials and Tune state in OUT (the pseudo-GT "
+                 "cache is kept)"),
+        arg("--quiet", action="store_true", help="print only the final result"))),
+    Command("demo", commands.cmd_demo, sections=(_SYNTH, _RAY, _STORAGE), out="bluref-demo"),
 )
 
 
@@ -278,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bluref-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS:
-        p = sub.add_parser(c.name, help=c.help, description=c.description)
+        short, description = c.texts
+        p = sub.add_parser(c.name, help=short, description=description)
         for flags, kwargs in c.args:
             p.add_argument(*flags, **kwargs)
         if c.out is not None:

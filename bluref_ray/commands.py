@@ -28,6 +28,13 @@ def _log(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """Make a GoPro-protocol dataset with ground truth.
+
+    Synthesize clips by the GoPro protocol: a high-frame-rate sharp stream (real photos through
+    a virtual hand-held camera with moving objects, or a video you give) whose frames are
+    averaged in linear light into blurry frames. Writes videos, a {blur,sharp} frame tree and a
+    manifest.
+    """
     from bluref_ray.data.synth import synthesize
 
     cfg = _config(args)
@@ -58,6 +65,13 @@ def _print_ingest(summary: dict) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """Decode, score sharpness, pick references (Ray Data).
+
+    Ingest videos and frame trees with Ray Data: decode every frame, score sharpness (variance
+    of the Laplacian and the FFT score), label blurry/sharp, and pick up to N sharp references
+    within ±Δ frames of each blurry frame. Writes OUT/frames/ and OUT/rejects/ (Parquet) and
+    OUT/summary.json. An interrupted run resumes where it stopped.
+    """
     from bluref_ray.pipeline.ingest import run_ingest
 
     cfg = _config(args)
@@ -82,6 +96,13 @@ def _print_pseudo_gt(s: dict) -> None:
 
 
 def cmd_pseudo_gt(args: argparse.Namespace) -> int:
+    """Match and fuse references into pseudo-sharp frames.
+
+    Make BluRef pseudo-pairs with Ray Data: for every blurry frame of a frames table, match its
+    references (an actor pool, on GPUs when the cluster has them), fuse them into a pseudo-sharp
+     image with a confidence map, and write Parquet shards (PNG bytes) to OUT/shards/,
+    rejects to OUT/rejects/, and OUT/summary.json. An interrupted run resumes.
+    """
     from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
 
     cfg = _config(args)
@@ -100,6 +121,13 @@ def _numbers(text: str | None, flag: str, kind: type) -> list | None:
 
 
 def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
+    """Pseudo-GT quality per fusion strategy and N (needs ground truth).
+
+    Run pseudo-GT for each fusion strategy and reference count N on data with ground truth
+    (synthesized, or GoPro-style trees), and tabulate PSNR of the pseudo-sharp image and of the
+    blurry frame inside the confident region, and coverage. Writes OUT/quality.md and
+    OUT/quality.json.
+    """
     from bluref_ray.pipeline.quality import quality_markdown, quality_table
 
     cfg = _config(args)
@@ -115,6 +143,14 @@ def cmd_pseudo_gt_quality(args: argparse.Namespace) -> int:
 
 
 def cmd_train_matcher(args: argparse.Namespace) -> int:
+    """Train the learned dense matcher (Ray Train, DDP).
+
+    Train the dense matcher without real pairs: synthetic warps (homography, thin-plate spline,
+    elastic) of real photos, with BSRGAN-style blur, noise and JPEG on the target. Ray Train
+    DDP (gloo on CPUs, NCCL on GPUs); checkpoints in OUT/ray-train/, TensorBoard logs in
+    OUT/tensorboard/, the final model in OUT/matcher.pt. Run it again with the same --out to
+    resume.
+    """
     from bluref_ray.training.matcher import train_matcher
 
     cfg = _config(args)
@@ -126,6 +162,14 @@ def cmd_train_matcher(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_matcher(args: argparse.Namespace) -> int:
+    """Learned matcher vs the classical baseline.
+
+    Evaluate the learned matcher and the DIS baseline on the same held-out synthetic pairs,
+    with and without blur: AEPE, PCK-1/3/5, AUSE (how well confidence ranks errors),
+    calibration error, coverage; the network alone, and with --dis-refine (the default) also
+    refined by DIS. With --frames, also the pseudo-GT quality of both matchers, as configured,
+    on data with ground truth.
+    """
     from bluref_ray.matching import matcher_from_config
     from bluref_ray.matching.evaluate import evaluate, markdown
     from bluref_ray.pipeline.quality import quality_markdown, quality_table
@@ -160,6 +204,14 @@ def cmd_eval_matcher(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train the deblurrer on pseudo-pairs (Ray Train, DDP).
+
+    Train a deblurrer (NAFNet or Restormer) on the pseudo-pairs of `bluref pseudo-gt`, with the
+    loss masked where the pseudo-GT confidence is below τ (BluRef), or on the ground truth with
+    --supervised. Ray Train DDP (gloo on CPUs, NCCL and bfloat16 autocast on GPUs), data
+    streamed by Ray Data with random crops and flips. Writes OUT/model.pt, checkpoints in
+    OUT/ray-train/ and TensorBoard logs; run it again with the same --out to resume.
+    """
     from bluref_ray.training.deblur import train_deblurrer
     from bluref_ray.training.validation import describe_validation
 
@@ -175,6 +227,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
+    """Iterative target refinement: K rounds of pseudo-GT + training.
+
+    BluRef's iterative target refinement. Round 1 matches the references to the blurry frames
+    and trains; round k+1 matches them to the output of round k's model and trains again from
+    its weights. Writes OUT/round_K/{pseudo_gt,train}/ and a per-round table and plot
+    (OUT/refine.md, refine.png). Resumes when run again.
+    """
     from bluref_ray.refine import COLUMNS, run_refine
     from bluref_ray.report import markdown_table
 
@@ -187,6 +246,12 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """PSNR/SSIM/NIQE of models, with a report.
+
+    Evaluate deblurrers on frames: PSNR and SSIM (pyiqa, RGB) against the ground truth of
+    GoPro-style trees, NIQE without it. Writes OUT/eval.json and OUT/report.{md,html} with
+    image grids (blurry | pseudo-sharp | models | truth) and a plot of PSNR per model.
+    """
     from bluref_ray.evaluation import COLUMNS, evaluate
     from bluref_ray.report import markdown_table
 
@@ -203,6 +268,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_deblur(args: argparse.Namespace) -> int:
+    """Deblur images, folders, buckets and videos (Ray Data).
+
+    Batch deblurring with a trained checkpoint through Ray Data actors (GPUs when the cluster
+    has them): images become PNGs, videos come out as videos, large frames are processed in
+    tiles. Outputs keep the inputs' relative paths under OUT; finished files are skipped when
+    run again; a bad file is reported and the others go on.
+    """
     from bluref_ray.pipeline.deblur import run_deblur
 
     cfg = _config(args)
@@ -216,6 +288,15 @@ def cmd_deblur(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """Ray Tune sweep over N, Δ, τ, strategy, lr, steps.
+
+    Sweep BluRef's settings with Ray Tune: each trial makes (or reuses, by the hash of its
+    settings) the pseudo-GT of its N, Δ, τ, strategy and matcher, trains the deblurrer on it
+    with Ray Train and reports validation PSNR/SSIM (or NIQE without ground truth); ASHA stops
+    poor trials early. Writes OUT/results.{csv,md}, best.json, plots of the metric against N, Δ
+    and τ, and report.html. Run it again to resume. The sweep file is described in `python -m
+    pydoc bluref_ray.sweep`; examples are in configs/sweeps/.
+    """
     from bluref_ray.sweep import load_sweep, run_sweep
 
     spec = load_sweep(args.config, {"out": args.out, "data": args.data, "val": args.val,
@@ -239,6 +320,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole method on generated data, on this machine.
+
+    Run BluRef end to end with Ray started in-process: synthesize a small dataset, ingest it,
+    make pseudo-GT, train and refine the deblurrer, train the supervised upper bound with the
+    same budget, evaluate on held-out clips and print one table. Under 15 minutes on 2 CPU
+    cores, with the DIS matcher for that budget. Any setting can be changed with --set
+    section.key=value, e.g. --set train.steps=2000 --set refine.rounds=3 --set
+    pseudo_gt.matcher=learned.
+    """
     from bluref_ray.demo import DEMO_SETTINGS, run_demo
 
     explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]

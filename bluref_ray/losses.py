@@ -26,6 +26,13 @@ LossFn = Callable[..., torch.Tensor]
 _MIN_COUNT = 1e-6
 
 
+def confidence_level(tau: float) -> int:
+    """The stored 8-bit confidence (``round(255·c)``, as shards hold it) at or above which a
+    pixel is confident at ``tau``: the one rule the training mask and the pseudo-GT quality
+    figures use. ``confidence_level(0.7) == 178``."""
+    return int(math.ceil(255.0 * tau - 0.5))
+
+
 def confidence_mask(confidence: torch.Tensor, tau: float) -> torch.Tensor:
     """Binarise a confidence map at ``tau``: 1 where ``confidence >= tau``, else 0.
 
@@ -40,6 +47,8 @@ def confidence_mask(confidence: torch.Tensor, tau: float) -> torch.Tensor:
     Shape:
         ``[B, 1, H, W]`` → ``[B, 1, H, W]``.
     """
+    if confidence.dtype == torch.uint8:  # as stored: round(255·c)
+        return (confidence >= confidence_level(tau)).float()
     dtype = confidence.dtype if confidence.is_floating_point() else torch.float32
     return (confidence.detach() >= tau).to(dtype)
 

@@ -117,9 +117,7 @@ class ImageMetrics:
         Shape:
             pred, target ``[B, 3, H, W]`` float in ``[0, 1]`` → ``[B]`` float32 on the CPU.
         """
-        _check_pair(pred, target)
-        out = self._metric("psnr")(self._prepare(pred), self._prepare(target))
-        return out.reshape(-1).float().cpu()
+        return self._full_reference("psnr", pred, target)
 
     @torch.no_grad()
     def ssim(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,8 +126,12 @@ class ImageMetrics:
         Shape:
             pred, target ``[B, 3, H, W]`` float in ``[0, 1]`` → ``[B]`` float32 on the CPU.
         """
+        return self._full_reference("ssim", pred, target)
+
+    def _full_reference(self, name: str, pred: torch.Tensor, target: torch.Tensor
+                        ) -> torch.Tensor:
         _check_pair(pred, target)
-        out = self._metric("ssim")(self._prepare(pred), self._prepare(target))
+        out = self._metric(name)(self._prepare(pred), self._prepare(target))
         return out.reshape(-1).float().cpu()
 
     @torch.no_grad()

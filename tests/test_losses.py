@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from bluref_ray.losses import (
     LOSSES,
     build_loss,
+    confidence_level,
     confidence_mask,
     fft_l1,
     masked_l1,
@@ -96,6 +97,13 @@ def test_confidence_mask_threshold_is_inclusive() -> None:
     mask = confidence_mask(confidence, 0.5)
     assert mask.dtype == torch.float32 and not mask.requires_grad
     assert mask.flatten().tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_stored_confidence_is_confident_from_the_level_of_tau() -> None:
+    assert confidence_level(0.7) == 178  # 255 · 0.7 = 178.5: round(255 c) >= 178 ⟺ c >= ~0.7
+    assert confidence_level(0.5) == 127 and confidence_level(1.0) == 255
+    stored = torch.tensor([0, 177, 178, 255], dtype=torch.uint8).reshape(1, 1, 1, 4)
+    assert confidence_mask(stored, 0.7).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_fft_l1() -> None:

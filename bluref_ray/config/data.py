@@ -155,31 +155,31 @@ class IngestConfig:
     label_score: str = field(
         default="laplacian",
         metadata=method("score that labels video frames: 'laplacian' (variance of the Laplacian) "
-                       "or 'fft' (Zou et al. frequency score)"))
+                        "or 'fft' (Zou et al. frequency score)"))
     label_rule: str = field(
         default="local",
         metadata=method("how video and image-folder frames are labelled: 'local' (a frame is "
-                       "blurry against the sharp level of the frames within ±label_window of "
-                       "its shot: scene content cancels out) or 'clip' (Otsu's threshold over "
-                       "the whole clip's scores)"))
+                        "blurry against the sharp level of the frames within ±label_window of "
+                        "its shot: scene content cancels out) or 'clip' (Otsu's threshold over "
+                        "the whole clip's scores)"))
     label_window: int = field(
         default=10, metadata=method("local rule: frames on each side that set a frame's sharp "
-                                   "level"))
+                                    "level"))
     threshold: float | None = field(
         default=None,
         metadata=method("fixed sharpness threshold for the label score (frames below are blurry); "
-                       "overrides label_rule"))
+                        "overrides label_rule"))
     min_spread: float = field(
         default=0.15,
         metadata=method("clip rule: a clip whose log label scores spread less than this (std) is "
-                       "one population: all sharp, no automatic split"))
+                        "one population: all sharp, no automatic split"))
     protocol: str = field(
         default="auto",
         metadata=method("which sharp frames may be references: 'camera' (only frames recorded "
-                       "sharp: videos, and trees whose blur/ holds some indices), 'paper' (the "
-                       "sharp frame of every other index within ±delta, never the frame's own: "
-                       "the BluRef paper's protocol on paired trees) or 'auto' (paper for paired "
-                       "trees, whose blur/ holds every index; camera otherwise)"))
+                        "sharp: videos, and trees whose blur/ holds some indices), 'paper' (the "
+                        "sharp frame of every other index within ±delta, never the frame's own: "
+                        "the BluRef paper's protocol on paired trees) or 'auto' (paper for paired "
+                        "trees, whose blur/ holds every index; camera otherwise)"))
     frame_rate: float = field(
         default=30.0, metadata=method("frame rate assumed for frame trees (timestamps)"))
     max_frames: int | None = field(

@@ -24,47 +24,47 @@ class PseudoGTConfig:
     delta: int | None = field(
         default=None,
         metadata=method("Δ: use only references within ±delta frames of the blurry frame "
-                       "(default: all that ingest picked, within its own ingest.delta)"))
+                        "(default: all that ingest picked, within its own ingest.delta)"))
     tau: float = field(
         default=0.7, metadata=method("τ: confidence threshold; pixels at or above it are covered"))
     strategy: str = field(
         default="reblur",
         metadata=method("fusion: 'reblur' (match, estimate the frame's blur kernel, blur the "
-                       "references by it and match again; the sharpest pseudo-GT), "
-                       "'sequential' (the running fusion is the next matching input), "
-                       "'weighted' (average of independent matches) or 'progressive' (new "
-                       "references only for pixels still below τ)"))
+                        "references by it and match again; the sharpest pseudo-GT), "
+                        "'sequential' (the running fusion is the next matching input), "
+                        "'weighted' (average of independent matches) or 'progressive' (new "
+                        "references only for pixels still below τ)"))
     kernel_size: int = field(
         default=41,
         metadata=method("reblur: side of the estimated blur kernel, pixels (odd; at least the "
-                       "longest blur streak)"))
+                        "longest blur streak)"))
     check: bool = field(
         default=True,
         metadata=method("reblur: the physical check; a reference counts only where, blurred by "
-                       "the frame's kernel, it reproduces the blurry frame, and where the blurry "
-                       "frame is already sharp it is its own pseudo-sharp image (confident "
-                       "pixels then beat or equal the blurry frame on real footage)"))
+                        "the frame's kernel, it reproduces the blurry frame, and where the blurry "
+                        "frame is already sharp it is its own pseudo-sharp image (confident "
+                        "pixels then beat or equal the blurry frame on real footage)"))
     check_gain: float = field(
         default=4.0,
         metadata=method("check: a reference must change the blurry frame this many times more "
-                       "than its reblurred self misses it"))
+                        "than its reblurred self misses it"))
     check_noise: float = field(
         default=2.0, metadata=method("check: the camera's noise level, 8-bit levels"))
     matcher: str = field(
         default="learned",
         metadata=matching("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
-                       "(OpenCV DIS optical flow, the classical baseline)"))
+                          "(OpenCV DIS optical flow, the classical baseline)"))
     matcher_checkpoint: str = field(
         default="package://bluref_ray/assets/matcher.pt",
         metadata=matching("learned matcher checkpoint (default: the one shipped in the package)"))
     matcher_radius: float | None = field(
         default=4.0,
         metadata=matching("learned matcher: confidence as P(error < R px), R = 1, 2 or 4; 4 gave "
-                       "the best pseudo-GT (none: the checkpoint's own)"))
+                          "the best pseudo-GT (none: the checkpoint's own)"))
     dis_refine: bool = field(
         default=True,
         metadata=matching("learned matcher: refine its flow with DIS started from it (sub-pixel "
-                       "precision; on the CPU); the confidence stays the network's"))
+                          "precision; on the CPU); the confidence stays the network's"))
     dis_preset: str = field(
         default="medium", metadata=matching("DIS preset: ultrafast, fast or medium"))
     dis_ref_blur: float = field(
@@ -73,7 +73,7 @@ class PseudoGTConfig:
     deblurrer: str | None = field(
         default=None,
         metadata=method("deblurrer checkpoint: match its output instead of the blurry frame "
-                       "(iterative target refinement)"))
+                        "(iterative target refinement)"))
     round: int = field(default=1, metadata=method("refinement round recorded in the shards"))
     batch_size: int = field(
         default=8, metadata=execution("blurry frames matched together in one batch"))

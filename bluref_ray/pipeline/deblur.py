@@ -3,7 +3,7 @@
 Stages (each with its resources):
 
 1. **plan** (driver, metadata only): each input is an image file, a video file, or a folder /
-   bucket prefix listed recursively (images: png, jpg, jpeg, bmp, tif, tiff; videos: mp4, avi,
+   bucket prefix listed recursively (images: png, jpg, jpeg, bmp, tif, tiff, webp; videos: mp4, avi,
    mov, mkv, webm, m4v). A file below a folder input goes to ``OUT/<path below the folder>``, a
    file input to ``OUT/<its name>``; images become PNG (same stem), videos keep their container
    (mp4, mkv, mov, avi; others become mp4). Outputs that exist already are skipped unless
@@ -39,12 +39,12 @@ import torch
 from bluref_ray import storage
 from bluref_ray.config import Config, DeblurConfig
 from bluref_ray.data.images import ImageError, decode_image, encode_png, to_float, to_uint8
+from bluref_ray.data.sources import IMAGE_EXTENSIONS
 from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, decode_frames
 from bluref_ray.models.tiling import tiled_forward
 from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup
 from bluref_ray.storage import StorageConfig, StorageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Containers an output video keeps; other video inputs are written as mp4.
 VIDEO_OUT_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
 #: Video frames deblurred per model call (tiles of one frame are batched by tiled_forward).

@@ -18,6 +18,7 @@ from bluref_ray.config import PseudoGTConfig
 from bluref_ray.data.images import decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.windows import BlurryFrame, Window
 from bluref_ray.fusion import Align, Check, aligner, dis_rematch, fuse
+from bluref_ray.losses import confidence_level
 from bluref_ray.matching import matcher_from_config
 from bluref_ray.metrics import masked_psnr
 from bluref_ray.storage import StorageConfig
@@ -110,6 +111,7 @@ class PairMaker:
              conf: torch.Tensor, coverage: float, refs_used: int) -> dict:
         pg = self.pg
         conf_np = conf.float().cpu().numpy()
+        conf_u8 = to_uint8(conf[None])[..., 0]  # as stored
         hist = np.histogram(conf_np, bins=HIST_BINS, range=(0.0, 1.0))[0]
         psnr_pseudo = psnr_blurry = None
         if f.gt_uri:
@@ -117,7 +119,7 @@ class PairMaker:
             if gt.shape == blurry.shape:
                 images = to_float(np.stack([pseudo, blurry]))
                 truth = to_float(gt).expand(2, -1, -1, -1)
-                mask = torch.from_numpy(conf_np >= pg.tau).expand(2, -1, -1)
+                mask = torch.from_numpy(conf_u8 >= confidence_level(pg.tau)).expand(2, -1, -1)
                 if mask.any():
                     psnr_pseudo, psnr_blurry = masked_psnr(images, truth, mask).tolist()
         return {
@@ -126,7 +128,7 @@ class PairMaker:
             "matcher": pg.matcher, "strategy": pg.strategy, "tau": pg.tau,
             "config_hash": self.chash, "height": blurry.shape[0], "width": blurry.shape[1],
             "blurry_png": encode_png(blurry), "pseudo_png": encode_png(pseudo),
-            "confidence_png": encode_png(to_uint8(conf[None])[..., 0]),
+            "confidence_png": encode_png(conf_u8),
             "coverage": coverage, "confidence_hist": hist.tolist(), "refs_used": refs_used,
             "reference_ids": f.ref_ids, "source_uri": f.source_uri, "gt_uri": f.gt_uri,
             "psnr_pseudo": psnr_pseudo, "psnr_blurry": psnr_blurry,

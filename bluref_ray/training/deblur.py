@@ -37,6 +37,7 @@ import torch
 from bluref_ray import storage
 from bluref_ray.config import Config, ConfigError, TrainConfig
 from bluref_ray.data.images import decode_image, to_float
+from bluref_ray.losses import confidence_level
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
     export_model,
@@ -108,7 +109,7 @@ def crop_pairs(batch: dict[str, np.ndarray], crop: int, crops_per_frame: int, ta
         ConfigError: supervised mode and a pair without ground truth.
     """
     rng = rng or np.random.default_rng()
-    level = int(np.ceil(255.0 * tau - 0.5))
+    level = confidence_level(tau)
     out: dict[str, list[np.ndarray]] = {"blurry": [], "target": [], "mask": []}
     for i in range(len(batch["row_id"])):
         blurry = decode_image(batch["blurry_png"][i], "blurry_png")[0]
