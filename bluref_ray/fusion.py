@@ -1,8 +1,8 @@
 """Fusion: BluRef's three strategies and blur-aware matching; references → pseudo-sharp image.
 
-All work on batches: B targets, each with up to N references (missing ones flagged in
-``available``). ``align(target, reference)`` matches and warps: it returns the reference in the
-target's frame and its confidence (0 where the match leaves the frame); :func:`aligner` builds
+All work on batches: B queries, each with up to N references (missing ones flagged in
+``available``). ``align(query, reference)`` matches and warps: it returns the reference in the
+query's frame and its confidence (0 where the match leaves the frame); :func:`aligner` builds
 it from any :class:`~bluref_ray.matching.Matcher`.
 
 * :func:`weighted_average`: match every reference to the blurry frame independently; average
@@ -42,10 +42,10 @@ from bluref_ray.matching.kernel import (
 )
 from bluref_ray.matching.warp import warp
 
-#: ``align(target [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
+#: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
 Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-#: ``rematch(target, blurred reference, sharp reference) -> (aligned sharp reference,
-#: confidence)``: match the target to the blurred reference, warp the sharp one.
+#: ``rematch(query, blurred reference, sharp reference) -> (aligned sharp reference,
+#: confidence)``: match the query to the blurred reference, warp the sharp one.
 Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -68,10 +68,10 @@ class Fusion:
 
 
 def aligner(matcher: Matcher) -> Align:
-    """Match, then warp the reference into the target's frame; invalid pixels get confidence 0."""
+    """Match, then warp the reference into the query's frame; invalid pixels get confidence 0."""
 
-    def align(target: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = matcher(target, reference)
+    def align(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = matcher(query, reference)
         aligned, valid = warp(reference, m.flow)
         return aligned, m.confidence * valid
 
@@ -79,11 +79,11 @@ def aligner(matcher: Matcher) -> Align:
 
 
 def rematcher(matcher: Matcher) -> Rematch:
-    """Match the target to a blurred reference, warp the sharp one by that flow."""
+    """Match the query to a blurred reference, warp the sharp one by that flow."""
 
-    def rematch(target: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
+    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        m = matcher(target, blurred)
+        m = matcher(query, blurred)
         aligned, valid = warp(sharp, m.flow)
         return aligned, m.confidence * valid
 
@@ -102,11 +102,11 @@ def dis_rematch(preset: str = "medium") -> Rematch:
 class _Accumulator:
     """Running confidence-weighted sum of aligned references (matches ≥ τ only)."""
 
-    def __init__(self, target: torch.Tensor, tau: float) -> None:
-        self.target, self.tau = target, tau
-        self.sum = torch.zeros_like(target)
-        self.weight = torch.zeros_like(target[:, :1])
-        self.best = torch.zeros_like(target[:, :1])
+    def __init__(self, query: torch.Tensor, tau: float) -> None:
+        self.query, self.tau = query, tau
+        self.sum = torch.zeros_like(query)
+        self.weight = torch.zeros_like(query[:, :1])
+        self.best = torch.zeros_like(query[:, :1])
 
     def add(self, aligned: torch.Tensor, conf: torch.Tensor, idx: torch.Tensor | None = None,
             only: torch.Tensor | None = None) -> None:
@@ -121,79 +121,79 @@ class _Accumulator:
 
     def image(self) -> torch.Tensor:
         fused = self.sum / self.weight.clamp_min(1e-8)
-        return torch.where(self.weight > 0, fused, self.target)
+        return torch.where(self.weight > 0, fused, self.query)
 
     def result(self, refs_used: torch.Tensor) -> Fusion:
         coverage = (self.best >= self.tau).flatten(1).float().mean(1)
         return Fusion(self.image(), self.best, coverage, refs_used)
 
 
-def _check(target: torch.Tensor, refs: torch.Tensor, available: torch.Tensor | None
+def _check(query: torch.Tensor, refs: torch.Tensor, available: torch.Tensor | None
            ) -> torch.Tensor:
-    if refs.dim() != 5 or refs.shape[0] != target.shape[0] or refs.shape[2:] != target.shape[1:]:
-        raise ValueError(f"references {tuple(refs.shape)} do not fit targets "
-                         f"{tuple(target.shape)}: expected [B, N, 3, H, W]")
+    if refs.dim() != 5 or refs.shape[0] != query.shape[0] or refs.shape[2:] != query.shape[1:]:
+        raise ValueError(f"references {tuple(refs.shape)} do not fit queries "
+                         f"{tuple(query.shape)}: expected [B, N, 3, H, W]")
     if available is None:
         return torch.ones(refs.shape[:2], dtype=torch.bool, device=refs.device)
     return available.to(torch.bool)
 
 
-def _every_reference(target: torch.Tensor, refs: torch.Tensor, align: Align, tau: float,
+def _every_reference(query: torch.Tensor, refs: torch.Tensor, align: Align, tau: float,
                      available: torch.Tensor | None, running: bool) -> Fusion:
-    """Add every reference, matched to the target (or, if ``running``, to the fusion so far).
+    """Add every reference, matched to the query (or, if ``running``, to the fusion so far).
 
     The matcher gets one reference slot of the whole batch at a time (B pairs per call), so
     memory stays that of B pairs whatever N is.
     """
-    avail = _check(target, refs, available)
-    acc = _Accumulator(target, tau)
+    avail = _check(query, refs, available)
+    acc = _Accumulator(query, tau)
     for k in range(refs.shape[1]):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
-            source = acc.image() if running else target
+            source = acc.image() if running else query
             aligned, conf = align(source[idx], refs[idx, k])
             acc.add(aligned, conf, idx)
     return acc.result(avail.sum(1))
 
 
-def weighted_average(target: torch.Tensor, refs: torch.Tensor, align: Align, tau: float = 0.7,
+def weighted_average(query: torch.Tensor, refs: torch.Tensor, align: Align, tau: float = 0.7,
                      available: torch.Tensor | None = None) -> Fusion:
-    """Match every reference to the target independently, then average by confidence.
+    """Match every reference to the query independently, then average by confidence.
 
     Shape:
-        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+        query ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
-    return _every_reference(target, refs, align, tau, available, running=False)
+    return _every_reference(query, refs, align, tau, available, running=False)
 
 
-def sequential_accumulation(target: torch.Tensor, refs: torch.Tensor, align: Align,
+def sequential_accumulation(query: torch.Tensor, refs: torch.Tensor, align: Align,
                             tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
     """Fuse references one by one; the running fused image is the next matching input.
 
     Shape:
-        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+        query ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
-    return _every_reference(target, refs, align, tau, available, running=True)
+    return _every_reference(query, refs, align, tau, available, running=True)
 
 
-def progressive_average(target: torch.Tensor, refs: torch.Tensor, align: Align,
+def progressive_average(query: torch.Tensor, refs: torch.Tensor, align: Align,
                         tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
     """Add references in order, each only where pixels are still below τ; then fuse all.
 
-    A reference is not matched at all for a target whose pixels are all covered already.
+    A reference is not matched at all for a query whose pixels are all covered already.
 
     Shape:
-        target ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
+        query ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
-    avail = _check(target, refs, available)
-    acc = _Accumulator(target, tau)
-    used = torch.zeros(target.shape[0], dtype=torch.long, device=target.device)
+    avail = _check(query, refs, available)
+    acc = _Accumulator(query, tau)
+    used = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
     for k in range(refs.shape[1]):
         uncovered = acc.best < tau  # [B, 1, H, W]
         idx = (avail[:, k] & uncovered.flatten(1).any(1)).nonzero(as_tuple=True)[0]
         if not len(idx):
             continue
-        aligned, conf = align(target[idx], refs[idx, k])
+        aligned, conf = align(query[idx], refs[idx, k])
         acc.add(aligned, conf, idx, only=uncovered[idx])
         used[idx] += 1
     return acc.result(used)
@@ -312,13 +312,13 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
     return image, confidence
 
 
-def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, rematch: Rematch,
+def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematch: Rematch,
                    tau: float = 0.7, available: torch.Tensor | None = None,
                    blurry: torch.Tensor | None = None, kernel_size: int = 41,
                    check: Check | None = Check()) -> Fusion:
     """Blur-aware matching: align, estimate the blur kernel, blur the references, match again.
 
-    1. ``align`` matches every reference to ``target`` (the blurry frame, or a deblurrer's
+    1. ``align`` matches every reference to ``query`` (the blurry frame, or a deblurrer's
        output of it in later refinement rounds).
     2. One blur kernel per frame: ``blurry ≈ k ⊛ aligned`` over all aligned references, centred
        on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
@@ -330,24 +330,24 @@ def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, remat
        vouch for; without it, the references are averaged by confidence (matches ≥ τ only).
 
     Shape:
-        target, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]``
+        query, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]``
         → :class:`Fusion`.
     """
-    avail = _check(target, refs, available)
-    blurry = target if blurry is None else blurry
+    avail = _check(query, refs, available)
+    blurry = query if blurry is None else blurry
     b, n = refs.shape[:2]
-    views = torch.zeros(b, n, *target.shape[-2:], device=target.device)
+    views = torch.zeros(b, n, *query.shape[-2:], device=query.device)
     for k in range(n):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
-            aligned, _ = align(target[idx], refs[idx, k])
+            aligned, _ = align(query[idx], refs[idx, k])
             views[idx, k] = linear_luma(aligned).float()
-    side = min(kernel_size, (min(target.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
+    side = min(kernel_size, (min(query.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
     kernel = estimate_kernel(views, linear_luma(blurry).float(), side, avail)
     kernel = centre_on(kernel, midpoint(kernel))
     aligned_all = torch.zeros_like(refs)
-    conf_all = torch.zeros(b, n, 1, *target.shape[-2:], device=target.device,
-                           dtype=target.dtype)
+    conf_all = torch.zeros(b, n, 1, *query.shape[-2:], device=query.device,
+                           dtype=query.dtype)
     for k in range(n):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
@@ -366,21 +366,21 @@ def reblur_average(target: torch.Tensor, refs: torch.Tensor, align: Align, remat
     return Fusion(image, confidence, coverage, avail.sum(1))
 
 
-def fuse(strategy: str, target: torch.Tensor, refs: torch.Tensor, align: Align,
+def fuse(strategy: str, query: torch.Tensor, refs: torch.Tensor, align: Align,
          tau: float = 0.7, available: torch.Tensor | None = None,
          rematch: Rematch | None = None, blurry: torch.Tensor | None = None,
          kernel_size: int = 41, check: Check | None = Check()) -> Fusion:
     """Run one of :data:`STRATEGIES` by name.
 
-    ``reblur`` also takes ``rematch`` (default: :func:`dis_rematch`), when ``target`` is not
+    ``reblur`` also takes ``rematch`` (default: :func:`dis_rematch`), when ``query`` is not
     the blurry frame itself (a deblurrer's output), the ``blurry`` frame, and the physical
     ``check`` (None: none).
     """
     fns = {"weighted": weighted_average, "sequential": sequential_accumulation,
            "progressive": progressive_average}
     if strategy == "reblur":
-        return reblur_average(target, refs, align, rematch or dis_rematch(), tau, available,
+        return reblur_average(query, refs, align, rematch or dis_rematch(), tau, available,
                               blurry, kernel_size, check)
     if strategy not in fns:
         raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    return fns[strategy](target, refs, align, tau, available)
+    return fns[strategy](query, refs, align, tau, available)

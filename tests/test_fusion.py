@@ -27,7 +27,7 @@ def _photo(h=48, w=64, seed=0):
     return torch.from_numpy(img).permute(2, 0, 1).clamp(0, 1)
 
 
-def _zero_flow_full_confidence(target, reference):
+def _zero_flow_full_confidence(query, reference):
     aligned, valid = warp(reference, torch.zeros_like(reference[:, :2]))
     return aligned, valid
 
@@ -36,10 +36,10 @@ def test_zero_flow_warp_and_fusion_reproduce_the_reference_exactly():
     ref = _photo()[None]
     aligned, valid = warp(ref, torch.zeros(1, 2, 48, 64))
     assert torch.equal(aligned, ref) and bool(valid.all())
-    # an unrelated target in the same light (reblur gives references the target's light)
-    target = torch.roll(ref, shifts=(17, 23), dims=(-2, -1))
-    for strategy in STRATEGIES:  # reblur without its physical check: target is unrelated
-        f = fuse(strategy, target, ref[:, None], _zero_flow_full_confidence,
+    # an unrelated query in the same light (reblur gives references the query's light)
+    query = torch.roll(ref, shifts=(17, 23), dims=(-2, -1))
+    for strategy in STRATEGIES:  # reblur without its physical check: query is unrelated
+        f = fuse(strategy, query, ref[:, None], _zero_flow_full_confidence,
                  rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp),
                  check=None)
         if strategy == "reblur":
@@ -52,21 +52,21 @@ def test_zero_flow_warp_and_fusion_reproduce_the_reference_exactly():
 def test_integer_flow_shifts_and_out_of_frame_is_invalid():
     ref = _photo()[None]
     flow = torch.zeros(1, 2, 48, 64)
-    flow[:, 0] = 3.0  # every target pixel looks 3 px to the right in the reference
+    flow[:, 0] = 3.0  # every query pixel looks 3 px to the right in the reference
     aligned, valid = warp(ref, flow)
     assert torch.allclose(aligned[..., :, :61], ref[..., :, 3:], atol=1e-6)
     assert valid[..., :61].all() and not valid[..., 61:].any()
 
 
 def test_progressive_matches_no_new_reference_where_pixels_are_covered():
-    target, r0, r1 = _photo(seed=1)[None], _photo(seed=2)[None], _photo(seed=3)[None]
+    query, r0, r1 = _photo(seed=1)[None], _photo(seed=2)[None], _photo(seed=3)[None]
     calls = []
 
     def counting(t, r):
         calls.append(len(t))
         return _zero_flow_full_confidence(t, r)
 
-    f = progressive_average(target, torch.stack([r0, r1], 1), counting)
+    f = progressive_average(query, torch.stack([r0, r1], 1), counting)
     assert calls == [1] and f.refs_used.tolist() == [1]  # all covered by r0: r1 never matched
     assert torch.equal(f.image, r0)
 
@@ -80,7 +80,7 @@ def test_progressive_keeps_covered_pixels_with_a_real_matcher(tiny_data):
     def load(path):
         return torch.from_numpy(cv2.imread(path)[..., ::-1].copy()).permute(2, 0, 1) / 255.0
 
-    target = load(f"{seq}/blur/{blur}")[None]
+    query = load(f"{seq}/blur/{blur}")[None]
     refs = torch.stack([load(f"{seq}/sharp/{i:06d}.png") for i in (t - 1, t + 1, t + 2)])[None]
     calls = []
     real = aligner(build_matcher("dis"))
@@ -89,8 +89,8 @@ def test_progressive_keeps_covered_pixels_with_a_real_matcher(tiny_data):
         calls.append(tt)
         return real(tt, rr)
 
-    one = progressive_average(target, refs[:, :1], real)
-    three = progressive_average(target, refs, recording)
+    one = progressive_average(query, refs[:, :1], real)
+    three = progressive_average(query, refs, recording)
     covered = (one.confidence >= 0.7).expand_as(one.image)
     assert 0 < covered.float().mean() < 1
     assert torch.equal(three.image[covered], one.image[covered])
@@ -109,28 +109,28 @@ def test_coverage_rises_with_n(tiny_data):
         return torch.from_numpy(cv2.imread(path)[..., ::-1].copy()).permute(2, 0, 1) / 255.0
 
     blurry = [f["index"] for f in clip["frames"] if f["blurry"] and 3 <= f["index"] <= 20][:3]
-    target = torch.stack([load(f"{seq}/blur/{t:06d}.png") for t in blurry])
+    query = torch.stack([load(f"{seq}/blur/{t:06d}.png") for t in blurry])
     refs = torch.stack([torch.stack([load(f"{seq}/sharp/{t + d:06d}.png") for d in
                                      (-1, 1, -2, 2, -3, 3)]) for t in blurry])
     align = aligner(build_matcher("dis"))
     for strategy in STRATEGIES:
-        cov = [fuse(strategy, target, refs[:, :n], align).coverage.mean().item()
+        cov = [fuse(strategy, query, refs[:, :n], align).coverage.mean().item()
                for n in (1, 2, 4, 6)]
         assert cov == sorted(cov), (strategy, cov)
         assert cov[-1] > cov[0] + 0.05, (strategy, cov)
 
 
 def test_missing_references_are_skipped_and_shapes_checked():
-    target = _photo(seed=1)[None].repeat(2, 1, 1, 1)
+    query = _photo(seed=1)[None].repeat(2, 1, 1, 1)
     refs = torch.stack([_photo(seed=2), _photo(seed=3)])[None].repeat(2, 1, 1, 1, 1)
     available = torch.tensor([[True, False], [False, False]])
-    f = weighted_average(target, refs, _zero_flow_full_confidence, available=available)
-    assert torch.equal(f.image[0], refs[0, 0]) and torch.equal(f.image[1], target[1])
+    f = weighted_average(query, refs, _zero_flow_full_confidence, available=available)
+    assert torch.equal(f.image[0], refs[0, 0]) and torch.equal(f.image[1], query[1])
     assert f.coverage.tolist() == [1.0, 0.0] and f.refs_used.tolist() == [1, 0]
     with pytest.raises(ValueError, match="do not fit"):
-        weighted_average(target, refs[:, :, :, :10], _zero_flow_full_confidence)
+        weighted_average(query, refs[:, :, :, :10], _zero_flow_full_confidence)
     with pytest.raises(ValueError, match="unknown fusion strategy"):
-        fuse("median", target, refs, _zero_flow_full_confidence)
+        fuse("median", query, refs, _zero_flow_full_confidence)
 
 
 def test_dis_confidence_is_high_on_an_identity_pair_and_low_on_unrelated_images():
@@ -222,14 +222,14 @@ def test_reblur_fusion_is_sharper_than_matching_the_blurry_frame():
 
 
 def test_reblur_fits_its_kernel_to_small_frames_and_skips_missing_references():
-    target = _photo(h=16, w=20, seed=1)[None].repeat(2, 1, 1, 1)
-    other = torch.roll(target[0], shifts=(5, 7), dims=(-2, -1))  # another view, the same light
+    query = _photo(h=16, w=20, seed=1)[None].repeat(2, 1, 1, 1)
+    other = torch.roll(query[0], shifts=(5, 7), dims=(-2, -1))  # another view, the same light
     refs = torch.stack([other] * 2)[None].repeat(2, 1, 1, 1, 1)
     available = torch.tensor([[True, False], [False, False]])
-    f = fuse("reblur", target, refs, _zero_flow_full_confidence, available=available,
+    f = fuse("reblur", query, refs, _zero_flow_full_confidence, available=available,
              rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp), check=None)
     torch.testing.assert_close(f.image[0], refs[0, 0], atol=1e-5, rtol=0)
-    assert torch.equal(f.image[1], target[1])
+    assert torch.equal(f.image[1], query[1])
     assert f.refs_used.tolist() == [1, 0]
 
 

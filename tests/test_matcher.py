@@ -45,11 +45,11 @@ def test_synthetic_pairs_are_consistent_with_their_flow():
     b = make_batch(photos, 4, cfg, torch.Generator().manual_seed(0))
     warped, inside = warp(b["reference"], b["flow"])
     m = (b["valid"] * inside).bool().expand_as(warped)
-    # only the exposure change separates the target from the warped reference
-    assert (warped - b["target"]).abs()[m].mean() < 0.08
+    # only the exposure change separates the query from the warped reference
+    assert (warped - b["query"]).abs()[m].mean() < 0.08
     assert b["flow"].norm(dim=1).mean() > 2  # it does move
     again = make_batch(photos, 4, cfg, torch.Generator().manual_seed(0))
-    assert torch.equal(again["target"], b["target"])  # deterministic for a seed
+    assert torch.equal(again["query"], b["query"])  # deterministic for a seed
     k = motion_kernel(9.0, 0.3, 0.2, 13)
     assert abs(k.sum().item() - 1) < 1e-5
     ys, xs = torch.meshgrid(torch.arange(13.0) - 6, torch.arange(13.0) - 6, indexing="ij")
@@ -72,9 +72,9 @@ def test_moving_objects_have_their_own_flow():
     assert (b["valid"] < plain["valid"]).any()  # the background it hides in the reference
     warped, inside = warp(b["reference"], b["flow"])
     m = (b["valid"] * inside).bool().expand_as(warped)
-    assert (warped - b["target"]).abs()[m].mean() < 0.08
+    assert (warped - b["query"]).abs()[m].mean() < 0.08
     on_object = (moved[:, None] & (b["valid"] > 0.5)).expand_as(warped)
-    assert (warped - b["target"]).abs()[on_object].mean() < 0.08
+    assert (warped - b["query"]).abs()[on_object].mean() < 0.08
 
 
 def test_sparsification_and_calibration_metrics():
@@ -88,7 +88,7 @@ def test_sparsification_and_calibration_metrics():
 
 
 def _homography_pair(s: int = 160) -> tuple[torch.Tensor, ...]:
-    """A held-out photo and its warp by a known homography (~11 px motion): target, reference,
+    """A held-out photo and its warp by a known homography (~11 px motion): query, reference,
     true flow, valid mask."""
     import kornia
 
@@ -102,13 +102,13 @@ def _homography_pair(s: int = 160) -> tuple[torch.Tensor, ...]:
     p = hom @ torch.stack([xs, ys, torch.ones_like(xs)]).reshape(3, -1)
     g = (p[:2] / p[2:]).reshape(2, s, s)
     flow = (g - torch.stack([xs, ys]))[None]
-    target, valid = warp(ref, flow)
-    return target, ref, flow, valid
+    query, valid = warp(ref, flow)
+    return query, ref, flow, valid
 
 
 def test_shipped_matcher_recovers_a_known_homography():
-    target, ref, flow, valid = _homography_pair()
-    res = build_matcher("learned")(target, ref)
+    query, ref, flow, valid = _homography_pair()
+    res = build_matcher("learned")(query, ref)
     err = (res.flow - flow).norm(dim=1, keepdim=True)
     assert (err * valid).sum() / valid.sum() < 2.0  # a few pixels at most, for ~11 px motion
     assert flow.norm(dim=1).mean() > 8
@@ -117,16 +117,16 @@ def test_shipped_matcher_recovers_a_known_homography():
 def test_dis_refinement_starts_from_the_learned_flow():
     from bluref_ray.matching.classical import DISMatcher
 
-    target, ref, flow, valid = _homography_pair()
+    query, ref, flow, valid = _homography_pair()
     dis = DISMatcher(ref_blur=0.0)
-    before = dis(target, ref).flow
+    before = dis(query, ref).flow
     # started 3 px off everywhere, DIS brings the flow back to within a pixel
-    off = dis.refine(target, ref, flow + 3.0)
-    assert torch.equal(dis(target, ref).flow, before)  # plain calls are not changed by it
+    off = dis.refine(query, ref, flow + 3.0)
+    assert torch.equal(dis(query, ref).flow, before)  # plain calls are not changed by it
     err = (off - flow).norm(dim=1, keepdim=True)
     assert (err * valid).sum() / valid.sum() < 1.0
-    plain = build_matcher("learned")(target, ref)
-    refined = build_matcher("learned", refine=dis)(target, ref)
+    plain = build_matcher("learned")(query, ref)
+    refined = build_matcher("learned", refine=dis)(query, ref)
     assert torch.equal(refined.confidence, plain.confidence)  # the network's, unchanged
     err = (refined.flow - flow).norm(dim=1, keepdim=True)
     assert (err * valid).sum() / valid.sum() < 1.0
@@ -137,11 +137,11 @@ def test_shipped_confidence_falls_where_images_disagree():
     m = build_matcher("learned")
     cfg = PairConfig(size=128, p_identity=0.0, p_occluder=1.0)
     pairs = make_batch(photos, 6, cfg, torch.Generator().manual_seed(4), blur=True)
-    res = m(pairs["target"], pairs["reference"])
+    res = m(pairs["query"], pairs["reference"])
     conf, valid = res.confidence, pairs["valid"] > 0.5
     assert conf[~valid].mean() < conf[valid].mean() - 0.3  # occluded / out of view: low
     # as P(error < 2 px), τ = 0.7 keeps a sensible share of pixels of these hard pairs
-    wide = build_matcher("learned", radius_px=2.0)(pairs["target"], pairs["reference"])
+    wide = build_matcher("learned", radius_px=2.0)(pairs["query"], pairs["reference"])
     covered = (wide.confidence >= 0.7).float().mean()
     assert 0.3 < covered < 0.98
     err = (wide.flow - pairs["flow"]).norm(dim=1, keepdim=True)
@@ -205,10 +205,10 @@ def test_shipped_matcher_is_sure_of_an_identity_pair():
     photos = load_photos(HELD_OUT_PHOTOS)
     cfg = PairConfig(size=128, p_identity=1.0)
     pair = make_batch(photos, 3, cfg, torch.Generator().manual_seed(7), blur=False)
-    assert torch.equal(pair["target"], pair["reference"]) and pair["flow"].abs().max() == 0
-    res = build_matcher("learned")(pair["target"], pair["reference"])
+    assert torch.equal(pair["query"], pair["reference"]) and pair["flow"].abs().max() == 0
+    res = build_matcher("learned")(pair["query"], pair["reference"])
     assert res.flow.norm(dim=1).mean() < 0.3  # pixels
     inner = (..., slice(8, -8), slice(8, -8))  # it falls within a few pixels of the border
     assert res.confidence.mean() > 0.85 and res.confidence[inner].mean() > 0.95  # P(err < 1)
-    wide = build_matcher("learned", radius_px=2.0)(pair["target"], pair["reference"])
+    wide = build_matcher("learned", radius_px=2.0)(pair["query"], pair["reference"])
     assert wide.confidence[inner].mean() > 0.99  # P(err < 2)

@@ -1,12 +1,12 @@
 """Dense matching: the Matcher protocol, warping, and the matchers (classical baseline first).
 
-A matcher maps each pixel of a target to a reference::
+A matcher maps each pixel of a query to a reference::
 
-    result = matcher(target, reference)        # [B,3,H,W] floats in [0, 1] each
-    result.flow        # [B,2,H,W]: (dx, dy) in pixels; target (x, y) ↔ reference (x+dx, y+dy)
+    result = matcher(query, reference)        # [B,3,H,W] floats in [0, 1] each
+    result.flow        # [B,2,H,W]: (dx, dy) in pixels; query (x, y) ↔ reference (x+dx, y+dy)
     result.confidence  # [B,1,H,W] in [0, 1]
 
-:func:`warp` brings the reference into the target's frame with that flow.
+:func:`warp` brings the reference into the query's frame with that flow.
 """
 
 from bluref_ray.matching.base import Matcher, MatchResult

@@ -10,10 +10,10 @@ import torch
 
 @dataclass
 class MatchResult:
-    """Dense correspondences from a target to a reference.
+    """Dense correspondences from a query to a reference.
 
     Attributes:
-        flow: ``[B, 2, H, W]`` displacement in pixels, (dx, dy): target pixel (x, y) matches
+        flow: ``[B, 2, H, W]`` displacement in pixels, (dx, dy): query pixel (x, y) matches
             reference pixel (x + dx, y + dy).
         confidence: ``[B, 1, H, W]`` in [0, 1], the probability that the match is right.
     """
@@ -24,15 +24,15 @@ class MatchResult:
 
 @runtime_checkable
 class Matcher(Protocol):
-    """Anything that matches batches of targets to references.
+    """Anything that matches batches of queries to references.
 
     Shape:
-        target, reference: ``[B, 3, H, W]`` float in [0, 1], on one device → :class:`MatchResult`
+        query, reference: ``[B, 3, H, W]`` float in [0, 1], on one device → :class:`MatchResult`
         on the same device.
     """
 
     name: str
 
-    def __call__(self, target: torch.Tensor, reference: torch.Tensor) -> MatchResult: ...
+    def __call__(self, query: torch.Tensor, reference: torch.Tensor) -> MatchResult: ...
 
     def to(self, device: torch.device | str) -> Matcher: ...

@@ -1,6 +1,6 @@
 """The classical baseline: OpenCV's DIS optical flow with forward–backward consistency.
 
-DIS (Kroeger et al., 2016) assumes brightness constancy, which a blurry target breaks: the
+DIS (Kroeger et al., 2016) assumes brightness constancy, which a blurry query breaks: the
 reference is blurred a little (``ref_blur``) before matching so the two look more alike. The flow
 is computed both ways; the forward–backward error ``e = |f(x) + b(x + f(x))|`` becomes the
 confidence ``exp(-e² / 2σ²)`` (σ = ``sigma_px``), and pixels that map outside the reference get 0.
@@ -76,7 +76,7 @@ class DISMatcher:
             gr = cv2.GaussianBlur(gr, (0, 0), self.ref_blur)
         return gt, gr
 
-    def refine(self, target: torch.Tensor, reference: torch.Tensor,
+    def refine(self, query: torch.Tensor, reference: torch.Tensor,
                flow: torch.Tensor) -> torch.Tensor:
         """DIS started from ``flow`` (e.g. a learned matcher's): its variational refinement
         sharpens the flow to sub-pixel precision, while ``flow`` supplies the large motions.
@@ -85,24 +85,24 @@ class DISMatcher:
             ``[B, 3, H, W]`` twice and flow ``[B, 2, H, W]`` → refined flow ``[B, 2, H, W]``.
         """
         out = []
-        for t, r, f in zip(target, reference, flow):
+        for t, r, f in zip(query, reference, flow):
             init = np.ascontiguousarray(f.detach().float().permute(1, 2, 0).cpu().numpy())
             out.append(torch.from_numpy(self._flow(*self._gray_pair(t, r), init))
                        .permute(2, 0, 1))
         return torch.stack(out).to(flow.device, flow.dtype)
 
-    def __call__(self, target: torch.Tensor, reference: torch.Tensor) -> MatchResult:
-        """Match each target to its reference.
+    def __call__(self, query: torch.Tensor, reference: torch.Tensor) -> MatchResult:
+        """Match each query to its reference.
 
         Shape:
             ``[B, 3, H, W]`` twice → flow ``[B, 2, H, W]``, confidence ``[B, 1, H, W]``.
         """
         flows, confs = [], []
-        for t, r in zip(target, reference):
+        for t, r in zip(query, reference):
             gt, gr = self._gray_pair(t, r)
             fwd = self._flow(gt, gr)
             bwd = self._flow(gr, gt)
             flows.append(torch.from_numpy(fwd).permute(2, 0, 1))
             confs.append(torch.from_numpy(fb_confidence(fwd, bwd, self.sigma_px))[None])
-        dev = target.device
+        dev = query.device
         return MatchResult(torch.stack(flows).to(dev), torch.stack(confs).float().to(dev))

@@ -1,7 +1,7 @@
 """Matcher evaluation on held-out synthetic pairs (``bluref eval-matcher``).
 
 All matchers see the same pairs: photos the learned matcher was not trained on
-(:data:`~bluref_ray.matching.synthetic.HELD_OUT_PHOTOS`), a fixed seed, targets with and without
+(:data:`~bluref_ray.matching.synthetic.HELD_OUT_PHOTOS`), a fixed seed, queries with and without
 blur. Per matcher and condition:
 
 * **AEPE**: mean end-point error over valid pixels, in pixels; **PCK-1/3/5**: share of valid
@@ -13,7 +13,7 @@ blur. Per matcher and condition:
   calibrated confidence has ECE near 0.
 * **coverage@τ**: share of pixels with confidence ≥ τ, and **conf valid / invalid**: mean
   confidence where a match exists and where it does not (out of view, occluded).
-* **identity confidence**: mean confidence when target and reference are the same image.
+* **identity confidence**: mean confidence when query and reference are the same image.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def evaluate(matchers: dict[str, Matcher], pairs: int = 48, seed: int = 2026,
         for name, matcher in matchers.items():
             errs, confs, valid = [], [], []
             for b in data:
-                m = matcher(b["target"], b["reference"])
+                m = matcher(b["query"], b["reference"])
                 errs.append((m.flow - b["flow"]).norm(dim=1).flatten().numpy())
                 confs.append(m.confidence[:, 0].flatten().float().numpy())
                 valid.append(b["valid"][:, 0].flatten().numpy() > 0.5)
@@ -90,7 +90,7 @@ def evaluate(matchers: dict[str, Matcher], pairs: int = 48, seed: int = 2026,
     ident = make_batch(photos, 4, PairConfig(size=size, p_identity=1.0), torch.Generator()
                        .manual_seed(seed + 7), blur=False)
     for name, matcher in matchers.items():
-        m = matcher(ident["target"], ident["reference"])
+        m = matcher(ident["query"], ident["reference"])
         for r in results:
             if r["matcher"] == name:
                 r["identity_confidence"] = float(m.confidence.mean())

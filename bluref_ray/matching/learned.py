@@ -79,12 +79,12 @@ class LearnedMatcher:
         return self
 
     @torch.no_grad()
-    def __call__(self, target: torch.Tensor, reference: torch.Tensor) -> MatchResult:
+    def __call__(self, query: torch.Tensor, reference: torch.Tensor) -> MatchResult:
         """Shape: ``[B, 3, H, W]`` twice → flow ``[B, 2, H, W]``, confidence ``[B, 1, H, W]``."""
-        t, r = target.to(self.device), reference.to(self.device)
+        t, r = query.to(self.device), reference.to(self.device)
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             out = self.net(t, r)
         flow = out["flow"].float()
         if self.refine is not None:
             flow = self.refine.refine(t, r, flow)
-        return MatchResult(flow.to(target.device), out["confidence"].float().to(target.device))
+        return MatchResult(flow.to(query.device), out["confidence"].float().to(query.device))

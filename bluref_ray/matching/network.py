@@ -3,8 +3,8 @@
 Dict in, dict out::
 
     net = DenseMatcherNet()
-    out = net(target, reference)        # [B,3,H,W] each, floats in [0, 1], any H, W
-    out["flow"]                         # [B,2,H,W] target → reference, pixels
+    out = net(query, reference)        # [B,3,H,W] each, floats in [0, 1], any H, W
+    out["flow"]                         # [B,2,H,W] query → reference, pixels
     out["confidence"]                   # [B,1,H,W] P(|flow error| < radius_px)
     out["confidence_logits"]            # [B,K,H,W] one logit per radius in ``radii``
     out["levels"]                       # for training: [(name, flow on that grid)]
@@ -13,13 +13,13 @@ Dict in, dict out::
 How it works, coarse to fine:
 
 1. **Feature pyramid**, shared by both images: four stride-2 stages (1/2 … 1/16).
-2. **Global correlation**: both images resized to ``global_size``²; every target cell of the
+2. **Global correlation**: both images resized to ``global_size``²; every query cell of the
    1/16 grid is correlated with every reference cell. A soft-argmax gives a first flow and a
    decoder on the whole correlation volume refines it, so large displacements are found.
 3. **Local correlations** at 1/16, 1/8 and 1/4 of the input size: the reference features are
    warped by the current flow and correlated within ``radius`` cells; the soft-argmax of that
    correlation moves the flow, then a decoder predicts a residual from the correlation, the
-   target features and the flow. The decoders' last layers start at zero, so an untrained
+   query features and the flow. The decoders' last layers start at zero, so an untrained
    network is already a (random-feature) correlation matcher, and training sharpens the
    features and learns the corrections: this is what lets it train in minutes on a CPU.
 4. **Half-resolution refinement** (``half_level``): the same step once more at 1/2, within
@@ -68,7 +68,7 @@ class FeaturePyramid(nn.Module):
 
 
 def global_correlation(ft: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every target cell with every reference cell.
+    """Cosine similarity of every query cell with every reference cell.
 
     Shape:
         ``[B,C,h,w]`` twice → ``[B, h·w (reference cells), h, w]``.
@@ -79,7 +79,7 @@ def global_correlation(ft: torch.Tensor, fr: torch.Tensor) -> torch.Tensor:
 
 
 def local_correlation(ft: torch.Tensor, fr: torch.Tensor, radius: int) -> torch.Tensor:
-    """Cosine similarity of each target cell with reference cells within ``radius``.
+    """Cosine similarity of each query cell with reference cells within ``radius``.
 
     Shape:
         ``[B,C,H,W]`` twice → ``[B, (2r+1)², H, W]``.
@@ -197,9 +197,9 @@ class DenseMatcherNet(nn.Module):
         self.confidence_head = nn.Sequential(_conv(k + c_last, 32),
                                              nn.Conv2d(32, len(self.radii), 3, padding=1))
 
-    def _global_flow(self, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def _global_flow(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         g = self.global_size
-        t = F.interpolate(target, size=(g, g), mode="bilinear", align_corners=False,
+        t = F.interpolate(query, size=(g, g), mode="bilinear", align_corners=False,
                           antialias=True)
         r = F.interpolate(reference, size=(g, g), mode="bilinear", align_corners=False,
                           antialias=True)
@@ -216,21 +216,21 @@ class DenseMatcherNet(nn.Module):
         self._corrs.append(("global", logits, torch.zeros_like(flow)))
         return flow + residual  # in 1/16 cells of the global_size² image
 
-    def forward(self, target: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, query: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
         """Shape: ``[B,3,H,W]`` twice → see the module docstring."""
-        h, w = target.shape[-2:]
+        h, w = query.shape[-2:]
         levels = []
         self._corrs: list = []
-        g16 = self._global_flow(target, reference)
+        g16 = self._global_flow(query, reference)
         levels.append(("global", g16))
-        ft = self.features(target)
+        ft = self.features(query)
         fr = self.features(reference)
         flow = None
         steps = [(name, decoder, ft[i], fr[i], self.radius, self.local_log_temperature[j], 1.0)
                  for j, (name, decoder, i) in enumerate(zip(("local16", "local8", "local4"),
                                                             self.local_decoders, (3, 2, 1)))]
         if self.half_decoder is not None:
-            steps.append(("local2", self.half_decoder, self.half_features(target),
+            steps.append(("local2", self.half_decoder, self.half_features(query),
                           self.half_features(reference), self.half_radius,
                           self.half_log_temperature, 10 * self.half_gate))
         for name, decoder, t_feat, r_feat, radius, log_t, gate in steps:

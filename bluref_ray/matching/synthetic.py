@@ -1,12 +1,12 @@
 """Self-supervised matching pairs, made on the fly from real photos (no real pairs needed).
 
-A pair is a sharp **reference** crop of a photo and a **target** that sees the same photo through
+A pair is a sharp **reference** crop of a photo and a **query** that sees the same photo through
 a random smooth mapping ``g`` (homography, plus thin-plate-spline and elastic displacements),
 then degraded BSRGAN-style (motion blur along a random curved path, Gaussian or defocus blur,
 noise, JPEG, exposure change), and sometimes partly covered by an occluder cut from another
-photo. The true flow is ``g(p) - p`` (target pixel → reference pixel, as the
+photo. The true flow is ``g(p) - p`` (query pixel → reference pixel, as the
 :class:`~bluref_ray.matching.Matcher` protocol defines it); it is valid where ``g(p)`` falls
-inside the reference crop and no occluder covers the target.
+inside the reference crop and no occluder covers the query.
 
 Some pairs (``p_object``) also get a foreground object in both images that moves on its own, as
 cars and people do in fleet video: its pixels have their own flow, blurred along their own
@@ -45,7 +45,7 @@ class PairConfig:
     corner: float = 0.06  # largest homography corner jitter
     tps: float = 0.02  # thin-plate-spline control point jitter
     elastic_px: float = 1.5  # elastic displacement amplitude, pixels
-    p_blur: float = 0.75  # share of targets that get blurred
+    p_blur: float = 0.75  # share of queries that get blurred
     motion_px: tuple[float, float] = (3.0, 21.0)  # motion blur path length, pixels
     noise: float = 0.02  # largest Gaussian noise sigma (image in [0, 1])
     p_jpeg: float = 0.4
@@ -83,10 +83,10 @@ def _u(gen: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
 
 
 def random_mapping(h: int, w: int, cfg: PairConfig, gen: torch.Generator) -> torch.Tensor:
-    """A smooth random map ``g`` from target pixels to reference pixels.
+    """A smooth random map ``g`` from query pixels to reference pixels.
 
     Shape:
-        → ``[2, H, W]`` absolute reference positions (x, y) of each target pixel.
+        → ``[2, H, W]`` absolute reference positions (x, y) of each query pixel.
     """
     size = float(max(h, w))
     src = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]])
@@ -187,10 +187,10 @@ def make_pair(photos: list[torch.Tensor], cfg: PairConfig, gen: torch.Generator,
 
     Args:
         photos: source photos ``[3, H, W]``.
-        blur: force the target blurred (True) or sharp (False); None draws it.
+        blur: force the query blurred (True) or sharp (False); None draws it.
 
     Returns:
-        ``target``, ``reference`` ``[3, S, S]``; ``flow`` ``[2, S, S]`` (target → reference,
+        ``query``, ``reference`` ``[3, S, S]``; ``flow`` ``[2, S, S]`` (query → reference,
         pixels); ``valid`` ``[1, S, S]``; ``blurred`` (scalar bool tensor).
     """
     s = cfg.size
@@ -208,37 +208,37 @@ def make_pair(photos: list[torch.Tensor], cfg: PairConfig, gen: torch.Generator,
                                        torch.arange(s, dtype=torch.float32), indexing="xy"))
     else:
         g = random_mapping(s, s, cfg, gen)
-    # sample the whole photo, so the target shows real content where g leaves the crop
-    target = bilinear_sample(photo[None], (g[0] + x0)[None], (g[1] + y0)[None])[0]
+    # sample the whole photo, so the query shows real content where g leaves the crop
+    query = bilinear_sample(photo[None], (g[0] + x0)[None], (g[1] + y0)[None])[0]
     ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32),
                             torch.arange(s, dtype=torch.float32), indexing="ij")
     flow = g - torch.stack([xs, ys])
     valid = ((g[0] >= 0) & (g[0] <= s - 1) & (g[1] >= 0) & (g[1] <= s - 1)).float()[None]
     if not identity and cfg.p_object > 0 and torch.rand(1, generator=gen) < cfg.p_object:
-        reference, target, flow, valid = _moving_object(reference, target, g, flow, valid,
+        reference, query, flow, valid = _moving_object(reference, query, g, flow, valid,
                                                         photos, cfg, gen)
     if not identity and torch.rand(1, generator=gen) < cfg.p_occluder:
-        target, covered = _occlude(target, photos, gen)
+        query, covered = _occlude(query, photos, gen)
         valid = valid * (1 - covered)
     blurred = False
     if not identity:
         p_blur = cfg.p_blur if blur is None else float(blur)
-        target, blurred = degrade(target, PairConfig(**{**cfg.__dict__, "p_blur": p_blur}), gen)
-    return {"target": target, "reference": reference, "flow": flow, "valid": valid,
+        query, blurred = degrade(query, PairConfig(**{**cfg.__dict__, "p_blur": p_blur}), gen)
+    return {"query": query, "reference": reference, "flow": flow, "valid": valid,
             "blurred": torch.tensor(blurred)}
 
 
-def _moving_object(reference: torch.Tensor, target: torch.Tensor, g: torch.Tensor,
+def _moving_object(reference: torch.Tensor, query: torch.Tensor, g: torch.Tensor,
                    flow: torch.Tensor, valid: torch.Tensor, photos: list[torch.Tensor],
                    cfg: PairConfig, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Add a foreground object, in both images, that moves on its own (a car, a passer-by).
 
-    An elliptical patch of a photo sits in the reference; in the target it is shifted, turned
+    An elliptical patch of a photo sits in the reference; in the query it is shifted, turned
     and scaled by its own motion, and blurred along that motion (it moved during the
-    exposure). Its pixels take its own flow. Background pixels of the target that the object
+    exposure). Its pixels take its own flow. Background pixels of the query that the object
     hides in the reference, and the blurred rim where object and background mix, are invalid.
     """
-    _, s, _ = target.shape
+    _, s, _ = query.shape
     src = photos[int(torch.randint(len(photos), (1,), generator=gen))]
     ph = min(int(_u(gen, 0.15, 0.4, 1).item() * s), src.shape[1] - 1, s - 4)
     pw = min(int(_u(gen, 0.15, 0.4, 1).item() * s), src.shape[2] - 1, s - 4)
@@ -253,10 +253,10 @@ def _moving_object(reference: torch.Tensor, target: torch.Tensor, g: torch.Tenso
     # the object's layer in the reference: premultiplied colour and alpha, 2 px clear of the edge
     ry = int(torch.randint(2, s - ph - 1, (1,), generator=gen))
     rx = int(torch.randint(2, s - pw - 1, (1,), generator=gen))
-    layer = torch.zeros(4, s, s, device=target.device)
+    layer = torch.zeros(4, s, s, device=query.device)
     layer[:3, ry:ry + ph, rx:rx + pw] = patch * alpha
     layer[3, ry:ry + ph, rx:rx + pw] = alpha
-    # its own motion: target position x ↦ reference position c_r + R(-θ)(x - c_t) / σ
+    # its own motion: query position x ↦ reference position c_r + R(-θ)(x - c_t) / σ
     c_r = torch.tensor([rx + (pw - 1) / 2, ry + (ph - 1) / 2])
     shift = _u(gen, -cfg.object_shift, cfg.object_shift, 2) * s
     c_t = c_r + shift
@@ -277,20 +277,20 @@ def _moving_object(reference: torch.Tensor, target: torch.Tensor, g: torch.Tenso
                           int(math.ceil(length)) // 2 * 2 + 3)
         moved = kornia.filters.filter2d(moved, k[None].to(moved), border_type="constant")
     a_t = moved[0, 3:]
-    target = target * (1 - a_t) + moved[0, :3]
+    query = query * (1 - a_t) + moved[0, :3]
     reference = reference * (1 - layer[3:]) + layer[:3]
     hidden = bilinear_sample(layer[3:][None], g[0][None], g[1][None])[0] > 0.5
     flow = torch.where(inside[None], g_obj - torch.stack([xs, ys]), flow)
     mixed = (a_t > 0.1) & (a_t < 0.9)
     valid = torch.where(inside[None], torch.ones_like(valid), valid * (~hidden).float())
     valid = valid * (~mixed).float()
-    return reference, target, flow, valid
+    return reference, query, flow, valid
 
 
-def _occlude(target: torch.Tensor, photos: list[torch.Tensor],
+def _occlude(query: torch.Tensor, photos: list[torch.Tensor],
              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste an elliptical patch of another photo: a foreground object the reference lacks."""
-    _, h, w = target.shape
+    _, h, w = query.shape
     src = photos[int(torch.randint(len(photos), (1,), generator=gen))]
     ph, pw = int(_u(gen, 0.15, 0.4, 1).item() * h), int(_u(gen, 0.15, 0.4, 1).item() * w)
     sy = int(torch.randint(0, max(1, src.shape[1] - ph), (1,), generator=gen))
@@ -301,7 +301,7 @@ def _occlude(target: torch.Tensor, photos: list[torch.Tensor],
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, patch.shape[1]),
                             torch.linspace(-1, 1, patch.shape[2]), indexing="ij")
     alpha = (xx ** 2 + yy ** 2 <= 1).float()
-    out, covered = target.clone(), torch.zeros(1, h, w)
+    out, covered = query.clone(), torch.zeros(1, h, w)
     region = (slice(None), slice(ty, ty + patch.shape[1]), slice(tx, tx + patch.shape[2]))
     out[region] = out[region] * (1 - alpha) + patch * alpha
     covered[region] = alpha

@@ -48,14 +48,14 @@ def bilinear_sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> to
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``image`` at each target pixel plus its flow (bilinear).
+    """Sample ``image`` at each query pixel plus its flow (bilinear).
 
     Args:
         image: the reference.
-        flow: target → reference displacement in pixels.
+        flow: query → reference displacement in pixels.
 
     Returns:
-        ``(warped, valid)``: the reference in the target's frame, and 1 where the sampling
+        ``(warped, valid)``: the reference in the query's frame, and 1 where the sampling
         position lies inside the reference (0 where it falls outside and the pixel is invalid).
 
     Shape:

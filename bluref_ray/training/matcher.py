@@ -83,15 +83,15 @@ def correlation_ce(name: str, logits: torch.Tensor, base: torch.Tensor, gt: torc
         tx = (xs + gt_l[:, 0]).round().long()
         ty = (ys + gt_l[:, 1]).round().long()
         ok = v & (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
-        target = ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)
+        query = ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)
     else:
         radius = (round(logits.shape[1] ** 0.5) - 1) // 2
         off = (gt_l - base).round().long()
         ok = v & (off.abs() <= radius).all(1)
         side = 2 * radius + 1
-        target = (off[:, 1] + radius).clamp(0, side - 1) * side + (off[:, 0] + radius).clamp(
+        query = (off[:, 1] + radius).clamp(0, side - 1) * side + (off[:, 0] + radius).clamp(
             0, side - 1)
-    ce = F.cross_entropy(logits, target, reduction="none")
+    ce = F.cross_entropy(logits, query, reduction="none")
     return (ce * ok).sum() / ok.sum().clamp_min(1)
 
 
@@ -138,11 +138,11 @@ def init_from(model: DenseMatcherNet, uri: str, storage_cfg=None) -> list[str]:
 
 
 def _example_grid(batch: dict, out: dict) -> torch.Tensor:
-    """target | reference warped by the predicted flow | confidence, for TensorBoard."""
-    n = min(4, batch["target"].shape[0])
+    """query | reference warped by the predicted flow | confidence, for TensorBoard."""
+    n = min(4, batch["query"].shape[0])
     warped, _ = warp(batch["reference"][:n], out["flow"][:n].detach())
     conf = out["confidence"][:n].detach().expand(-1, 3, -1, -1)
-    rows = torch.cat([batch["target"][:n], warped, conf], dim=3)
+    rows = torch.cat([batch["query"][:n], warped, conf], dim=3)
     return torch.cat(list(rows), dim=1).clamp(0, 1)
 
 
@@ -187,13 +187,13 @@ class MatcherTask(Task):
             yield {k: v.to(w.device) for k, v in batch.items()}
 
     def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        self.last = self.ddp["model"](batch["target"], batch["reference"])
+        self.last = self.ddp["model"](batch["query"], batch["reference"])
         loss, logs = matcher_loss(self.last, batch, self.nets["model"].radii)
         self.update(loss, clip=5.0)
         return {"loss": loss.detach(), **logs}
 
     def images(self, batch: dict, logs: dict) -> dict[str, torch.Tensor]:
-        return {"train/target|warped reference|confidence": _example_grid(batch, self.last)}
+        return {"train/query|warped reference|confidence": _example_grid(batch, self.last)}
 
 
 def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
@@ -221,8 +221,8 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
     log(f"[train-matcher] {tc.workers} worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
         f"{tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px → {out}")
     final = fit_task(MatcherTask, tc, out, storage_cfg, quiet=cfg.ray.quiet)
-    target = storage.join(out, "matcher.pt")
-    export_model(storage.join(final, "state.pt"), target, storage_cfg,
+    query = storage.join(out, "matcher.pt")
+    export_model(storage.join(final, "state.pt"), query, storage_cfg,
                  command=command or "train_matcher()")
-    log(f"[train-matcher] model written to {target}")
-    return target
+    log(f"[train-matcher] model written to {query}")
+    return query
