@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         with Usage() as u:
             s = run_pseudo_gt(frames, out, cfg, log=lambda _m: None)
-        runs[actors] = (s["rows"], u, cpus)
+        runs[actors] = (s.rows, u, cpus)
     ray.shutdown()
 
     fps_loop = n_loop / u_loop.wall

@@ -154,7 +154,7 @@ def end_to_end(out: str, clips: list[str], cfg, steps: int) -> list[dict]:
                           dataclasses.replace(cfg, train=dataclasses.replace(
                               train, supervised=True, steps=budget)), log=quiet)
     models = {f"BluRef round {r['round']}": r["model"] for r in rounds}
-    models["supervised"] = sup["model"]
+    models["supervised"] = sup.model
     ev = evaluate(models, [f"{out}/camera/{c}" for c in held], f"{out}/eval", cfg,
                   max_frames=None, log=quiet)
     print(f"[end to end] {time.time() - t0:.0f}s", flush=True)

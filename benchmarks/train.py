@@ -102,8 +102,8 @@ def main() -> int:
         results = {}
         for workers in () if args.skip_cpu else (1, 2):
             s, u = _run(f"{work}/pairs", f"{work}/train{workers}", cfg, workers, cpus)
-            results[workers] = s["crops_per_s"]
-            print(f"  {workers} worker(s): {s['crops_per_s']:.1f} crops/s, {u.cores:.2f} cores "
+            results[workers] = s.crops_per_s
+            print(f"  {workers} worker(s): {s.crops_per_s:.1f} crops/s, {u.cores:.2f} cores "
                   f"busy, peak memory {gib(u.peak)} ({gib(u.peak - u.base)} above the idle "
                   f"cluster), {u.wall:.0f}s in all")
         if results:

@@ -9,9 +9,13 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bluref_ray import storage
 from bluref_ray.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from bluref_ray.pipeline.pseudo_gt import PseudoGTSummary
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -80,19 +84,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_pseudo_gt(s: dict) -> None:
-    print(f"pseudo-GT: {s['rows']} pairs, {s['rejected']} rejected, mean coverage "
-          f"{s['mean_coverage']:.3f}, {s['mean_refs_used']:.2f} references matched per frame, "
-          f"{s['seconds']:.1f}s")
-    if "quality" in s:
-        q = s["quality"]
-        print(f"  quality on {q['frames_with_gt']} frames with ground truth, confident pixels: "
-              f"pseudo-GT {q['psnr_pseudo_confident']:.2f} dB, blurry "
-              f"{q['psnr_blurry_confident']:.2f} dB")
-    for reason, n in s["reject_reasons"].items():
+def _print_pseudo_gt(s: PseudoGTSummary) -> None:
+    print(f"pseudo-GT: {s.rows} pairs, {s.rejected} rejected, mean coverage "
+          f"{s.mean_coverage:.3f}, {s.mean_refs_used:.2f} references matched per frame, "
+          f"{s.seconds:.1f}s")
+    if s.quality:
+        q = s.quality
+        print(f"  quality on {q.frames_with_gt} frames with ground truth, confident pixels: "
+              f"pseudo-GT {q.psnr_pseudo:.2f} dB, blurry {q.psnr_blurry:.2f} dB")
+    for reason, n in s.reject_reasons.items():
         print(f"  rejected {n}: {reason}")
-    print(f"  shards:  {storage.join(s['out'], 'shards')}")
-    print(f"  summary: {storage.join(s['out'], 'summary.json')}")
+    print(f"  shards:  {storage.join(s.out, 'shards')}")
+    print(f"  summary: {storage.join(s.out, 'summary.json')}")
 
 
 def cmd_pseudo_gt(args: argparse.Namespace) -> int:
@@ -218,10 +221,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     s = train_deblurrer(args.pairs, args.out, cfg, log=_log(args),
                         command="bluref " + " ".join(args.argv))
-    v = s["val"]
-    print(f"trained {s['steps']} steps in {s['seconds']:.0f}s → {s['model']}")
-    if v:
-        print(f"  validation: {describe_validation(v)}")
+    print(f"trained {s.steps} steps in {s.seconds:.0f}s → {s.model}")
+    if s.val:
+        print(f"  validation: {describe_validation(s.val)}")
     print(f"  TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
     return 0
 

@@ -86,7 +86,7 @@ def run_demo(out: str, cfg: Config, log: Callable[[str], None] = print) -> dict:
                                  storage.join(out, "supervised"), sup_cfg, log=log)
     log("[demo] 6/6 evaluating on the held-out test clip(s)")
     models = {f"BluRef round {r['round']}": r["model"] for r in rounds}
-    models["supervised"] = supervised["model"]
+    models["supervised"] = supervised.model
     ev = evaluate(models, [test], storage.join(out, "eval"), cfg,
                   pairs=storage.join(out, "pseudo_gt_test"), max_frames=None, log=log)
     by_method = {m["method"]: m for m in ev["methods"]}

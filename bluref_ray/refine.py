@@ -22,9 +22,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bluref_ray import storage
 from bluref_ray.config import Config
+
+if TYPE_CHECKING:
+    from bluref_ray.pipeline.pseudo_gt import PseudoGTSummary
+    from bluref_ray.training.deblur import TrainSummary
 
 COLUMNS = [("round", "round", "{}"), ("coverage", "coverage", "{:.3f}"),
            ("pseudo_psnr", "pseudo-GT PSNR (confident)", "{:.2f}"),
@@ -69,21 +74,21 @@ def run_refine(frames: str, out: str, cfg: Config, log: Callable[[str], None] = 
         tr = train_deblurrer(storage.join(round_dir(out, k), "pseudo_gt"),
                              storage.join(round_dir(out, k), "train"),
                              dataclasses.replace(cfg, train=tc), log=log)
-        model = tr["model"]
+        model = tr.model
         rows.append(round_row(k, pg, tr))
         write_refine_report(out, rows, cfg)
     return {"rounds": rows, "model": model}
 
 
-def round_row(k: int, pg: dict, tr: dict) -> dict:
-    """One round's figures from the pseudo-GT and training summaries."""
-    q, v = pg.get("quality", {}), tr.get("val") or {}
-    return {"round": k, "pairs": pg["rows"], "coverage": pg["mean_coverage"],
-            "pseudo_psnr": q.get("psnr_pseudo_confident"),
-            "blurry_psnr": q.get("psnr_blurry_confident"),
+def round_row(k: int, pg: PseudoGTSummary, tr: TrainSummary) -> dict:
+    """One round's figures (a row of ``refine.md``) from its pseudo-GT and training."""
+    q, v = pg.quality, tr.val or {}
+    return {"round": k, "pairs": pg.rows, "coverage": pg.mean_coverage,
+            "pseudo_psnr": q.psnr_pseudo if q else None,
+            "blurry_psnr": q.psnr_blurry if q else None,
             "val_psnr": v.get("psnr"), "val_ssim": v.get("ssim"),
-            "val_psnr_blurry": v.get("psnr_blurry"), "model": tr["model"],
-            "train_seconds": tr["seconds"]}
+            "val_psnr_blurry": v.get("psnr_blurry"), "model": tr.model,
+            "train_seconds": tr.seconds}
 
 
 def write_refine_report(out: str, rows: list[dict], cfg: Config) -> None:

@@ -63,11 +63,11 @@ def test_each_strategy_runs_through_ray_data_and_writes_shards(ray_cluster, tiny
     t = _shards(out)
     _check_pairs(t, expected)
     assert set(t.column("strategy").to_pylist()) == {strategy}
-    assert s["rows"] == expected and s["rejected"] == 0
-    assert sum(s["confidence_hist"]) == sum(r["height"] * r["width"] for r in t.select(
+    assert s.rows == expected and s.rejected == 0
+    assert sum(s.confidence_hist) == sum(r["height"] * r["width"] for r in t.select(
         ["height", "width"]).to_pylist())
     # on average the pseudo-sharp frame beats the blurry one where it is confident
-    assert s["quality"]["psnr_pseudo_confident"] > s["quality"]["psnr_blurry_confident"]
+    assert s.quality.psnr_pseudo > s.quality.psnr_blurry
 
 
 @pytest.mark.parametrize("dis_refine", [False, True])
@@ -76,8 +76,8 @@ def test_learned_matcher_through_the_pipeline(ray_cluster, tiny_frames, tmp_path
                       _cfg(matcher="learned", limit=3, dis_refine=dis_refine),
                       log=lambda _m: None)
     t = _shards(str(tmp_path / "net"))
-    _check_pairs(t, s["rows"], quality=False)
-    assert set(t.column("matcher").to_pylist()) == {"learned"} and s["rows"] > 0
+    _check_pairs(t, s.rows, quality=False)
+    assert set(t.column("matcher").to_pylist()) == {"learned"} and s.rows > 0
 
 
 def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, tmp_path):
@@ -101,8 +101,8 @@ def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_clus
     (tmp_path / "resumed/shards/.x.parquet.abcd.tmp").write_bytes(b"half")
     kept = {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in shards[1::2]}
     s = run_pseudo_gt(tiny_frames, out, CFG, log=lambda _m: None)
-    assert s["this_run"]["skipped"] == len(kept)
-    assert s["this_run"]["shards"] == len(shards[::2])
+    assert s.this_run.skipped == len(kept)
+    assert s.this_run.shards == len(shards[::2])
     assert {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in kept} == kept
     assert _shards(out).equals(full)
 
@@ -131,7 +131,7 @@ def test_missing_and_odd_sized_references_are_rejected_the_others_go_on(ray_clus
     done = set(_shards(out).column("frame_index").to_pylist())
     uses_bad = {x for x, ref in ref_of.items() if int(ref.rsplit(":", 1)[1]) in (ref_a, ref_b)}
     assert done == set(ref_of) - uses_bad and done
-    assert s["rejected"] == len(uses_bad)
+    assert s.rejected == len(uses_bad)
 
 
 def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_path):
@@ -150,7 +150,7 @@ def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_pa
                              log=lambda _m: None)
     a, b = _shards(str(tmp_path / "plain")), _shards(str(tmp_path / "net"))
     assert set(b.column("round").to_pylist()) == {2}
-    assert plain["config_hash"] != with_net["config_hash"]
+    assert plain.config_hash != with_net.config_hash
     for x, y in zip(a.sort_by("frame_id").to_pylist(), b.sort_by("frame_id").to_pylist()):
         diff = np.abs(_png(x["pseudo_png"]).astype(int) - _png(y["pseudo_png"]).astype(int))
         # identity deblurrer: same matching input. On CUDA the two runs' matchers may pick
@@ -232,7 +232,7 @@ def test_pseudo_gt_on_s3(ray_cluster, s3_cfg, s3_bucket):
                               cfg.pseudo_gt, strategy=strategy)), log=lambda _m: None)
         t = _shards(out, s3_cfg)
         _check_pairs(t, 3)
-        assert s["rows"] == 3
+        assert s.rows == 3
         assert storage.exists(f"{out}/summary.json", s3_cfg)
 
 
@@ -261,4 +261,4 @@ def test_a_run_that_makes_no_pair_fails_with_what_to_change(ray_cluster, tiny_da
                log=lambda _m: None)
     s = run_pseudo_gt(str(tmp_path / "ingest_paper"), str(tmp_path / "pg_paper"), _cfg(limit=3),
                       log=lambda _m: None)
-    assert s["rows"] == 3 and s["protocols"] == {"paper": 1}
+    assert s.rows == 3 and s.protocols == {"paper": 1}

@@ -76,14 +76,14 @@ def test_train_and_deblur_on_s3(ray_cluster, s3_cfg, s3_bucket, tiny_pairs, tiny
                  train=TrainConfig(steps=2, batch_size=2, crop=32, crops_per_frame=2,
                                    cpus_per_worker=0.5, checkpoint_every=1))
     s = train_deblurrer(tiny_pairs, f"{s3_bucket}/train", cfg, log=lambda _m: None)
-    assert s["model"] == f"{s3_bucket}/train/model.pt"
-    assert read_checkpoint(s["model"], s3_cfg)["step"] == 2
+    assert s.model == f"{s3_bucket}/train/model.pt"
+    assert read_checkpoint(s.model, s3_cfg)["step"] == 2
     files = storage.list_files(f"{s3_bucket}/train", s3_cfg)
     assert any("/ray-train/step_000001/state.pt" in f for f in files)
     assert any("/tensorboard/" in f for f in files)
     blur = sorted(storage.list_files(f"{tiny_data}/test"))[0]
     storage.write_bytes(f"{s3_bucket}/in/a.png", storage.read_bytes(blur), s3_cfg)
-    d = run_deblur(s["model"], [f"{s3_bucket}/in"], f"{s3_bucket}/out", cfg,
+    d = run_deblur(s.model, [f"{s3_bucket}/in"], f"{s3_bucket}/out", cfg,
                    log=lambda _m: None)
     assert d["done"] == 1 and not d["failed"]
     assert storage.exists(f"{s3_bucket}/out/a.png", s3_cfg)

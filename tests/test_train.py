@@ -84,14 +84,14 @@ def test_two_ddp_workers_train_and_end_with_equal_weights(ray_cluster, tiny_pair
     s = train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
     sums = json.loads((tmp_path / "ddp" / "final.json").read_text())["weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-    ckpt = read_checkpoint(s["model"])
+    ckpt = read_checkpoint(s.model)
     assert ckpt["step"] == 3 and ckpt["arch"] == "nafnet"
     from bluref_ray.models import build_model
 
     torch.manual_seed(0)  # the loop starts from seed-0 weights
     init = build_model("nafnet-tiny").state_dict()
     assert any(not torch.equal(init[k], ckpt["state_dict"][k]) for k in init)  # it trained
-    v = s["val"]
+    v = s.val
     assert v["step"] == 3 and 10 < v["psnr_blurry"] < 60 and 0 < v["ssim"] <= 1
     assert (tmp_path / "ddp" / "tensorboard").is_dir()
 
@@ -99,7 +99,7 @@ def test_two_ddp_workers_train_and_end_with_equal_weights(ray_cluster, tiny_pair
 def test_supervised_mode_trains_on_ground_truth(ray_cluster, tiny_pairs, tmp_path):
     s = train_deblurrer(tiny_pairs, str(tmp_path / "sup"), _cfg(supervised=True, steps=2),
                         log=lambda _m: None)
-    assert read_checkpoint(s["model"])["train_config"]["supervised"] is True
+    assert read_checkpoint(s.model)["train_config"]["supervised"] is True
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pairs, tmp_path):
@@ -129,7 +129,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pair
     cfg = _cfg(steps=stopped + 2, checkpoint_every=2, val_every=1000)
     s = train_deblurrer(tiny_pairs, str(out), cfg, log=logs.append)
     assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs)
-    assert read_checkpoint(s["model"])["step"] == stopped + 2
+    assert read_checkpoint(s.model)["step"] == stopped + 2
 
 
 def test_missing_shards_and_bad_settings_are_clear_errors(ray_cluster, tmp_path):

@@ -152,11 +152,12 @@ class PseudoGTActor:
         return out
 
 
-def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None] = print) -> dict:
+def run_pseudo_gt(frames: str, out: str, cfg: Config,
+                  log: Callable[[str], None] = print) -> PseudoGTSummary:
     """Make pseudo-pairs for every blurry frame of a frames table, with Ray Data; resumable.
 
     Returns:
-        The run summary (also written to ``OUT/summary.json``; see :func:`summarize`).
+        The run summary (also written to ``OUT/summary.json``).
 
     Raises:
         NoPairsError: no blurry frame got a pair; the message says why.
@@ -199,14 +200,13 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config, log: Callable[[str], None]
                         f"{r['shard']}: {r['reason']}" if r["reason"] else "")
 
     # Stage 4: summarize (driver)
-    summary = summarize(out, storage_cfg)
-    summary.update(frames=p.src, out=out, config_hash=p.chash, settings=dataclasses.asdict(pg),
-                   this_run={"shards": progress.done, "skipped": len(p.done), "rows": rows,
-                             "rejects": rejects, "seconds": round(progress.seconds, 2)},
-                   seconds=round(time.time() - t0, 2), protocols=_protocols(p.src, storage_cfg))
-    storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),
-                       storage_cfg)
-    if summary["rows"] == 0:
+    summary = dataclasses.replace(
+        summarize(out, storage_cfg), frames=p.src, out=out, config_hash=p.chash,
+        settings=dataclasses.asdict(pg), seconds=round(time.time() - t0, 2),
+        this_run=ThisRun(progress.done, len(p.done), rows, rejects, round(progress.seconds, 2)),
+        protocols=_protocols(p.src, storage_cfg))
+    storage.write_text(storage.join(out, "summary.json"), summary.to_json(), storage_cfg)
+    if summary.rows == 0:
         raise NoPairsError(no_pairs_message(summary, pg))
     return summary
 
@@ -232,25 +232,82 @@ class NoPairsError(ConfigError):
     """A pseudo-GT run made no pair at all; the message says why and what to change."""
 
 
-def no_pairs_message(summary: dict, pg: PseudoGTConfig) -> str:
+def no_pairs_message(summary: PseudoGTSummary, pg: PseudoGTConfig) -> str:
     """One line: why no blurry frame got a pseudo-pair, and what to change."""
-    reasons = summary["reject_reasons"]
-    if not summary["rejected"]:
+    reasons = summary.reject_reasons
+    if not summary.rejected:
         return ("0 pairs: the frames table has no blurry frame; check the labels in the frames "
                 "table (ingest.label_rule, ingest.threshold)")
     top = max(reasons, key=reasons.get) if reasons else "unknown"
     hint = ""
     if top.startswith("no sharp reference"):
-        protocols = ", ".join(summary.get("protocols", {})) or "camera"
+        protocols = ", ".join(summary.protocols) or "camera"
         hint = (f"; under the {protocols} protocol no sharp frame lies within ±Δ of a blurry "
                 "one: for a paired tree (every index in blur/ and sharp/) ingest with "
                 "ingest.protocol=paper, or raise ingest.delta"
                 + (" and pseudo_gt.delta" if pg.delta else ""))
-    return (f"0 pairs from {summary['rejected']} blurry frames, all rejected (most often: "
+    return (f"0 pairs from {summary.rejected} blurry frames, all rejected (most often: "
             f"{top}){hint}")
 
 
-def summarize(out: str, storage_cfg: StorageConfig | None = None) -> dict:
+@dataclasses.dataclass
+class Quality:
+    """Pseudo-GT against the ground truth (frames that have one), over the confident pixels."""
+
+    frames_with_gt: int
+    psnr_pseudo: float  #: dB, the pseudo-sharp image
+    psnr_blurry: float  #: dB, the blurry frame on the same pixels
+
+
+@dataclasses.dataclass
+class ThisRun:
+    """What the last run did (a resumed run skips the shards done before)."""
+
+    shards: int
+    skipped: int
+    rows: int
+    rejects: int
+    seconds: float
+
+
+@dataclasses.dataclass
+class PseudoGTSummary:
+    """A pseudo-GT output (``OUT/summary.json``): what its shards hold, and how it was made."""
+
+    rows: int  #: pseudo-pairs in the shards
+    rejected: int  #: blurry frames without one
+    reject_reasons: dict[str, int]  #: the ten most common reasons and their counts
+    mean_coverage: float  #: share of pixels at or above τ, per pair, averaged
+    coverage_hist: list[int]  #: pairs per tenth of coverage
+    confidence_hist: list[int]  #: pixels per tenth of confidence
+    mean_refs_used: float  #: references that went into each pair, averaged
+    quality: Quality | None = None
+    frames: str = ""  #: the frames table read
+    out: str = ""
+    config_hash: str = ""
+    settings: dict = dataclasses.field(default_factory=dict)
+    this_run: ThisRun | None = None
+    seconds: float = 0.0
+    protocols: dict[str, int] = dataclasses.field(default_factory=dict)  #: clips per protocol
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PseudoGTSummary:
+        d = dict(d)
+        d["quality"] = Quality(**d["quality"]) if d.get("quality") else None
+        d["this_run"] = ThisRun(**d["this_run"]) if d.get("this_run") else None
+        return cls(**d)
+
+    @classmethod
+    def read(cls, out: str, storage_cfg: StorageConfig | None = None) -> PseudoGTSummary:
+        """The summary of the pseudo-GT output in ``out``."""
+        return cls.from_dict(json.loads(storage.read_text(storage.join(out, "summary.json"),
+                                                          storage_cfg)))
+
+
+def summarize(out: str, storage_cfg: StorageConfig | None = None) -> PseudoGTSummary:
     """Coverage/confidence histograms, counts, reject reasons and quality, from the shards."""
     cols = ["coverage", "confidence_hist", "refs_used", "psnr_pseudo", "psnr_blurry"]
     t = schema.read_table(storage.join(out, "shards"), schema.PSEUDO_PAIRS, storage_cfg, cols)
@@ -262,16 +319,11 @@ def summarize(out: str, storage_cfg: StorageConfig | None = None) -> dict:
     reasons = Counter(r.split(":")[0][:80] for r in rej.column("reason").to_pylist())
     q = [(p, b) for p, b in zip(t.column("psnr_pseudo").to_pylist(),
                                 t.column("psnr_blurry").to_pylist()) if p is not None]
-    summary = {
-        "rows": t.num_rows, "rejected": rej.num_rows,
-        "reject_reasons": dict(reasons.most_common(10)),
-        "mean_coverage": float(cov.mean()) if len(cov) else 0.0,
-        "coverage_hist": np.histogram(cov, bins=HIST_BINS, range=(0, 1))[0].tolist(),
-        "confidence_hist": hist.tolist(),
-        "mean_refs_used": float(np.mean(t.column("refs_used").to_numpy())) if t.num_rows else 0.0,
-    }
-    if q:
-        summary["quality"] = {"frames_with_gt": len(q),
-                              "psnr_pseudo_confident": float(np.mean([p for p, _ in q])),
-                              "psnr_blurry_confident": float(np.mean([b for _, b in q]))}
-    return summary
+    return PseudoGTSummary(
+        rows=t.num_rows, rejected=rej.num_rows, reject_reasons=dict(reasons.most_common(10)),
+        mean_coverage=float(cov.mean()) if len(cov) else 0.0,
+        coverage_hist=np.histogram(cov, bins=HIST_BINS, range=(0, 1))[0].tolist(),
+        confidence_hist=hist.tolist(),
+        mean_refs_used=float(np.mean(t.column("refs_used").to_numpy())) if t.num_rows else 0.0,
+        quality=Quality(len(q), float(np.mean([p for p, _ in q])),
+                        float(np.mean([b for _, b in q]))) if q else None)

@@ -55,13 +55,13 @@ def _quality_run(frames: str, out: str, cfg: Config, matcher: str, strategy: str
     sub = storage.join(out, f"{matcher}-{strategy}-n{n}" + (f"-t{tau:g}" if tau_in_name else ""))
     log(f"[quality] {matcher}, {strategy}, N={n}, τ={tau:g} → {sub}")
     s = run_pseudo_gt(frames, sub, dataclasses.replace(cfg, pseudo_gt=pg), log=log)
-    q = s.get("quality", {})
-    return {"matcher": matcher, "strategy": strategy, "N": n, "tau": tau, "frames": s["rows"],
-            "frames_with_gt": q.get("frames_with_gt", 0),
-            "psnr_pseudo": q.get("psnr_pseudo_confident"),
-            "psnr_blurry": q.get("psnr_blurry_confident"),
-            "coverage": s["mean_coverage"], "refs_used": s["mean_refs_used"],
-            "seconds": s["this_run"]["seconds"]}
+    q = s.quality
+    return {"matcher": matcher, "strategy": strategy, "N": n, "tau": tau, "frames": s.rows,
+            "frames_with_gt": q.frames_with_gt if q else 0,
+            "psnr_pseudo": q.psnr_pseudo if q else None,
+            "psnr_blurry": q.psnr_blurry if q else None,
+            "coverage": s.mean_coverage, "refs_used": s.mean_refs_used,
+            "seconds": s.this_run.seconds}
 
 
 def at_equal_coverage(results: list[dict], baseline: str, tau: float) -> list[dict]:

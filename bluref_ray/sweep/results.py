@@ -20,6 +20,8 @@ PLOTTED = ("N", "delta", "tau")
 
 def result_rows(grid, spec: SweepSpec, base: Config, cache: str, ingest, sc) -> list[dict]:
     """One dict per trial: its values, status, last scores and its pseudo-GT's quality."""
+    from bluref_ray.pipeline.pseudo_gt import PseudoGTSummary
+
     key = METRICS[spec.metric][0]
     rows = []
     for r in grid:
@@ -30,7 +32,8 @@ def result_rows(grid, spec: SweepSpec, base: Config, cache: str, ingest, sc) -> 
         trial = m.get("trial_id") or storage.basename(r.path)
         pg_key = cache_key(cfg.pseudo_gt, spec.data, ingest)
         pg = _read_json(storage.join(cache, pg_key, "summary.json"), sc)
-        q = pg.get("quality", {})
+        pg = PseudoGTSummary.from_dict(pg) if pg else None
+        q = pg.quality if pg else None
         if r.error:
             status = "error"
         elif step is None:
@@ -46,9 +49,9 @@ def result_rows(grid, spec: SweepSpec, base: Config, cache: str, ingest, sc) -> 
             "trial": trial, **params,
             "status": status, "step": step, "steps": cfg.train.steps,
             **{f"val_{k}": m.get(f"val_{k}") for k in METRICS},
-            "metric": m.get(key), "coverage": pg.get("mean_coverage"),
-            "pseudo_psnr": q.get("psnr_pseudo_confident"),
-            "blurry_psnr": q.get("psnr_blurry_confident"), "pseudo_gt": pg_key,
+            "metric": m.get(key), "coverage": pg.mean_coverage if pg else None,
+            "pseudo_psnr": q.psnr_pseudo if q else None,
+            "blurry_psnr": q.psnr_blurry if q else None, "pseudo_gt": pg_key,
             "seconds": m.get("time_total_s"),
             "model": storage.join(spec.out, "trials", trial, "model.pt"),
             "error": _last_line(r.error) if r.error else None})

@@ -237,8 +237,24 @@ class DeblurTask(Task):
         return describe_validation(scores)
 
 
+@dataclasses.dataclass
+class TrainSummary:
+    """A finished training run (also ``OUT/train.json``)."""
+
+    model: str  #: ``OUT/model.pt``
+    steps: int
+    seconds: float  #: of this run's training (0 when the output was already complete)
+    crops_per_s: float | None  #: steady state, after the first 10% of the steps
+    weight_checksums: list[float] | None  #: one per DDP worker: equal when in sync
+    history: list[dict]  #: every validation: ``{"step", "psnr", ...}``
+    val: dict | None  #: the last validation, if ``train.val`` is set
+    config: dict  #: the ``train`` settings
+    pairs: str  #: what it trained on
+
+
 def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None] = print,
-                    command: str | None = None, callbacks: list | None = None) -> dict:
+                    command: str | None = None,
+                    callbacks: list | None = None) -> TrainSummary:
     """Train (or resume training) the deblurrer on pseudo-pairs; returns a summary dict.
 
     Args:
@@ -248,9 +264,7 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         callbacks: Ray Train callbacks (a sweep trial passes Tune's report callback).
 
     Returns:
-        ``{"model": OUT/model.pt, "steps", "seconds", "crops_per_s" (steady state), "history",
-        "val", "weight_checksums"}``
-        (``val``: the last validation, if ``train.val`` is set).
+        The run's :class:`TrainSummary`.
     """
     import ray
 
@@ -296,7 +310,7 @@ def checkpoint_step(step_uri: str) -> int:
 
 def finish_training(out: str, pairs: str, cfg: Config, seconds: float,
                     command: str | None = None,
-                    log: Callable[[str], None] = print) -> dict:
+                    log: Callable[[str], None] = print) -> TrainSummary:
     """Export ``OUT/model.pt`` and write ``OUT/train.json`` from the newest checkpoint.
 
     The last step of :func:`train_deblurrer`, also used on its own when the training process
@@ -314,13 +328,14 @@ def finish_training(out: str, pairs: str, cfg: Config, seconds: float,
         final_info = json.loads(storage.read_text(storage.join(out, "final.json"), storage_cfg))
     except storage.StorageNotFoundError:
         final_info = {}
-    summary = {"model": target, "steps": ckpt["step"], "seconds": seconds,
-               "crops_per_s": final_info.get("crops_per_s"),
-               "weight_checksums": final_info.get("weight_checksums"),
-               "history": history, "val": history[-1] if history else None,
-               "config": dataclasses.asdict(cfg.train), "pairs": storage.normalize(pairs)}
-    storage.write_text(storage.join(out, "train.json"), json.dumps(summary, indent=1),
-                       storage_cfg)
+    summary = TrainSummary(
+        model=target, steps=ckpt["step"], seconds=seconds,
+        crops_per_s=final_info.get("crops_per_s"),
+        weight_checksums=final_info.get("weight_checksums"), history=history,
+        val=history[-1] if history else None, config=dataclasses.asdict(cfg.train),
+        pairs=storage.normalize(pairs))
+    storage.write_text(storage.join(out, "train.json"),
+                       json.dumps(dataclasses.asdict(summary), indent=1), storage_cfg)
     log(f"[train] model written to {target}")
     return summary
 
