@@ -62,10 +62,10 @@ def _add_section(parser: argparse.ArgumentParser, section: str, cls: type, prefi
         helptext = f.metadata.get("help", "").replace("%", "%%")
         dest = f"{section}.{f.name}"
         default = f.default
-        if hints[f.name] is bool:
+        if hints[f.name] in (bool, bool | None):  # None: decided at run time (the help says how)
+            shown = "" if default is None else f" (default: {default})"
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS,
-                               help=f"{helptext} (default: {default})")
+                               default=argparse.SUPPRESS, help=helptext + shown)
         else:
             shown = "" if default is None else f" (default: {default})"
             group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar="X",

@@ -23,7 +23,6 @@ import io
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -369,21 +368,3 @@ def glob(pattern: str, cfg: StorageConfig | None = None) -> list[str]:
     except StorageNotFoundError:
         return []
     return [f for f in files if regex.match(relative(f, root))]
-
-
-@contextlib.contextmanager
-def local_copy(uri: str, cfg: StorageConfig | None = None) -> Iterator[str]:
-    """A local path holding the content of ``uri`` (the path itself if it is local)."""
-    uri = normalize(uri)
-    if not is_s3(uri):
-        if not os.path.exists(uri):
-            raise StorageNotFoundError(f"read {uri}: not found")
-        yield uri
-        return
-    suffix = os.path.splitext(uri)[1]
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-        fs, path = resolve(uri, cfg)
-        with _errors("read", uri, cfg), fs.open_input_stream(path) as src:
-            shutil.copyfileobj(src, tmp, length=8 << 20)
-        tmp.flush()
-        yield tmp.name

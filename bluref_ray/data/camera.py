@@ -27,18 +27,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from bluref_ray.config import PHOTOS
-
 #: Colour photos shipped with scikit-image that make good scenes.
 BACKGROUNDS = ("coffee", "rocket", "astronaut", "chelsea", "hubble_deep_field",
                "immunohistochemistry", "retina")
 #: Photos cut into foreground objects.
 OBJECTS = ("astronaut", "chelsea", "coffee", "rocket", "colorwheel", "immunohistochemistry")
-
-
-def available_photos() -> tuple[str, ...]:
-    """scikit-image sample photos that ship with the package (no download needed)."""
-    return PHOTOS
 
 
 @functools.lru_cache(maxsize=32)
