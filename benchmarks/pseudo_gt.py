@@ -89,8 +89,8 @@ def _gpu_figure(work: str) -> str:
                       log=lambda _m: None)
     dt = time.perf_counter() - t0
     ray.shutdown()
-    return (f"GPU {torch.cuda.get_device_name()}: {s['rows'] / dt:.2f} pairs/s at 1280x720, "
-            f"N=6 ({s['rows']} pairs)")
+    return (f"GPU {torch.cuda.get_device_name()}: {s.rows / dt:.2f} pairs/s at 1280x720, "
+            f"N=6 ({s.rows} pairs)")
 
 
 def main(argv: list[str] | None = None) -> int:
