@@ -21,6 +21,7 @@ A task with two networks and two optimizers (a GAN's generator and discriminator
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -56,7 +57,7 @@ class Worker:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
-class Task:
+class Task(abc.ABC):
     """One model's part of training. Subclasses set, in their constructor:
 
     Attributes:
@@ -87,14 +88,14 @@ class Task:
     def __init__(self, cfg, worker: Worker, config: dict) -> None:
         self.cfg, self.worker = cfg, worker
 
+    @abc.abstractmethod
     def batches(self, start: int) -> Iterator[dict]:
         """This rank's batches from step ``start`` on, as many as the loop takes."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """One training step (forward, losses, :meth:`update`); returns scalar logs, ``loss``
         among them."""
-        raise NotImplementedError
 
     def validate(self, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
         """Rank 0's validation: scores and images (``[3, H, W]``) by name; None: none to run."""
