@@ -8,7 +8,6 @@ then ``--config FILE`` (YAML), then ``--set section.key=value``, then explicit `
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import os
 import sys
@@ -18,9 +17,11 @@ from typing import Any
 
 from bluref_ray import __version__, commands, storage
 from bluref_ray.config import (
+    Blur2BlurConfig,
     ConfigError,
     DeblurConfig,
     IngestConfig,
+    KernelConfig,
     MatcherTrainConfig,
     PseudoGTConfig,
     RayConfig,
@@ -29,6 +30,7 @@ from bluref_ray.config import (
     TrainConfig,
     section_types,
 )
+from bluref_ray.config.core import ordered_fields
 from bluref_ray.storage import StorageConfig
 
 #: (section name, dataclass, option prefix) that each subcommand exposes.
@@ -42,6 +44,8 @@ _TRAIN = ("train", TrainConfig, "", "deblurrer training settings")
 _TRAIN_PREFIXED = ("train", TrainConfig, "train-", "deblurrer training settings")
 _REFINE = ("refine", RefineConfig, "", "refinement settings")
 _DEBLUR = ("deblur", DeblurConfig, "", "deblurring settings")
+_KERNEL = ("kernel", KernelConfig, "", "kernel extractor settings")
+_BLUR2BLUR = ("blur2blur", Blur2BlurConfig, "", "Blur2Blur settings")
 CONCERN_TITLES = {"method": "the method", "matcher": "the matcher",
                   "execution": "execution (not part of the settings hash)"}
 _TAUS_HELP = ("comma-separated confidence thresholds τ (default: --tau alone); several trace each "
@@ -52,7 +56,7 @@ def _add_section(parser: argparse.ArgumentParser, section: str, cls: type, prefi
                  title: str) -> None:
     groups: dict[str, argparse._ArgumentGroup] = {}  # one per concern, if the fields have one
     hints = section_types(cls)
-    for f in dataclasses.fields(cls):
+    for f in ordered_fields(cls):
         concern = f.metadata.get("concern")
         if concern not in groups:
             groups[concern] = parser.add_argument_group(
@@ -149,6 +153,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("refine", commands.cmd_refine,
             sections=(_REFINE, _PSEUDO, _TRAIN_PREFIXED, _RAY, _STORAGE), args=(
         arg("frames", metavar="FRAMES", help="ingest output folder (frames table)"),)),
+    Command("train-kernel", commands.cmd_train_kernel, sections=(_KERNEL, _RAY, _STORAGE), args=(
+        arg("known", metavar="KNOWN",
+            help="GoPro-style tree(s) of the known blur, comma-separated (local or s3://)"),)),
+    Command("blur2blur", commands.cmd_blur2blur, sections=(_BLUR2BLUR, _RAY, _STORAGE), args=(
+        arg("frames", metavar="FRAMES",
+            help="ingest output of the camera's video (frames table), local or s3://"),)),
     Command("eval", commands.cmd_eval, sections=(_DEBLUR, _STORAGE), args=(
         arg("data", nargs="+", metavar="DATA",
             help="GoPro-style tree(s) <seq>/{blur,sharp}/ or image folders"),
@@ -160,7 +170,9 @@ COMMANDS: tuple[Command, ...] = (
         arg("--max-frames", type=int, default=32,
             help="frames evaluated, evenly picked (0 = all)"))),
     Command("deblur", commands.cmd_deblur, sections=(_DEBLUR, _RAY, _STORAGE), args=(
-        arg("checkpoint", metavar="CKPT", help="model.pt from `bluref train` / refine"),
+        arg("checkpoint", metavar="CKPT",
+            help="model.pt from `bluref train` / refine / blur2blur, or A.pt+B.pt: A's "
+                 "network, then B's"),
         arg("inputs", nargs="+", metavar="INPUT",
             help="image or video files, folders or bucket prefixes (local or s3://)"))),
     Command("sweep", commands.cmd_sweep, sections=None, out=None, args=(

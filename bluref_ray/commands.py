@@ -228,6 +228,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_kernel(args: argparse.Namespace) -> int:
+    """Train Blur2Blur's blur-kernel extractor on known pairs (Ray Train, DDP).
+
+    Blur2Blur's kernel extractor: an encoder F reads a blur code from a (sharp, blurry) pair of
+    the known domain, a generator G applies it to a sharp image; trained together with a
+    Charbonnier loss on crops of the known pairs (GoPro-style trees, e.g. from `bluref synth`).
+    The last clip is held out: validation remakes its blurry frames from their sharp ones.
+    Writes OUT/model.pt (for blur2blur.kernel); run again with the same --out to resume.
+    """
+    from bluref_ray.training.kernel import train_kernel
+
+    cfg = _config(args)
+    r = train_kernel(args.known, args.out, cfg, log=_log(args),
+                     command="bluref " + " ".join(args.argv))
+    print(f"kernel extractor: {r['steps']} steps → {r['model']}")
+    if r["val"]:
+        print(f"  held-out blurry frames remade at {r['val']['psnr']:.2f} dB (their sharp "
+              f"frames: {r['val']['psnr_sharp']:.2f} dB)")
+    return 0
+
+
+def cmd_blur2blur(args: argparse.Namespace) -> int:
+    """Train Blur2Blur's translator from the camera's blur to a known blur (Ray Train, DDP).
+
+    Blur2Blur: learn a translator (MIMO-UNet) from the camera's blurry frames to a known blur
+    that a deblurrer handles, against a multi-scale PatchGAN judging a known-blur set made
+    from the camera's own sharp frames by kernel transfer (blur2blur.kernel, from `bluref
+    train-kernel`, with codes of blur2blur.known pairs). FRAMES is `bluref ingest`'s output on
+    the camera's video; its clips are split into blurry and sharp scenes. Writes
+    OUT/translator.pt and, with blur2blur.deblurrer, OUT/model.pt (translator → deblurrer) for
+    `bluref deblur` and `bluref eval`; `A.pt+B.pt` chains any two checkpoints there (e.g. the
+    translator and a BluRef-trained deblurrer). Run again with the same --out to resume.
+    """
+    from bluref_ray.training.blur2blur import train_blur2blur
+
+    cfg = _config(args)
+    r = train_blur2blur(args.frames, args.out, cfg, log=_log(args),
+                        command="bluref " + " ".join(args.argv))
+    print(f"translator: {r['steps']} steps → {r['translator']}")
+    if r["model"]:
+        print(f"translator → deblurrer: {r['model']}")
+    if r["val"]:
+        v = r["val"]
+        print(f"  validation: deblurrer {v['psnr_direct']:.2f} dB direct, {v['psnr']:.2f} dB "
+              f"through the translator (PSNR(G(x), x) {v['psnr_io']:.2f} dB)")
+    print(f"TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
+    return 0
+
+
 def cmd_refine(args: argparse.Namespace) -> int:
     """Iterative target refinement: K rounds of pseudo-GT + training.
 

@@ -151,3 +151,32 @@ def build_loss(name: str) -> LossFn:
     if name not in _BUILDERS:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
     return _BUILDERS[name]
+
+
+# Adversarial losses (Blur2Blur's translator against its discriminator) ---------------------
+
+
+def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss: ``mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))``
+    (0 once real logits are ≥ 1 and fake ones ≤ -1)."""
+    return torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean()
+
+
+def hinge_g(fake: torch.Tensor) -> torch.Tensor:
+    """The generator's hinge loss: ``-mean(D(fake))``."""
+    return -fake.mean()
+
+
+def gradient_penalty(disc: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """WGAN-GP: ``mean((‖∇ₓ D(x)‖₂ − 1)²)`` at random points ``x`` between real and fake
+    images (one mixing weight per image), differentiable with respect to D's weights.
+
+    Shape:
+        ``real``, ``fake``: ``[B, C, H, W]`` → scalar.
+    """
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=generator)
+    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()

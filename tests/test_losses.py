@@ -115,3 +115,31 @@ def test_fft_l1() -> None:
 def test_build_loss_unknown_name() -> None:
     with pytest.raises(ValueError, match="l1, l2, psnr, charbonnier"):
         build_loss("ssim")
+
+
+def test_hinge_losses_on_hand_made_logits():
+    from bluref_ray.losses import hinge_d, hinge_g
+
+    real = torch.tensor([2.0, 0.5, -1.0])  # relu(1 - x): 0, 0.5, 2
+    fake = torch.tensor([-3.0, 0.0])  # relu(1 + x): 0, 1
+    assert hinge_d(real, fake).item() == pytest.approx(2.5 / 3 + 0.5)
+    assert hinge_d(torch.ones(4), -torch.ones(4)).item() == 0.0  # both margins met
+    assert hinge_g(fake).item() == pytest.approx(1.5)
+
+
+def test_gradient_penalty_of_a_linear_critic_is_its_weight_norm_minus_one():
+    from bluref_ray.losses import gradient_penalty
+
+    w = torch.full((1, 3, 2, 2), 0.5, requires_grad=True)  # ‖w‖ = sqrt(12 · 0.25) = sqrt(3)
+
+    def critic(x):
+        return (x * w).flatten(1).sum(1)
+
+    real, fake = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
+    gp = gradient_penalty(critic, real, fake)
+    assert gp.item() == pytest.approx((3 ** 0.5 - 1) ** 2, rel=1e-5)
+    gp.backward()  # differentiable in the critic's weights: d/dw (‖w‖ - 1)² = 2(‖w‖ - 1) w/‖w‖
+    expect = 2 * (3 ** 0.5 - 1) * 0.5 / 3 ** 0.5
+    assert torch.allclose(w.grad, torch.full_like(w, expect), rtol=1e-4)
+    unit = torch.full((1, 3, 2, 2), 12 ** -0.5)  # ‖w‖ = 1: no penalty
+    assert gradient_penalty(lambda x: (x * unit).flatten(1).sum(1), real, fake).item() < 1e-10

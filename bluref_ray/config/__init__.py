@@ -38,7 +38,9 @@ from bluref_ray.config.core import (
 )
 from bluref_ray.config.data import LOOKS, IngestConfig, RayConfig, SynthConfig
 from bluref_ray.config.method import (
+    Blur2BlurConfig,
     DeblurConfig,
+    KernelConfig,
     MatcherTrainConfig,
     PseudoGTConfig,
     RefineConfig,
@@ -46,7 +48,8 @@ from bluref_ray.config.method import (
 )
 from bluref_ray.storage import StorageConfig
 
-__all__ = ["CONCERNS", "LOOKS", "LOSSES", "MATCHER_NAMES", "PHOTOS", "STRATEGIES", "Config",
+__all__ = ["CONCERNS", "LOOKS", "LOSSES", "MATCHER_NAMES", "PHOTOS", "STRATEGIES",
+           "Blur2BlurConfig", "Config", "KernelConfig",
            "ConfigError", "DeblurConfig", "IngestConfig", "MatcherTrainConfig", "PseudoGTConfig",
            "RayConfig", "RefineConfig", "StorageConfig", "SynthConfig", "TrainConfig", "coerce",
            "config_hash", "load_config", "section_types", "settings_hash"]
@@ -65,6 +68,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     deblur: DeblurConfig = field(default_factory=DeblurConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    blur2blur: Blur2BlurConfig = field(default_factory=Blur2BlurConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

@@ -121,3 +121,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 def section_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """A section's fields, its own before those it inherits (the settings of a training run)."""
+    own = cls.__dict__.get("__annotations__", {})
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)

@@ -276,3 +276,113 @@ class DeblurConfig:
                               f"deblur.tile_overlap={self.tile_overlap} (or be 0)")
         if self.batch_size < 1:
             raise ConfigError("deblur.batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class _TrainingRun:
+    """What every training run on Ray Train needs besides its model: steps, batch, workers,
+    logging and checkpoints (the fields :func:`bluref_ray.training.loop.train_loop` reads)."""
+
+    steps: int = field(default=1000, metadata=_help("optimizer steps"))
+    batch_size: int = field(default=8, metadata=_help("crops per step, over all workers"))
+    crop: int = field(default=64, metadata=_help("side of the square random training crops"))
+    workers: int = field(default=1, metadata=_help("DDP workers (Ray Train)"))
+    use_gpu: bool | None = field(
+        default=None, metadata=_help("train on GPUs (default: when the cluster has them)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs each worker reserves"))
+    threads: int | None = field(
+        default=None, metadata=_help("torch threads per worker (default: cpus_per_worker)"))
+    amp: bool = field(default=True, metadata=_help("mixed precision (bfloat16), on CUDA only"))
+    max_frames: int = field(
+        default=400,
+        metadata=_help("most frames (or pairs) of each set held in each worker's memory, "
+                       "evenly picked"))
+    val_frames: int = field(default=8, metadata=_help("validation frames (evenly picked)"))
+    val_every: int = field(default=250, metadata=_help("steps between validations"))
+    log_every: int = field(default=25, metadata=_help("steps between log lines and scalars"))
+    checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
+    seed: int = field(default=0, metadata=_help("random seed"))
+
+    def _check_run(self, section: str) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.crop < 32:
+            raise ConfigError(f"{section}.steps, batch_size, workers must be >= 1 and "
+                              "crop >= 32")
+        if self.batch_size % self.workers:
+            raise ConfigError(f"{section}.batch_size={self.batch_size} must divide by "
+                              f"{section}.workers={self.workers}")
+
+
+@dataclass(frozen=True)
+class KernelConfig(_TrainingRun):
+    """Blur2Blur's blur-kernel extractor: F reads a blur code from a known (sharp, blurry)
+    pair, G applies it to a sharp image; trained together on known pairs (Charbonnier)."""
+
+    model: str = field(
+        default="kernel-tiny",
+        metadata=_help("network: kernel-tiny (CPU) or kernel-wizard (the paper's size)"))
+    lr: float = field(default=1e-3, metadata=_help("Adam peak learning rate (cosine decay)"))
+
+    def validate(self) -> None:
+        self._check_run("kernel")
+
+
+@dataclass(frozen=True)
+class Blur2BlurConfig(_TrainingRun):
+    """Blur2Blur: a translator from the camera's blur to a known blur, trained adversarially
+    against sets of known blur made from the camera's own sharp frames (kernel transfer)."""
+
+    known: str | None = field(
+        default=None,
+        metadata=_help("the known domain: GoPro-style tree(s) <seq>/{blur,sharp}/ of paired "
+                       "frames with the blur the known deblurrer handles"))
+    kernel: str | None = field(
+        default=None, metadata=_help("the kernel extractor (`bluref train-kernel` OUT/model.pt)"))
+    deblurrer: str | None = field(
+        default=None,
+        metadata=_help("the known-domain deblurrer: validation scores translator → deblurrer, "
+                       "and OUT/model.pt is that chain"))
+    translator: str = field(
+        default="mimo-tiny", metadata=_help("translator: mimo-tiny (CPU) or mimo-unet (paper)"))
+    discriminator: str = field(
+        default="patchgan-tiny",
+        metadata=_help("discriminator: patchgan-tiny (CPU) or patchgan (paper)"))
+    adversarial: float = field(
+        default=1.0, metadata=_help("weight of the adversarial (hinge) loss; 0: content only "
+                                    "(a control)"))
+    gp_weight: float = field(
+        default=1e-3, metadata=_help("λ of the discriminator's gradient penalty (paper: 1e-4 "
+                                     "to 5e-3)"))
+    content_weight: float = field(
+        default=0.8, metadata=_help("λ of the content loss between the output and its input"))
+    content: str = field(
+        default="matcher",
+        metadata=_help("features of the content loss: matcher (the shipped matcher's feature "
+                       "pyramid), vgg19 (needs vgg19_weights) or pixels (low-passed images)"))
+    vgg19_weights: str | None = field(
+        default=None, metadata=_help("path of torchvision VGG19 weights (content=vgg19)"))
+    scene_split: float = field(
+        default=0.6,
+        metadata=_help("share of the camera's clips whose blurry frames are translated; the "
+                       "others give the sharp frames (split by clip, so no blurry frame's truth "
+                       "is among them)"))
+    curriculum: float = field(
+        default=0.3,
+        metadata=_help("share of the steps that see only the least blurry half of the blurry "
+                       "frames (variance of the Laplacian), before all of them"))
+    lr: float = field(default=2e-4, metadata=_help("Adam learning rate of both networks"))
+    val: str | None = field(
+        default=None,
+        metadata=_help("validation tree with ground truth in the camera's blur: scores the "
+                       "known deblurrer on translated frames (needs deblurrer)"))
+
+    def validate(self) -> None:
+        self._check_run("blur2blur")
+        if not 0.0 < self.scene_split < 1.0:
+            raise ConfigError(f"blur2blur.scene_split={self.scene_split}: must be within (0, 1)")
+        if not 0.0 <= self.curriculum <= 1.0:
+            raise ConfigError(f"blur2blur.curriculum={self.curriculum}: must be within [0, 1]")
+        if min(self.adversarial, self.gp_weight, self.content_weight) < 0:
+            raise ConfigError("blur2blur.adversarial, gp_weight and content_weight must be >= 0")
+        if self.content not in ("matcher", "vgg19", "pixels"):
+            raise ConfigError(f"blur2blur.content={self.content!r}: use matcher, vgg19 or "
+                              "pixels")

@@ -13,6 +13,7 @@ import dataclasses
 import typing
 
 from bluref_ray.config import Config
+from bluref_ray.config.core import ordered_fields
 
 INTRO = """# bluref-ray: configuration reference
 
@@ -41,9 +42,9 @@ def reference_markdown() -> str:
     hints = typing.get_type_hints(Config)
     for section in dataclasses.fields(Config):
         cls = hints[section.name]
-        fields = dataclasses.fields(cls)
+        fields = ordered_fields(cls)
         concerns = any("concern" in f.metadata for f in fields)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         lines += [f"## `{section.name}`", "", doc, ""]
         head = "| setting | default |" + (" concern |" if concerns else "") + " meaning |"
         lines += [head, "|---|---|" + ("---|" if concerns else "") + "---|"]

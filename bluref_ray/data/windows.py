@@ -103,7 +103,7 @@ def plan_windows(clip_rows: list[dict], frames_per_window: int, max_refs: int,
     return windows
 
 
-class _ClipFrames:
+class ClipFrames:
     """Loads a clip's frames by frame id: a video decoded once in order, or image files."""
 
     def __init__(self, rows: dict[str, dict], storage_cfg: StorageConfig | None) -> None:
@@ -171,7 +171,7 @@ class _ClipFrames:
             del self.cache[k]
 
 
-def _load(window: Window, frames: _ClipFrames, wanted: set[str]) -> tuple[Window, np.ndarray]:
+def _load(window: Window, frames: ClipFrames, wanted: set[str]) -> tuple[Window, np.ndarray]:
     """Load a window's frames into a pool and index it; collect rejects with their reasons."""
     pool: list[np.ndarray] = []
     slot: dict[str, int] = {}
@@ -241,7 +241,7 @@ def load_windows(frames: pa.Table, frames_per_window: int, max_refs: int,
                    if w.name not in done]
         if not windows:
             continue
-        source = _ClipFrames({r["frame_id"]: r for r in clip_rows}, storage_cfg)
+        source = ClipFrames({r["frame_id"]: r for r in clip_rows}, storage_cfg)
         needs = [set(w.frame_ids()) for w in windows]
         later = [set() for _ in windows]  # frames needed by windows after i
         for i in range(len(windows) - 2, -1, -1):

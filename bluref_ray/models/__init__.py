@@ -3,6 +3,10 @@
 Checkpoints are plain dicts saved with ``torch.save`` and loaded with ``weights_only=True``::
 
     {"arch": "nafnet", "kwargs": {...}, "state_dict": {...}, ...anything else}
+
+Models run one after another are a :class:`Chain` (``arch="chain"``): Blur2Blur's translator
+then a deblurrer. :func:`load_checkpoint` also takes ``A.pt+B.pt`` (two checkpoint URIs joined
+by ``+``) and builds that chain from the two files.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from bluref_ray import storage
+from bluref_ray.models.blur2blur import KernelWizard, MIMOUNet, PatchDiscriminator
 from bluref_ray.models.nafnet import NAFNet
 from bluref_ray.models.restormer import Restormer
 from bluref_ray.storage import StorageConfig
@@ -30,9 +35,47 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                                 "heads": (1, 2, 4, 8), "ffn_expansion": 2.66}),
     "restormer-tiny": ("restormer", {"width": 16, "blocks": (1, 1, 1, 2), "refinement_blocks": 1,
                                      "heads": (1, 1, 2, 2), "ffn_expansion": 2.0}),
+    # Blur2Blur: the translator (the paper's MIMO-UNet is width 32, 8 blocks), its
+    # discriminator (the paper's PatchGAN: 64 channels, 3 layers) and the kernel extractor
+    "mimo-unet": ("mimo-unet", {"width": 32, "blocks": 8}),
+    "mimo-tiny": ("mimo-unet", {"width": 16, "blocks": 2}),
+    "patchgan": ("patchgan", {"width": 64, "layers": 3}),
+    "patchgan-tiny": ("patchgan", {"width": 16, "layers": 3}),
+    "kernel-wizard": ("kernel-wizard", {"width": 32, "code": 128, "kernel_size": 33,
+                                        "blocks": 2}),
+    "kernel-tiny": ("kernel-wizard", {"width": 16, "code": 64, "kernel_size": 25, "blocks": 1}),
 }
 
-_ARCHS: dict[str, type[nn.Module]] = {"nafnet": NAFNet, "restormer": Restormer}
+
+class Chain(nn.Module):
+    """Networks applied one after another, each output clamped to [0, 1] before the next.
+
+    Args:
+        stages: ``[{"arch", "kwargs"}, ...]``, as checkpoints describe networks.
+    """
+
+    def __init__(self, stages: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(build_model(s["arch"], **_tuples(s["kwargs"]))
+                                    for s in stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i < len(self.stages) - 1:
+                x = x.clamp(0, 1)
+        return x
+
+
+_ARCHS: dict[str, type[nn.Module]] = {
+    "nafnet": NAFNet, "restormer": Restormer, "mimo-unet": MIMOUNet,
+    "patchgan": PatchDiscriminator, "kernel-wizard": KernelWizard, "chain": Chain}
+
+
+def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Lists of a checkpoint's kwargs (JSON-like) back to the tuples the constructors take."""
+    return {k: tuple(v) if isinstance(v, list) and k != "stages" else v
+            for k, v in kwargs.items()}
 
 
 def build_model(arch: str, **kwargs: Any) -> nn.Module:
@@ -78,14 +121,27 @@ def checkpoint_from_bytes(blob: bytes, uri: str,
     return ckpt
 
 
+def chain_checkpoint(ckpts: list[dict]) -> dict:
+    """One checkpoint of several networks applied in order (:class:`Chain`)."""
+    stages = [{"arch": c["arch"], "kwargs": c["kwargs"]} for c in ckpts]
+    state = {f"stages.{i}.{k}": v for i, c in enumerate(ckpts) for k, v in c["state_dict"].items()}
+    return {"arch": "chain", "kwargs": {"stages": stages}, "state_dict": state}
+
+
 def read_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
                     map_location: str | torch.device = "cpu") -> dict:
     """The dict a bluref-ray checkpoint holds (``arch``, ``kwargs``, ``state_dict``, ...).
 
+    ``A+B`` (URIs joined by ``+``, when no file has that whole name) is the chain of the two:
+    A's network, then B's.
+
     Raises:
-        storage.StorageNotFoundError: ``uri`` does not exist.
+        storage.StorageNotFoundError: ``uri`` (or a part of a chain) does not exist.
         ValueError: the file is not a bluref-ray checkpoint.
     """
+    if "+" in uri and not storage.exists(uri, storage_cfg):
+        return chain_checkpoint([read_checkpoint(part, storage_cfg, map_location)
+                                 for part in uri.split("+")])
     return checkpoint_from_bytes(storage.read_bytes(uri, storage_cfg), uri, map_location)
 
 
@@ -101,7 +157,6 @@ def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
         ValueError: the file is not a bluref-ray checkpoint.
     """
     ckpt = read_checkpoint(uri, storage_cfg, map_location)
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}
-    model = build_model(ckpt["arch"], **kwargs)
+    model = build_model(ckpt["arch"], **_tuples(ckpt["kwargs"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt

@@ -158,9 +158,11 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
 
     shards = shards_dir(pairs, storage_cfg)
     files = [f for f in storage.list_files(shards, storage_cfg) if f.endswith(".parquet")]
+    if not files and cfg.supervised:
+        return tree_dataset(pairs, cfg, storage_cfg)
     if not files:
         raise ConfigError(f"{shards}: no pseudo-pair shards (*.parquet); run `bluref pseudo-gt` "
-                          "first")
+                          "first (or train --supervised on a GoPro-style tree)")
     fs, _ = storage.resolve(shards, storage_cfg)
     ds = ray.data.read_parquet([storage.resolve(f, storage_cfg)[1] for f in files],
                                filesystem=fs, num_cpus=DATA_CPUS
@@ -170,6 +172,33 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
         fn_kwargs={"crop": cfg.crop, "crops_per_frame": cfg.crops_per_frame, "tau": cfg.tau,
                    "supervised": cfg.supervised, "storage_cfg": storage_cfg,
                    "color_aug": cfg.color_aug})
+
+
+def _read_blurry(batch: dict[str, np.ndarray], storage_cfg: StorageConfig | None
+                 ) -> dict[str, np.ndarray]:
+    """Rows of a paired tree (``row_id`` = the blurry file) as pairs :func:`crop_pairs` reads."""
+    n = len(batch["row_id"])
+    blurry = np.empty(n, dtype=object)
+    blurry[:] = [storage.read_bytes(u, storage_cfg) for u in batch["row_id"]]
+    return {"row_id": batch["row_id"], "blurry_png": blurry, "gt_uri": batch["gt_uri"],
+            "pseudo_png": np.full(n, b"", dtype=object),
+            "confidence_png": np.full(n, b"", dtype=object)}
+
+
+def tree_dataset(tree: str, cfg: TrainConfig, storage_cfg: StorageConfig):
+    """Supervised training straight from GoPro-style trees (``<seq>/{blur,sharp}/``): the
+    known pairs of a dataset the user has, or that ``bluref synth`` made."""
+    import ray.data
+
+    from bluref_ray.data.domains import known_pairs
+
+    items = [{"row_id": b, "gt_uri": s} for b, s in known_pairs(tree, storage_cfg)]
+    return ray.data.from_items(items).randomize_block_order().map_batches(
+        _read_blurry, batch_size=4, num_cpus=DATA_CPUS, fn_kwargs={"storage_cfg": storage_cfg}
+    ).map_batches(
+        crop_pairs, batch_size=4, num_cpus=DATA_CPUS,
+        fn_kwargs={"crop": cfg.crop, "crops_per_frame": cfg.crops_per_frame, "tau": cfg.tau,
+                   "supervised": True, "storage_cfg": storage_cfg, "color_aug": cfg.color_aug})
 
 
 class DeblurTask(Task):

@@ -218,7 +218,7 @@ def train_loop(config: dict) -> None:
         if done % cfg.checkpoint_every == 0 or done == cfg.steps \
                 or (val_every and done % val_every == 0):
             checkpoint(logs)
-    sums = weight_checksums(next(iter(task.nets.values())), worker.world)
+    sums = weight_checksums(list(task.nets.values()), worker.world)
     if rank0:
         say(f"[{task.name}] weights of the {worker.world} worker(s) after step {done}: "
             f"{'in sync' if len(set(sums)) == 1 else 'DIFFERENT: ' + str(sums)}")
@@ -257,9 +257,10 @@ def _log(writer, task: Task, logs: dict, done: int, steps: int, rate: float) -> 
     return f"[{task.name}] step {done}/{steps} {shown} {lr} {rate:.1f} {task.items}/s"
 
 
-def weight_checksums(model: torch.nn.Module, world: int) -> list[float]:
-    """Each rank's sum of |weights| (gathered from all DDP ranks): equal when in sync."""
-    total = float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+def weight_checksums(nets: list[torch.nn.Module], world: int) -> list[float]:
+    """Each rank's sum of |weights| of every net (gathered from all DDP ranks): equal when in
+    sync."""
+    total = float(sum(p.detach().double().abs().sum() for m in nets for p in m.parameters()))
     if world == 1:
         return [total]
     import torch.distributed as dist
@@ -267,3 +268,63 @@ def weight_checksums(model: torch.nn.Module, world: int) -> list[float]:
     sums: list = [None] * world
     dist.all_gather_object(sums, total)
     return sums
+
+
+def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: str,
+             export: str = "model.pt", **config) -> dict:
+    """A command's whole training run: check the output, start Ray, settle GPUs and workers,
+    train ``task`` with settings ``tc`` (the config section ``section``) or resume it, and
+    export the first net to ``OUT/{export}``.
+
+    An output that already holds the last step is exported again without training.
+
+    Returns:
+        ``{"model": URI of the export, "steps", "seconds", "history": every validation,
+        "val": the last one or None}``.
+    """
+    import io
+
+    import ray
+
+    from bluref_ray.ray_utils import init_ray
+    from bluref_ray.training.common import export_model, gpu_workers, latest_checkpoint
+
+    storage_cfg = cfg.storage.resolved()
+    out = storage.normalize(out)
+    storage.check_reachable(out, storage_cfg)
+    storage.makedirs(out, storage_cfg)
+    resume = latest_checkpoint(out, storage_cfg)
+    t0 = time.time()
+    if resume and int(resume.rstrip("/").rsplit("_", 1)[1]) >= tc.steps:
+        log(f"[{section}] {out} already holds step {tc.steps}")
+        final = resume
+    else:
+        init_ray(cfg.ray)
+        tc = _fit_cluster(gpu_workers(tc, ray.cluster_resources(), section, log), section)
+        if resume:
+            log(f"[{section}] resuming from {resume}")
+        log(f"[{section}] {tc.workers} worker(s) on "
+            f"{'GPU (NCCL)' if tc.use_gpu else 'CPU (gloo)'} → {out}")
+        final = fit_task(task, tc, out, storage_cfg, quiet=cfg.ray.quiet, **config)
+    state_uri = storage.join(final, "state.pt")
+    target = storage.join(out, export)
+    ckpt = export_model(state_uri, target, storage_cfg, command=command)
+    history = torch.load(io.BytesIO(storage.read_bytes(state_uri, storage_cfg)),
+                         map_location="cpu", weights_only=True).get("history", [])
+    log(f"[{section}] model written to {target}")
+    return {"model": target, "steps": ckpt["step"], "seconds": time.time() - t0,
+            "history": history, "val": history[-1] if history else None}
+
+
+def _fit_cluster(tc, section: str):
+    """Refuse workers that the cluster's CPUs cannot hold (the run would wait for ever)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if tc.workers * tc.cpus_per_worker > cpus:
+        from bluref_ray.config import ConfigError
+
+        raise ConfigError(f"{section}: {tc.workers} worker(s) × {tc.cpus_per_worker:g} CPU; the "
+                          f"cluster has {cpus:g} CPUs; lower {section}.workers or "
+                          "cpus_per_worker")
+    return tc

@@ -24,18 +24,14 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from bluref_ray import storage
 from bluref_ray.config import Config, MatcherTrainConfig
 from bluref_ray.matching.network import DenseMatcherNet, resize_flow
 from bluref_ray.matching.synthetic import PairConfig, load_photos, make_batch
 from bluref_ray.matching.warp import warp
 from bluref_ray.training.common import (
-    export_model,
-    gpu_workers,
-    latest_checkpoint,
     warmup_cosine,
 )
-from bluref_ray.training.loop import Task, Worker, fit_task
+from bluref_ray.training.loop import Task, Worker, run_task
 
 ARCH = "dense-matcher"
 #: learning-rate factor of the layers that fine-tuning (``init``) adds to a trained network
@@ -203,26 +199,7 @@ def train_matcher(out: str, cfg: Config, log: Callable[[str], None] = print,
     Args:
         command: the command line that started it, recorded in the exported checkpoint.
     """
-    import ray
-
-    from bluref_ray.ray_utils import init_ray
-
     tc = cfg.train_matcher
-    storage_cfg = cfg.storage.resolved()
-    out = storage.normalize(out)
-    storage.check_reachable(out, storage_cfg)
-    storage.makedirs(out, storage_cfg)
-    init_ray(cfg.ray)
-    tc = gpu_workers(tc, ray.cluster_resources(), "train_matcher", log)
-    use_gpu = bool(tc.use_gpu)
-    resume = latest_checkpoint(out, storage_cfg)
-    if resume:
-        log(f"[train-matcher] resuming from {resume}")
-    log(f"[train-matcher] {tc.workers} worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
-        f"{tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px → {out}")
-    final = fit_task(MatcherTask, tc, out, storage_cfg, quiet=cfg.ray.quiet)
-    query = storage.join(out, "matcher.pt")
-    export_model(storage.join(final, "state.pt"), query, storage_cfg,
-                 command=command or "train_matcher()")
-    log(f"[train-matcher] model written to {query}")
-    return query
+    log(f"[train-matcher] {tc.steps} steps of {tc.batch_size} pairs at {tc.crop}px")
+    return run_task(MatcherTask, tc, "train_matcher", out, cfg, log,
+                    command or "train_matcher()", export="matcher.pt")["model"]

@@ -1,0 +1,103 @@
+"""Feature distances for Blur2Blur's content loss: the translated image should keep its input's
+content while its blur changes.
+
+The paper compares VGG features pre-trained on ImageNet; nothing can be downloaded here, so the
+default features are those of the dense matcher that ships in the package (its feature pyramid,
+trained by this project to match frames across blur, so its features follow structure rather
+than blur). Users with VGG19 weights give their path; ``pixels`` compares low-passed images.
+
+``ContentLoss(kind)(output, input)``: the mean L1 distance over the feature layers; frozen (no
+gradient to its weights), on the device of the images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bluref_ray.storage import StorageConfig
+
+#: Feature sources :class:`ContentLoss` knows.
+CONTENT_FEATURES = ("matcher", "vgg19", "pixels")
+#: VGG19 layers compared (after ReLU): relu1_2, relu2_2, relu3_4 (indices into ``features``)
+VGG19_LAYERS = (3, 8, 17)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _matcher_pyramid(storage_cfg: StorageConfig | None) -> nn.Module:
+    from bluref_ray.matching.learned import SHIPPED, read_matcher_checkpoint
+    from bluref_ray.matching.network import FeaturePyramid
+
+    ckpt = read_matcher_checkpoint(SHIPPED, storage_cfg)
+    pyramid = FeaturePyramid(tuple(ckpt["kwargs"].get("channels", (16, 32, 64, 96))))
+    pyramid.load_state_dict({k[len("features."):]: v for k, v in ckpt["state_dict"].items()
+                             if k.startswith("features.")})
+    return pyramid
+
+
+def _vgg19(path: str | None, storage_cfg: StorageConfig | None) -> nn.Module:
+    import io
+
+    import torchvision
+
+    from bluref_ray import storage
+    from bluref_ray.config import ConfigError
+
+    if not path:
+        raise ConfigError("blur2blur.content=vgg19 needs blur2blur.vgg19_weights: the path of "
+                          "torchvision VGG19 weights (a state dict); nothing is downloaded")
+    try:
+        blob = storage.read_bytes(path, storage_cfg)
+    except storage.StorageNotFoundError:
+        raise ConfigError(f"blur2blur.vgg19_weights={path}: no such file") from None
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    vgg = torchvision.models.vgg19(weights=None)
+    try:
+        vgg.load_state_dict(state.get("state_dict", state))
+    except RuntimeError as e:
+        raise ConfigError(f"blur2blur.vgg19_weights={path}: not torchvision VGG19 weights "
+                          f"({str(e)[:200]})") from None
+    return vgg.features[:max(VGG19_LAYERS) + 1]
+
+
+class ContentLoss(nn.Module):
+    """Mean L1 distance between features of two images (frozen features).
+
+    Args:
+        kind: ``matcher`` (the shipped matcher's feature pyramid, 1/2 and 1/4 scale),
+            ``vgg19`` (ImageNet VGG19 at ``vgg19_weights``) or ``pixels`` (images low-passed
+            by a 4×4 average).
+    """
+
+    def __init__(self, kind: str = "matcher", vgg19_weights: str | None = None,
+                 storage_cfg: StorageConfig | None = None) -> None:
+        super().__init__()
+        if kind not in CONTENT_FEATURES:
+            raise ValueError(f"content features {kind!r}: use one of {CONTENT_FEATURES}")
+        self.kind = kind
+        self.net = {"matcher": lambda: _matcher_pyramid(storage_cfg),
+                    "vgg19": lambda: _vgg19(vgg19_weights, storage_cfg),
+                    "pixels": lambda: nn.Identity()}[kind]()
+        self.net.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN)[None, :, None, None])
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD)[None, :, None, None])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.kind == "pixels":
+            return [F.avg_pool2d(x, 4, ceil_mode=True)]
+        if self.kind == "matcher":
+            return self.net(x)[:2]
+        x, out = (x - self.mean) / self.std, []
+        for i, layer in enumerate(self.net):
+            x = layer(x)
+            if i in VGG19_LAYERS:
+                out.append(x)
+        return out
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            want = self.features(target)
+        got = self.features(output)
+        return torch.stack([(a - b).abs().mean() for a, b in zip(got, want)]).mean()
