@@ -184,3 +184,17 @@ def test_dashcam_look_drifts_the_light_and_compresses_what_is_recorded(tmp_path)
     # a setting given explicitly wins over the look; the studio look adds nothing
     assert dataclasses.replace(cfg, jpeg_quality=0).resolved().jpeg_quality == 0
     assert ClipSynth(TINY, "train", 0).gains is None
+
+
+def test_sensor_noise_goes_on_what_is_recorded_and_the_truth_stays_clean():
+    cfg = dataclasses.replace(TINY, frames=6, noise=10.0)
+    noisy = list(ClipSynth(cfg, "train", 0).frames())
+    clean = list(ClipSynth(dataclasses.replace(cfg, noise=0.0), "train", 0).frames())
+    for (p, rec, gt), (_, rec0, gt0) in zip(noisy, clean):
+        assert np.array_equal(gt, gt0)  # the truth: the same clean frame
+        diff = rec.astype(float) - rec0
+        assert 7 < diff.std() < 11 and abs(diff.mean()) < 1  # σ 10, clipped at 0 and 255
+    again = list(ClipSynth(cfg, "train", 0).frames())
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(noisy, again))  # seeded
+    with pytest.raises(ConfigError, match="synth.noise"):
+        dataclasses.replace(TINY, noise=-1.0).validate()

@@ -98,6 +98,10 @@ class SynthConfig:
     jpeg_quality: int | None = _look_field(
         "JPEG quality each recorded frame of the tree goes through (0 = lossless PNG), as a "
         "camera's encoder", "jpeg_quality")
+    noise: float = field(
+        default=0.0,
+        metadata=_help("sensor noise of every recorded frame (blurry or sharp; the ground truth "
+                       "stays clean): Gaussian, standard deviation in 8-bit levels"))
     scenes: str = field(
         default="coffee,rocket,astronaut,chelsea,hubble_deep_field,immunohistochemistry,retina",
         metadata=_help("comma-separated scikit-image photos the clips' backgrounds come from; "
@@ -136,6 +140,8 @@ class SynthConfig:
         if r.depth >= 1:
             raise ConfigError(f"synth.depth={r.depth}: must be below 1 (the top row would "
                               "move backwards)")
+        if self.noise < 0:
+            raise ConfigError(f"synth.noise={self.noise}: must be >= 0")
         if not 0 <= r.jpeg_quality <= 100:
             raise ConfigError(f"synth.jpeg_quality={r.jpeg_quality}: use 0 (off) to 100")
 

@@ -116,6 +116,7 @@ class ClipSynth:
         self.split, self.number = split, number
         self.seq = f"clip_{number:04d}"
         key = [cfg.seed, SPLITS.index(split) if split in SPLITS else 9, number]
+        self.key = key
         rng = np.random.default_rng(key)
         look = np.random.default_rng(key + [1])  # the look's own draws leave the studio's alone
         self.plan = plan_clip(cfg, rng)
@@ -147,7 +148,8 @@ class ClipSynth:
 
         With a look's exposure and white balance both get the frame's gains; with its
         compression the recorded frame is what the encoder gives back (for a sharp frame, the
-        recorded frame is also the ground truth: nothing sharper exists).
+        recorded frame is also the ground truth: nothing sharper exists). Sensor noise
+        (``noise``) goes on the recorded frame only: the truth is the clean frame.
         """
         gt = self.stream.frame(plan.centre)
         if plan.blurry:
@@ -158,9 +160,13 @@ class ClipSynth:
         if self.gains is not None:
             gt, recorded = (apply_gains(x, self.gains[plan.index], self.cfg.gamma)
                             for x in (gt, recorded))
+        if self.cfg.noise:  # the truth stays clean
+            rng = np.random.default_rng([*self.key, plan.index, 2])
+            recorded = np.clip(recorded + rng.normal(0.0, self.cfg.noise, recorded.shape),
+                               0, 255).round().astype(np.uint8)
         if self.cfg.jpeg_quality:
             recorded = jpeg(recorded, self.cfg.jpeg_quality)
-            if not plan.blurry:
+            if not plan.blurry and not self.cfg.noise:
                 gt = recorded
         return recorded, gt
 
