@@ -98,16 +98,20 @@ def main() -> int:
 
     from bluref_ray.pipeline.ingest import run_ingest
 
+    # the camera's frame trees: their layout says which frames are blurry (the sharpness
+    # labels of `bluref ingest` call every frame of these noisy videos sharp: the noise, not the
+    # blur, dominates the variance of the Laplacian)
     camera = f"{out}/camera"
-    run_ingest([f"{unknown}/videos/train"], camera, cfg(), log=lambda _m: None)
+    run_ingest([f"{unknown}/train"], camera, cfg(), log=lambda _m: None)
     if args.stop_after == "ingest":
         return 0
 
     from bluref_ray.training.blur2blur import train_blur2blur
 
     b2b = [f"blur2blur.known={known}/train", f"blur2blur.kernel={kernel['model']}",
-           f"blur2blur.deblurrer={deblur_known}", f"blur2blur.steps={steps(2000)}",
-           "blur2blur.log_every=100", "blur2blur.val_every=500", "blur2blur.checkpoint_every=500"]
+           f"blur2blur.deblurrer={deblur_known}", f"blur2blur.steps={steps(1000)}",
+           "blur2blur.log_every=100", "blur2blur.val_every=250", "blur2blur.checkpoint_every=250",
+           "blur2blur.content=pixels"]
     val = f"blur2blur.val={unknown}/test"
     runs = {"blur2blur": train_blur2blur(camera, f"{out}/b2b", cfg(*b2b, val), log=log),
             "no adversarial loss": train_blur2blur(camera, f"{out}/b2b_noadv",

@@ -106,7 +106,8 @@ def test_translator_steps_with_the_network_blocked(tiny_frames, tiny_data, tmp_p
     kernel, deblurrer = _fixtures(tmp_path)
     cfg = load_config(None, [f"blur2blur.known={tiny_data}/train", f"blur2blur.kernel={kernel}",
                              f"blur2blur.deblurrer={deblurrer}", f"blur2blur.val={tiny_data}/test",
-                             "blur2blur.batch_size=2", "blur2blur.val_frames=2"]).blur2blur
+                             "blur2blur.batch_size=2", "blur2blur.val_frames=2",
+                             "blur2blur.content=matcher"]).blur2blur
     worker = Worker(0, 1, torch.device("cpu"), False, str(tmp_path), None)
     torch.manual_seed(0)
     task = TranslatorTask(cfg, worker, {"frames": tiny_frames})
@@ -168,7 +169,7 @@ def test_killed_blur2blur_resumes_from_its_last_checkpoint(ray_cluster, tiny_fra
     out = tmp_path / "killed"
     args = [tiny_frames, "--out", str(out), "--known", f"{tiny_data}/train", "--kernel", kernel,
             "--batch-size", "2", "--checkpoint-every", "2", "--log-every", "1",
-            "--cpus-per-worker", "0.5", "--no-ray-progress-bars", "--content", "pixels"]
+            "--cpus-per-worker", "0.5", "--no-ray-progress-bars"]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", "blur2blur", *args,
                              "--steps", "400"], env=env, stdout=subprocess.DEVNULL,

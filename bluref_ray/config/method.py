@@ -355,9 +355,10 @@ class Blur2BlurConfig(_TrainingRun):
     content_weight: float = field(
         default=0.8, metadata=_help("λ of the content loss between the output and its input"))
     content: str = field(
-        default="matcher",
-        metadata=_help("features of the content loss: matcher (the shipped matcher's feature "
-                       "pyramid), vgg19 (needs vgg19_weights) or pixels (low-passed images)"))
+        default="pixels",
+        metadata=_help("what the content loss compares: pixels (images low-passed by a 4x4 "
+                       "average: colour and layout stay, detail is free to change), matcher "
+                       "(the shipped matcher's feature pyramid) or vgg19 (needs vgg19_weights)"))
     vgg19_weights: str | None = field(
         default=None, metadata=_help("path of torchvision VGG19 weights (content=vgg19)"))
     scene_split: float = field(

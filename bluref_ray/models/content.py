@@ -1,10 +1,13 @@
 """Feature distances for Blur2Blur's content loss: the translated image should keep its input's
 content while its blur changes.
 
-The paper compares VGG features pre-trained on ImageNet; nothing can be downloaded here, so the
-default features are those of the dense matcher that ships in the package (its feature pyramid,
-trained by this project to match frames across blur, so its features follow structure rather
-than blur). Users with VGG19 weights give their path; ``pixels`` compares low-passed images.
+The paper compares VGG features pre-trained on ImageNet; nothing can be downloaded here. Three
+choices: ``pixels`` (the default) compares the images low-passed by a 4×4 average, so colour and
+layout must stay while detail (blur, noise) is free to change; ``matcher`` compares the features
+of the dense matcher that ships in the package (its feature pyramid, trained by this project to
+match frames across blur); ``vgg19`` takes VGG19 weights from a path the user gives. On the
+project's two-domain benchmark the matcher's features let the translation drift far from its
+input (docs/results.md, Blur2Blur), hence the default.
 
 ``ContentLoss(kind)(output, input)``: the mean L1 distance over the feature layers; frozen (no
 gradient to its weights), on the device of the images.
@@ -66,12 +69,12 @@ class ContentLoss(nn.Module):
     """Mean L1 distance between features of two images (frozen features).
 
     Args:
-        kind: ``matcher`` (the shipped matcher's feature pyramid, 1/2 and 1/4 scale),
-            ``vgg19`` (ImageNet VGG19 at ``vgg19_weights``) or ``pixels`` (images low-passed
-            by a 4×4 average).
+        kind: ``pixels`` (images low-passed by a 4×4 average), ``matcher`` (the shipped
+            matcher's feature pyramid, 1/2 and 1/4 scale) or ``vgg19`` (ImageNet VGG19 at
+            ``vgg19_weights``).
     """
 
-    def __init__(self, kind: str = "matcher", vgg19_weights: str | None = None,
+    def __init__(self, kind: str = "pixels", vgg19_weights: str | None = None,
                  storage_cfg: StorageConfig | None = None) -> None:
         super().__init__()
         if kind not in CONTENT_FEATURES:
