@@ -124,7 +124,9 @@ def test_translator_steps_with_the_network_blocked(tiny_frames, tiny_data, tmp_p
     for k, net in task.nets.items():  # both networks were updated
         assert any(not torch.equal(a, b) for a, b in zip(before[k], net.parameters())), k
     scores, images = task.validate(2)
-    assert 10 < scores["psnr_direct"] < 60 and scores["psnr_io"] > 25
+    # an untrained deblurrer scores anything; the translation stays near its input
+    assert np.isfinite(scores["psnr"]) and np.isfinite(scores["psnr_direct"])
+    assert scores["psnr_io"] > 25
     assert images["val/blurry|translated|deblurred|truth"].shape[0] == 3
 
 

@@ -158,7 +158,8 @@ def test_shipped_checkpoint_is_small_and_documented():
 
 
 def test_training_resumes_from_its_checkpoint(ray_cluster, tmp_path):
-    from bluref_ray.training.matcher import latest_checkpoint, train_matcher
+    from bluref_ray.training.common import latest_checkpoint
+    from bluref_ray.training.matcher import train_matcher
 
     tc = MatcherTrainConfig(steps=2, batch_size=2, workers=2, crop=64, global_size=64,
                             checkpoint_every=1, log_every=1)
