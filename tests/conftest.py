@@ -91,3 +91,28 @@ def tiny_pairs(ray_cluster, tiny_frames, tmp_path_factory) -> str:
                  pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=6))
     run_pseudo_gt(tiny_frames, out, cfg, log=lambda _m: None)
     return out
+
+
+def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:
+    """Start ``bluref COMMAND`` on the test cluster as its own process group and SIGKILL the
+    group once ``OUT/ray-train/step_{step}`` exists (within 2 minutes)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", *command], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = out / "ray-train" / f"step_{step:06d}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ckpt.is_dir():
+            time.sleep(0.5)
+        assert ckpt.is_dir(), "no checkpoint within 2 minutes"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

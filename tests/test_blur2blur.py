@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_after_checkpoint
 
 from bluref_ray.config import ConfigError, load_config
 from bluref_ray.data.images import to_float
@@ -172,21 +171,11 @@ def test_killed_blur2blur_resumes_from_its_last_checkpoint(ray_cluster, tiny_fra
     args = [tiny_frames, "--out", str(out), "--known", f"{tiny_data}/train", "--kernel", kernel,
             "--batch-size", "2", "--checkpoint-every", "2", "--log-every", "1",
             "--cpus-per-worker", "0.5", "--no-ray-progress-bars"]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", "blur2blur", *args,
-                             "--steps", "400"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "ray-train" / "step_000004").is_dir():
-            time.sleep(0.5)
-        assert (out / "ray-train" / "step_000004").is_dir(), "no checkpoint within 2 minutes"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(["blur2blur", *args, "--steps", "400"], out)
     assert not (out / "translator.pt").exists()
     stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
     assert 4 <= stopped < 400
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     done = subprocess.run([sys.executable, "-m", "bluref_ray.cli", "blur2blur", *args,
                            "--steps", str(stopped + 2)], env=env, capture_output=True,
                           text=True, timeout=300)

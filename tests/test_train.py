@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_after_checkpoint
 
 from bluref_ray.config import Config, ConfigError, RayConfig, RefineConfig, TrainConfig
 from bluref_ray.data.images import encode_png
@@ -104,24 +100,12 @@ def test_supervised_mode_trains_on_ground_truth(ray_cluster, tiny_pairs, tmp_pat
 
 def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pairs, tmp_path):
     """A `bluref train` process is killed mid-way (SIGKILL); the same command resumes."""
-    import ray
 
     out = tmp_path / "killed"
     args = [tiny_pairs, "--out", str(out), "--steps", "400", "--batch-size", "2", "--crop", "32",
             "--checkpoint-every", "2", "--val-every", "1000", "--cpus-per-worker", "0.5",
             "--no-ray-progress-bars"]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", "train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "ray-train" / "step_000004").is_dir():
-            time.sleep(0.5)
-        assert (out / "ray-train" / "step_000004").is_dir(), "no checkpoint within 2 minutes"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(["train", *args], out)
     assert not (out / "model.pt").exists()
     stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
     assert 4 <= stopped < 400

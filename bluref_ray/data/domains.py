@@ -23,7 +23,7 @@ import numpy as np
 
 from bluref_ray import schema, storage
 from bluref_ray.config import ConfigError
-from bluref_ray.data.images import decode_image
+from bluref_ray.data.images import decode_image, random_flips
 from bluref_ray.storage import StorageConfig
 
 
@@ -146,10 +146,5 @@ def crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator,
                          mode="edge")
             h, w = img.shape[:2]
         y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
-        c = img[y:y + size, x:x + size]
-        if rng.random() < 0.5:
-            c = c[:, ::-1]
-        if rng.random() < 0.5:
-            c = c[::-1]
-        out.append(c)
+        out.append(random_flips(img[y:y + size, x:x + size], rng))
     return np.ascontiguousarray(np.stack(out))

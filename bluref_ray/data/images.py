@@ -102,3 +102,13 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 def as_saved(t: torch.Tensor) -> torch.Tensor:
     """Float images rounded to the 8-bit levels they are saved with (scores see what is saved)."""
     return (t.clamp(0, 1) * 255).round() / 255
+
+
+def random_flips(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop ``[H, W, C]`` flipped left-right, then upside down, each with probability 1/2
+    (channels, and so any images stacked in them, flip together)."""
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if rng.random() < 0.5:
+        crop = crop[::-1]
+    return crop

@@ -36,7 +36,7 @@ import torch
 
 from bluref_ray import storage
 from bluref_ray.config import Config, ConfigError, TrainConfig
-from bluref_ray.data.images import decode_image, to_float
+from bluref_ray.data.images import decode_image, random_flips, to_float
 from bluref_ray.losses import confidence_level
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
@@ -131,11 +131,7 @@ def crop_pairs(batch: dict[str, np.ndarray], crop: int, crops_per_frame: int, ta
         h, w = stack.shape[:2]
         for _ in range(crops_per_frame):
             y, x = rng.integers(h - crop + 1), rng.integers(w - crop + 1)
-            c = stack[y:y + crop, x:x + crop]
-            if rng.random() < 0.5:
-                c = c[:, ::-1]
-            if rng.random() < 0.5:
-                c = c[::-1]
+            c = random_flips(stack[y:y + crop, x:x + crop], rng)
             if color_aug:
                 c = _recolor(c, rng)
             out["blurry"].append(c[..., :3])
