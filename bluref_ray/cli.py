@@ -26,6 +26,7 @@ from bluref_ray.config import (
     PseudoGTConfig,
     RayConfig,
     RefineConfig,
+    RefNetConfig,
     SynthConfig,
     TrainConfig,
     section_types,
@@ -46,6 +47,7 @@ _REFINE = ("refine", RefineConfig, "", "refinement settings")
 _DEBLUR = ("deblur", DeblurConfig, "", "deblurring settings")
 _KERNEL = ("kernel", KernelConfig, "", "kernel extractor settings")
 _BLUR2BLUR = ("blur2blur", Blur2BlurConfig, "", "Blur2Blur settings")
+_REFNET = ("refnet", RefNetConfig, "", "Ref-NAFNet settings")
 CONCERN_TITLES = {"method": "the method", "matcher": "the matcher",
                   "execution": "execution (not part of the settings hash)"}
 _TAUS_HELP = ("comma-separated confidence thresholds τ (default: --tau alone); several trace each "
@@ -159,6 +161,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("blur2blur", commands.cmd_blur2blur, sections=(_BLUR2BLUR, _RAY, _STORAGE), args=(
         arg("frames", metavar="FRAMES",
             help="ingest output of the camera's video (frames table), local or s3://"),)),
+    Command("train-ref", commands.cmd_train_ref, sections=(_REFNET, _RAY, _STORAGE), args=(
+        arg("frames", metavar="FRAMES",
+            help="ingest output (frames table) of the training clips, local or s3://"),)),
     Command("eval", commands.cmd_eval, sections=(_DEBLUR, _STORAGE), args=(
         arg("data", nargs="+", metavar="DATA",
             help="GoPro-style tree(s) <seq>/{blur,sharp}/ or image folders"),
@@ -168,7 +173,11 @@ COMMANDS: tuple[Command, ...] = (
         arg("--pairs", metavar="PSEUDO_GT", default=None,
             help="pseudo-gt output of the same frames (pseudo-sharp column of the grids)"),
         arg("--max-frames", type=int, default=32,
-            help="frames evaluated, evenly picked (0 = all)"))),
+            help="frames evaluated, evenly picked (0 = all)"),
+        arg("--reference-rule", default="sharpest",
+            choices=("sharpest", "middle", "blurriest", "random", "shuffled"),
+            help="for models that read a reference (Ref-NAFNet): which frame of the clip "
+                 "within ±--reference-delta (by sharpness), or shuffled: another clip's"))),
     Command("deblur", commands.cmd_deblur, sections=(_DEBLUR, _RAY, _STORAGE), args=(
         arg("checkpoint", metavar="CKPT",
             help="model.pt from `bluref train` / refine / blur2blur, or A.pt+B.pt: A's "

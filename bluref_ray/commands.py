@@ -277,6 +277,31 @@ def cmd_blur2blur(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_ref(args: argparse.Namespace) -> int:
+    """Train Ref-NAFNet, a deblurrer that also reads a sharp reference frame (Ray Train, DDP).
+
+    Ref-NAFNet (Zou et al.): NAFNet whose decoder matches its estimate at 1/4, 1/2 and full
+    scale to a sharp reference frame and fuses the reference's features where they match.
+    Trains on (blurry, reference, target) triplets of FRAMES (`bluref ingest` output): the
+    reference is the sharpest frame within ±refnet.delta (refnet.reference), the target the
+    ground truth or, with --pairs (a `bluref pseudo-gt` output), BluRef's pseudo-sharp frame
+    masked by its confidence, so that no paired data is needed. A single-image --model
+    (nafnet-tiny, ...) trains on the same triplets without the reference: the baseline.
+    Writes OUT/model.pt; run again with the same --out to resume.
+    """
+    from bluref_ray.training.refnet import train_ref
+    from bluref_ray.training.validation import describe_validation
+
+    cfg = _config(args)
+    r = train_ref(args.frames, args.out, cfg, log=_log(args),
+                  command="bluref " + " ".join(args.argv))
+    print(f"{cfg.refnet.model}: {r['steps']} steps → {r['model']}")
+    if r["val"]:
+        print(f"  validation: {describe_validation(r['val'])}")
+    print(f"TensorBoard: tensorboard --logdir {storage.join(args.out, 'tensorboard')}")
+    return 0
+
+
 def cmd_refine(args: argparse.Namespace) -> int:
     """Iterative target refinement: K rounds of pseudo-GT + training.
 
@@ -312,7 +337,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         label, _, uri = spec.partition("=") if "=" in spec else (f"model {i}", "", spec)
         models[label] = uri
     result = evaluate(models, args.data, args.out, cfg, pairs=args.pairs,
-                      max_frames=args.max_frames or None, log=_log(args))
+                      max_frames=args.max_frames or None, reference=args.reference_rule,
+                      delta=cfg.deblur.reference_delta, log=_log(args))
     print(markdown_table(result["methods"], COLUMNS))
     print(f"report: {result['report']}")
     return 0

@@ -73,6 +73,7 @@ def _mean(values: list[float]) -> float | None:
 @torch.no_grad()
 def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
              pairs: str | None = None, max_frames: int | None = 32, grids: int = 4,
+             reference: str = "sharpest", delta: int = 30,
              log: Callable[[str], None] = print) -> dict:
     """Score the blurry frames and each model's output; write ``eval.json`` and a report.
 
@@ -83,6 +84,10 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
         pairs: pseudo-GT output of the same frames, for the pseudo-sharp column of the grids.
         max_frames: frames evaluated, evenly picked (None: all).
         grids: frames shown as image grids.
+        reference: how models that read a reference frame (Ref-NAFNet) get it: the rule of
+            :mod:`bluref_ray.data.triplets` over the frame's clip within ±``delta``
+            (``sharpest``; ``middle``, ``blurriest``; ``shuffled``: another clip's frame). A
+            frame with no other frame within ±Δ is its own reference.
 
     Returns:
         ``{"methods": [{"method", "psnr", "ssim", "niqe", "frames"}], "frames": [...],
@@ -100,6 +105,13 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
             for label, uri in models.items()}
     frames = eval_frames(data, max_frames, sc)
     pseudo = pseudo_sharp_by_source(pairs, sc)
+    refs: dict[str, str | None] = {}
+    if any(getattr(n, "takes_reference", False) for n in nets.values()):
+        from bluref_ray.data.triplets import file_references
+
+        refs = file_references(data, frames, reference, delta, sc, cfg.ingest.score_max_side)
+        log(f"[eval] references: {reference} within ±{delta} frames "
+            f"({sum(r is None for r in refs.values())} frame(s) without one use themselves)")
     metrics = ImageMetrics(device)
     methods = ["blurry", *nets]
     scores: dict[str, dict[str, list]] = {m: {"psnr": [], "ssim": [], "niqe": []}
@@ -117,11 +129,15 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
         x = to_float(blurry, device)
         y = to_float(gt, device) if gt is not None else None
         outputs = {"blurry": x}
+        ref_uri = refs.get(f["uri"]) or f["uri"]
+        ref = to_float(decode_image(storage.read_bytes(ref_uri, sc), ref_uri)[0], device) \
+            if refs else None
         for label, net in nets.items():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                pred = tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
+                pred = net(x, ref) if getattr(net, "takes_reference", False) else \
+                    tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
             outputs[label] = as_saved(pred)
-        row = {"uri": f["uri"], "gt_uri": f["gt_uri"]}
+        row = {"uri": f["uri"], "gt_uri": f["gt_uri"], "reference": refs.get(f["uri"])}
         # all methods of a frame in one batch: pyiqa's SSIM (float64 filters) dominates on CPU
         batch = torch.cat(list(outputs.values()))
         truth = y.expand_as(batch) if y is not None else None
@@ -144,7 +160,8 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
             log(f"[eval] {n + 1}/{len(frames)} frames, {time.time() - t0:.1f}s")
     table = [{"method": m, **{k: _mean(v) for k, v in scores[m].items()},
               "frames": len(frames)} for m in methods]
-    result = {"methods": table, "frames": per_frame, "models": models, "data": data}
+    result = {"methods": table, "frames": per_frame, "models": models, "data": data,
+              "reference": reference if refs else None}
     storage.write_text(storage.join(out, "eval.json"), json.dumps(result, indent=1), sc)
     images = []
     labels = ["blurry", "pseudo-sharp", *nets, "truth"]

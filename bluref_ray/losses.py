@@ -14,6 +14,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from bluref_ray.config import LOSSES
 
@@ -129,6 +130,31 @@ def fft_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     fp = torch.view_as_real(torch.fft.rfft2(pred.float()))
     ft = torch.view_as_real(torch.fft.rfft2(target.float()))
     return (fp - ft).abs().mean()
+
+
+def multiscale_loss(outputs: list[torch.Tensor], target: torch.Tensor,
+                    mask: torch.Tensor | None = None, fft_weight: float = 0.01) -> torch.Tensor:
+    """Ref-NAFNet's loss: over every output scale, Charbonnier plus ``fft_weight`` × the L1
+    distance of the Fourier transforms, against the target (and mask) area-resized to that
+    scale. With a mask (BluRef's pseudo-GT confidence), both terms see the masked-in pixels
+    only (the FFT compares the masked images).
+
+    Shape:
+        ``outputs`` ``[B, C, H_s, W_s]`` each, ``target [B, C, H, W]``, ``mask [B, 1, H, W]``
+        → scalar.
+    """
+    total = target.new_zeros(())
+    for out in outputs:
+        out = out.float()
+        size = out.shape[-2:]
+        t = target if target.shape[-2:] == size else F.interpolate(target, size=size,
+                                                                   mode="area")
+        m = None if mask is None else (mask if mask.shape[-2:] == size else
+                                       F.interpolate(mask, size=size, mode="area"))
+        total = total + masked_charbonnier(out, t, m)
+        if fft_weight:
+            total = total + fft_weight * (fft_l1(out, t) if m is None else fft_l1(out * m, t * m))
+    return total
 
 
 _BUILDERS: dict[str, LossFn] = {

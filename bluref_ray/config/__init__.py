@@ -44,6 +44,7 @@ from bluref_ray.config.method import (
     MatcherTrainConfig,
     PseudoGTConfig,
     RefineConfig,
+    RefNetConfig,
     TrainConfig,
 )
 from bluref_ray.storage import StorageConfig
@@ -51,7 +52,8 @@ from bluref_ray.storage import StorageConfig
 __all__ = ["CONCERNS", "LOOKS", "LOSSES", "MATCHER_NAMES", "PHOTOS", "STRATEGIES",
            "Blur2BlurConfig", "Config", "KernelConfig",
            "ConfigError", "DeblurConfig", "IngestConfig", "MatcherTrainConfig", "PseudoGTConfig",
-           "RayConfig", "RefineConfig", "StorageConfig", "SynthConfig", "TrainConfig", "coerce",
+           "RayConfig", "RefNetConfig", "RefineConfig",
+           "StorageConfig", "SynthConfig", "TrainConfig", "coerce",
            "config_hash", "load_config", "section_types", "settings_hash"]
 
 
@@ -70,6 +72,7 @@ class Config:
     deblur: DeblurConfig = field(default_factory=DeblurConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
     blur2blur: Blur2BlurConfig = field(default_factory=Blur2BlurConfig)
+    refnet: RefNetConfig = field(default_factory=RefNetConfig)
 
     def validate(self) -> Config:
         for f in dataclasses.fields(self):

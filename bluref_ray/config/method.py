@@ -269,8 +269,17 @@ class DeblurConfig:
     crf: int = field(default=12, metadata=_help("H.264 quality of output videos (0 = lossless)"))
     overwrite: bool = field(
         default=False, metadata=_help("redo outputs that already exist instead of skipping"))
+    reference: str = field(
+        default="auto",
+        metadata=_help("for a model that reads a reference frame (Ref-NAFNet): auto (the "
+                       "sharpest frame within ±reference_delta of each frame of a video, or of "
+                       "the images of a folder in name order) or the path of one image"))
+    reference_delta: int = field(
+        default=30, metadata=_help("Δ of reference=auto, in frames (or images)"))
 
     def validate(self) -> None:
+        if self.reference_delta < 1:
+            raise ConfigError(f"deblur.reference_delta={self.reference_delta}: must be >= 1")
         if self.tile and self.tile <= 2 * self.tile_overlap:
             raise ConfigError(f"deblur.tile={self.tile} must exceed twice "
                               f"deblur.tile_overlap={self.tile_overlap} (or be 0)")
@@ -387,3 +396,67 @@ class Blur2BlurConfig(_TrainingRun):
         if self.content not in ("matcher", "vgg19", "pixels"):
             raise ConfigError(f"blur2blur.content={self.content!r}: use matcher, vgg19 or "
                               "pixels")
+
+
+@dataclass(frozen=True)
+class RefNetConfig(_TrainingRun):
+    """Ref-NAFNet: a deblurrer that also reads a sharp reference frame, trained on (blurry,
+    reference, target) triplets from the frames table: the target is the ground truth, or with
+    ``pairs`` BluRef's pseudo-sharp frame under its confidence mask (no paired data at all)."""
+
+    model: str = field(
+        default="refnafnet-tiny",
+        metadata=_help("network: refnafnet-tiny (CPU), refnafnet-width32, refnafnet-width64; "
+                       "or a single-image NAFNet preset trained on the same triplets without "
+                       "the reference (the baseline of the same budget)"))
+    pairs: str | None = field(
+        default=None,
+        metadata=_help("`bluref pseudo-gt` OUT: train on its pseudo-pairs (masked by "
+                       "confidence >= tau) instead of the ground truth"))
+    reference: str = field(
+        default="sharpest",
+        metadata=_help("which frame within ±delta is the reference: sharpest, middle, "
+                       "blurriest (by the frequency sharpness score), random, or shuffled (a "
+                       "frame of another clip: a control)"))
+    delta: int = field(
+        default=30, metadata=_help("Δ: references come from within ±delta frames (paper: 30)"))
+    reference_crop: float = field(
+        default=2.0,
+        metadata=_help("side of the reference's training crop, as a multiple of crop: the "
+                       "square around the blurry crop, so that what it shows is in view though "
+                       "the camera moved"))
+    tau: float = field(
+        default=0.7, metadata=_help("τ: with pairs, the loss counts pixels of confidence >= tau"))
+    fft_weight: float = field(
+        default=0.01,
+        metadata=_help("weight of the L1 distance of the Fourier transforms beside Charbonnier, "
+                       "at every output scale"))
+    match_features: str = field(
+        default="matcher",
+        metadata=_help("features that match the estimate to the reference: matcher (the "
+                       "shipped matcher's first stage) or vgg19 (needs vgg19_weights)"))
+    vgg19_weights: str | None = field(
+        default=None, metadata=_help("path of torchvision VGG19 weights (match_features=vgg19)"))
+    lr: float = field(default=2e-3, metadata=_help("AdamW peak learning rate (cosine decay)"))
+    weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
+    val: str | None = field(
+        default=None,
+        metadata=_help("validation frames: a `bluref ingest` OUT of held-out clips with ground "
+                       "truth; PSNR with the reference chosen by `reference`"))
+
+    def validate(self) -> None:
+        from bluref_ray.data.triplets import REFERENCE_RULES
+
+        self._check_run("refnet")
+        if self.reference not in REFERENCE_RULES:
+            raise ConfigError(f"refnet.reference={self.reference!r}: use one of "
+                              f"{', '.join(REFERENCE_RULES)}")
+        if self.delta < 1:
+            raise ConfigError(f"refnet.delta={self.delta}: must be >= 1")
+        if self.reference_crop < 1:
+            raise ConfigError(f"refnet.reference_crop={self.reference_crop}: must be >= 1")
+        if self.fft_weight < 0 or not 0.0 <= self.tau <= 1.0:
+            raise ConfigError("refnet.fft_weight must be >= 0 and refnet.tau within [0, 1]")
+        if self.match_features not in ("matcher", "vgg19"):
+            raise ConfigError(f"refnet.match_features={self.match_features!r}: use matcher or "
+                              "vgg19")

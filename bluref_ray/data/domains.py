@@ -127,6 +127,15 @@ def camera_frames(frames: str, share: float, max_frames: int, seed: int,
                         [loaded[r["frame_id"]] for r in sharp], blurry_clips, sharp_clips)
 
 
+def pad_edges(img: np.ndarray, size: int) -> np.ndarray:
+    """An ``[H, W, C]`` image padded at the bottom and right, by repeating its edges, to at
+    least ``size`` on each side."""
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    return np.pad(img, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="edge")
+
+
 def crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator,
           pool: int | None = None) -> np.ndarray:
     """``n`` random ``size``² crops with random flips from the first ``pool`` images (all by
@@ -139,12 +148,8 @@ def crops(images: list[np.ndarray], n: int, size: int, rng: np.random.Generator,
     pool = len(images) if pool is None else max(1, min(pool, len(images)))
     out = []
     for i in rng.integers(0, pool, size=n):
-        img = images[i]
+        img = pad_edges(images[i], size)
         h, w = img.shape[:2]
-        if h < size or w < size:
-            img = np.pad(img, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)),
-                         mode="edge")
-            h, w = img.shape[:2]
         y, x = rng.integers(h - size + 1), rng.integers(w - size + 1)
         out.append(random_flips(img[y:y + size, x:x + size], rng))
     return np.ascontiguousarray(np.stack(out))

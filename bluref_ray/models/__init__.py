@@ -20,17 +20,19 @@ from torch import nn
 from bluref_ray import storage
 from bluref_ray.models.blur2blur import KernelWizard, MIMOUNet, PatchDiscriminator
 from bluref_ray.models.nafnet import NAFNet
+from bluref_ray.models.refnafnet import RefNAFNet
 from bluref_ray.models.restormer import Restormer
 from bluref_ray.storage import StorageConfig
 
+_NAF32 = {"width": 32, "enc_blocks": (1, 1, 1, 28), "middle_blocks": 1,
+          "dec_blocks": (1, 1, 1, 1)}
+_NAF_TINY = {"width": 16, "enc_blocks": (1, 1, 2), "middle_blocks": 2, "dec_blocks": (1, 1, 1)}
+
 #: Named configurations: (architecture, keyword arguments).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "nafnet-width32": ("nafnet", {"width": 32, "enc_blocks": (1, 1, 1, 28), "middle_blocks": 1,
-                                  "dec_blocks": (1, 1, 1, 1)}),
-    "nafnet-width64": ("nafnet", {"width": 64, "enc_blocks": (1, 1, 1, 28), "middle_blocks": 1,
-                                  "dec_blocks": (1, 1, 1, 1)}),
-    "nafnet-tiny": ("nafnet", {"width": 16, "enc_blocks": (1, 1, 2), "middle_blocks": 2,
-                               "dec_blocks": (1, 1, 1)}),
+    "nafnet-width32": ("nafnet", _NAF32),
+    "nafnet-width64": ("nafnet", {**_NAF32, "width": 64}),
+    "nafnet-tiny": ("nafnet", _NAF_TINY),
     "restormer": ("restormer", {"width": 48, "blocks": (4, 6, 6, 8), "refinement_blocks": 4,
                                 "heads": (1, 2, 4, 8), "ffn_expansion": 2.66}),
     "restormer-tiny": ("restormer", {"width": 16, "blocks": (1, 1, 1, 2), "refinement_blocks": 1,
@@ -44,6 +46,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "kernel-wizard": ("kernel-wizard", {"width": 32, "code": 128, "kernel_size": 33,
                                         "blocks": 2}),
     "kernel-tiny": ("kernel-wizard", {"width": 16, "code": 64, "kernel_size": 25, "blocks": 1}),
+    # Ref-NAFNet: the NAFNet presets' backbones with reference matching (L = 16 as the paper)
+    "refnafnet-width32": ("refnafnet", {**_NAF32, "window": 16}),
+    "refnafnet-width64": ("refnafnet", {**_NAF32, "width": 64, "window": 16}),
+    "refnafnet-tiny": ("refnafnet", {**_NAF_TINY, "window": 8}),
 }
 
 
@@ -69,7 +75,8 @@ class Chain(nn.Module):
 
 _ARCHS: dict[str, type[nn.Module]] = {
     "nafnet": NAFNet, "restormer": Restormer, "mimo-unet": MIMOUNet,
-    "patchgan": PatchDiscriminator, "kernel-wizard": KernelWizard, "chain": Chain}
+    "patchgan": PatchDiscriminator, "kernel-wizard": KernelWizard, "refnafnet": RefNAFNet,
+    "chain": Chain}
 
 
 def _tuples(kwargs: dict[str, Any]) -> dict[str, Any]:

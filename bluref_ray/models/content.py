@@ -40,7 +40,8 @@ def _matcher_pyramid(storage_cfg: StorageConfig | None) -> nn.Module:
     return pyramid
 
 
-def _vgg19(path: str | None, storage_cfg: StorageConfig | None) -> nn.Module:
+def _vgg19(path: str | None, storage_cfg: StorageConfig | None,
+           key: str = "blur2blur.vgg19_weights") -> nn.Module:
     import io
 
     import torchvision
@@ -49,18 +50,18 @@ def _vgg19(path: str | None, storage_cfg: StorageConfig | None) -> nn.Module:
     from bluref_ray.config import ConfigError
 
     if not path:
-        raise ConfigError("blur2blur.content=vgg19 needs blur2blur.vgg19_weights: the path of "
-                          "torchvision VGG19 weights (a state dict); nothing is downloaded")
+        raise ConfigError(f"VGG19 features need {key}: the path of torchvision VGG19 weights "
+                          "(a state dict); nothing is downloaded")
     try:
         blob = storage.read_bytes(path, storage_cfg)
     except storage.StorageNotFoundError:
-        raise ConfigError(f"blur2blur.vgg19_weights={path}: no such file") from None
+        raise ConfigError(f"{key}={path}: no such file") from None
     state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     vgg = torchvision.models.vgg19(weights=None)
     try:
         vgg.load_state_dict(state.get("state_dict", state))
     except RuntimeError as e:
-        raise ConfigError(f"blur2blur.vgg19_weights={path}: not torchvision VGG19 weights "
+        raise ConfigError(f"{key}={path}: not torchvision VGG19 weights "
                           f"({str(e)[:200]})") from None
     return vgg.features[:max(VGG19_LAYERS) + 1]
 

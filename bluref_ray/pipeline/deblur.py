@@ -13,7 +13,12 @@ Stages (each with its resources):
    ``cpus_per_actor`` CPUs): :class:`DeblurWorker` loads the checkpoint once per actor, in its
    constructor, and runs it tile by tile (:func:`bluref_ray.models.tiling.tiled_forward`, so
    memory is bounded by ``deblur.tile``) in bfloat16 autocast on CUDA, float32 on the CPU.
-   Videos are streamed: decoded, deblurred and encoded a few frames at a time.
+   Videos are streamed: decoded, deblurred and encoded a few frames at a time. A model that
+   reads a reference (Ref-NAFNet) gets ``deblur.reference``: a given image, or (``auto``) the
+   sharpest frame within ±``reference_delta`` by the frequency sharpness score: a video is
+   decoded twice, once to score its frames and once to deblur them (holding at most Δ frames
+   back until their reference has been decoded); the images of a folder, in name order, are
+   scored on the driver. Such a model runs on whole frames (no tiles).
 3. **write** (same actor): an image's PNG atomically; a video is encoded to a local temporary
    file at the source frame rate (audio is not kept) and uploaded whole once it is complete.
    A bad file (unreadable, empty, corrupt, breaking mid-way) becomes a failed entry that names
@@ -132,30 +137,94 @@ def plan(inputs: list[str], out: str,
 
 
 def deblur_frames(model: torch.nn.Module, frames: np.ndarray, cfg: DeblurConfig,
-                  device: torch.device) -> np.ndarray:
-    """Deblur a batch of RGB frames (tiled; bfloat16 autocast on CUDA).
+                  device: torch.device, references: np.ndarray | None = None) -> np.ndarray:
+    """Deblur a batch of RGB frames (tiled, or whole with their references for a model that
+    reads one; bfloat16 autocast on CUDA).
 
     Shape:
-        ``[N, H, W, 3]`` uint8 → ``[N, H, W, 3]`` uint8.
+        ``[N, H, W, 3]`` uint8 (and references ``[N, H', W', 3]``) → ``[N, H, W, 3]`` uint8.
     """
     x = to_float(frames, device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        y = tiled_forward(model, x, cfg.tile, cfg.tile_overlap)
+        if references is not None:
+            y = model(x, to_float(references, device))
+        else:
+            y = tiled_forward(model, x, cfg.tile, cfg.tile_overlap)
     return to_uint8(y)
 
 
 def deblur_image(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
-                 device: torch.device, storage_cfg: StorageConfig | None = None) -> int:
+                 device: torch.device, storage_cfg: StorageConfig | None = None,
+                 reference: str = "") -> int:
     """Deblur one image file into a PNG at ``dst`` (written atomically). Returns 1 (frames).
 
+    Args:
+        reference: the reference image's URI, for a model that reads one ("": none).
+
     Raises:
-        ImageError: ``src`` is empty or not a readable image.
+        ImageError: ``src`` (or ``reference``) is empty or not a readable image.
         storage.StorageError: ``src`` or ``dst`` cannot be read or written.
     """
     rgb, _ = decode_image(storage.read_bytes(src, storage_cfg), src)
-    storage.write_bytes(dst, encode_png(deblur_frames(model, rgb[None], cfg, device)[0]),
+    ref = decode_image(storage.read_bytes(reference, storage_cfg), reference)[0][None] \
+        if reference else None
+    storage.write_bytes(dst, encode_png(deblur_frames(model, rgb[None], cfg, device, ref)[0]),
                         storage_cfg)
     return 1
+
+
+def sharpest_nearby(scores: list[float], delta: int) -> list[int]:
+    """For each frame, the index of the sharpest other frame within ±``delta`` (itself when
+    there is none)."""
+    from bluref_ray.data.triplets import Candidate, choose
+
+    cands = [Candidate(i, "", s) for i, s in enumerate(scores)]
+    out = []
+    for t in range(len(scores)):
+        ref = choose(cands[max(0, t - delta):t + delta + 1], t, delta, "sharpest")
+        out.append(ref.index if ref else t)
+    return out
+
+
+def _score(rgb: np.ndarray) -> float:
+    from bluref_ray.data.sharpness import fft_score, to_gray
+
+    return fft_score(to_gray(rgb, 0))
+
+
+def _score_file(uri: str, storage_cfg: StorageConfig) -> float:
+    """An image file's sharpness; -1 (never a reference) when it cannot be read (its own
+    deblurring then reports why)."""
+    try:
+        return _score(decode_image(storage.read_bytes(uri, storage_cfg), uri)[0])
+    except (ImageError, StorageError):
+        return -1.0
+
+
+def _with_references(decoded: Iterator, ref_of: list[int]) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(frame, its reference's pixels)`` in decoding order; a frame waits (at most Δ frames)
+    until its reference has been decoded, and reference pixels are dropped after their last
+    use."""
+    from collections import deque
+
+    last_use: dict[int, int] = {}
+    for t, r in enumerate(ref_of):
+        last_use[r] = t
+    kept: dict[int, np.ndarray] = {}
+    waiting: deque = deque()
+    for i, d in enumerate(decoded):
+        if i in last_use:
+            kept[i] = d.rgb
+        waiting.append((i, d))
+        while waiting and (ref_of[waiting[0][0]] if waiting[0][0] < len(ref_of)
+                           else waiting[0][0]) <= i:
+            t, frame = waiting.popleft()
+            r = ref_of[t] if t < len(ref_of) else t
+            yield frame, kept.get(r, frame.rgb)
+            for k in [k for k in kept if last_use[k] <= t]:
+                del kept[k]
+    for t, frame in waiting:  # the video ended early: its own frame stands in
+        yield frame, frame.rgb
 
 
 def probe_fps(uri: str, storage_cfg: StorageConfig | None = None) -> float | None:
@@ -184,8 +253,12 @@ def _batches(frames: Iterator, size: int) -> Iterator[list]:
 
 def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
                  device: torch.device, storage_cfg: StorageConfig | None = None,
-                 threads: int = 0) -> int:
+                 threads: int = 0, reference: str = "") -> int:
     """Deblur a video frame by frame into ``dst`` at the source frame rate.
+
+    ``reference`` (for a model that reads one): ``auto`` (each frame's sharpest neighbour
+    within ±``cfg.reference_delta``; the video is decoded once more, first, to score its
+    frames) or an image's URI ("": none).
 
     Frames are streamed (memory is a few frames); the output is encoded to a local temporary
     file and uploaded only once complete, so a video that breaks mid-way leaves no output.
@@ -202,13 +275,23 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
 
     fps = probe_fps(src, storage_cfg)
     n = 0
+    given = None
+    if reference and reference != "auto":
+        given = decode_image(storage.read_bytes(reference, storage_cfg), reference)[0]
     with tempfile.TemporaryDirectory(prefix="bluref-deblur-") as tmp:
         local = os.path.join(tmp, "out" + _split_ext(dst)[1])
         decoded = decode_frames(src, storage_cfg, threads=threads)
+        if reference == "auto":
+            ref_of = sharpest_nearby([_score(d.rgb) for d in decoded], cfg.reference_delta)
+            decoded = decode_frames(src, storage_cfg, threads=threads)
+            pairs: Iterator = _with_references(decoded, ref_of)
+        else:
+            pairs = ((d, given) for d in decoded)
         writer: VideoWriter | None = None
         shape: tuple[int, ...] | None = None
         try:
-            for batch in _batches(decoded, FRAMES_PER_BATCH):
+            for batch_refs in _batches(pairs, FRAMES_PER_BATCH):
+                batch = [d for d, _ in batch_refs]
                 shape = shape or batch[0].rgb.shape
                 if any(d.rgb.shape != shape for d in batch):
                     raise VideoError(f"{src}: the frame size changes within the video", n)
@@ -218,7 +301,9 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
                             if len(batch) > 1 else 0.0
                         fps = 1.0 / step if step > 0 else 30.0
                     writer = VideoWriter(local, shape[1], shape[0], fps, cfg.crf)
-                for rgb in deblur_frames(model, np.stack([d.rgb for d in batch]), cfg, device):
+                refs = np.stack([r for _, r in batch_refs]) if reference else None
+                for rgb in deblur_frames(model, np.stack([d.rgb for d in batch]), cfg, device,
+                                         refs):
                     writer.write(rgb)
                 n += len(batch)
             if writer is None:
@@ -250,18 +335,22 @@ class DeblurWorker:
         self.device, self.threads = actor_setup()
         model, _ = load_checkpoint(checkpoint, storage_cfg, map_location="cpu")
         self.model = model.to(self.device).eval()
+        self.takes_reference = getattr(model, "takes_reference", False)
 
-    def process(self, src: str, dst: str, kind: str) -> dict[str, Any]:
-        """Deblur one file; a failure becomes ``error`` (naming the file), never an exception."""
+    def process(self, src: str, dst: str, kind: str, reference: str = "") -> dict[str, Any]:
+        """Deblur one file; a failure becomes ``error`` (naming the file), never an exception.
+        ``reference``: an image's URI, ``auto`` (a video's own frames) or "" (none)."""
         t0 = time.perf_counter()
         frames, error = 0, ""
+        if not self.takes_reference:
+            reference = ""
         try:
             if kind == "image":
                 frames = deblur_image(self.model, src, dst, self.cfg, self.device,
-                                      self.storage_cfg)
+                                      self.storage_cfg, "" if reference == "auto" else reference)
             else:
                 frames = deblur_video(self.model, src, dst, self.cfg, self.device,
-                                      self.storage_cfg, self.threads)
+                                      self.storage_cfg, self.threads, reference)
         except (ImageError, VideoError, StorageError) as e:
             error = str(e) if src in str(e) else f"{src}: {e}"
         except (ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
@@ -274,9 +363,10 @@ class DeblurWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {k: [] for k in ("src", "dst", "name", "kind", "frames",
                                                 "seconds", "error")}
-        for src, dst, name, kind in zip(batch["src"], batch["dst"], batch["name"],
-                                        batch["kind"]):
-            r = self.process(str(src), str(dst), str(kind))
+        refs = batch.get("reference", [""] * len(batch["src"]))
+        for src, dst, name, kind, ref in zip(batch["src"], batch["dst"], batch["name"],
+                                             batch["kind"], refs):
+            r = self.process(str(src), str(dst), str(kind), str(ref))
             for k, v in (("src", str(src)), ("dst", str(dst)), ("name", str(name)),
                          ("kind", str(kind)), *r.items()):
                 out[k].append(v)
@@ -289,6 +379,38 @@ def actor_resources(dc: DeblurConfig, resources: dict, n_files: int) -> tuple[fl
     never more actors than files."""
     return actor_pool("deblur", resources, dc.concurrency, dc.cpus_per_actor, dc.gpus_per_actor,
                       max_actors=n_files)
+
+
+def _plan_references(todo: list[dict], rows: list[dict], dc: DeblurConfig,
+                     storage_cfg: StorageConfig, log: Callable[[str], None]) -> None:
+    """Set each file's ``reference``: the given image, or for ``auto`` ``"auto"`` on videos
+    (their own frames) and, for images, the sharpest image within ±Δ of the same folder in
+    name order (scored here, on the driver)."""
+    if dc.reference != "auto":
+        ref = storage.normalize(dc.reference)
+        if not storage.is_file(ref, storage_cfg):
+            raise storage.StorageNotFoundError(f"deblur.reference={dc.reference}: not found")
+        for r in todo:
+            r["reference"] = ref
+        log(f"[deblur] reference for every file: {ref}")
+        return
+    folders: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["kind"] == "image":
+            folders[storage.parent(r["src"])].append(r)
+    wanted = {r["src"] for r in todo}
+    ref_of: dict[str, str] = {}
+    for group in folders.values():
+        group = sorted(group, key=lambda r: r["src"])
+        if not any(r["src"] in wanted for r in group):
+            continue
+        scores = [_score_file(r["src"], storage_cfg) for r in group]
+        for r, i in zip(group, sharpest_nearby(scores, dc.reference_delta)):
+            ref_of[r["src"]] = group[i]["src"]
+    for r in todo:
+        r["reference"] = "auto" if r["kind"] == "video" else ref_of[r["src"]]
+    log(f"[deblur] references: the sharpest frame within ±{dc.reference_delta} "
+        f"({len(ref_of)} images scored)")
 
 
 def _existing(out: str, storage_cfg: StorageConfig) -> set[str]:
@@ -331,9 +453,11 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     storage.check_reachable(checkpoint, storage_cfg)
     if not storage.is_file(checkpoint, storage_cfg):  # fail here, not in every actor
         raise storage.StorageNotFoundError(f"deblur checkpoint {checkpoint}: not found")
-    _, ckpt = load_checkpoint(checkpoint, storage_cfg)
+    model, ckpt = load_checkpoint(checkpoint, storage_cfg)
     have = set() if dc.overwrite else _existing(out, storage_cfg)
     todo = [r for r in rows if r["dst"] not in have]
+    if getattr(model, "takes_reference", False):
+        _plan_references(todo, rows, dc, storage_cfg, log)
     skipped = len(rows) - len(todo)
     n_video = sum(r["kind"] == "video" for r in rows)
     log(f"[deblur] {len(rows)} files ({len(rows) - n_video} images, {n_video} videos) from "

@@ -50,10 +50,13 @@ def load_pair_images(frames: list[tuple[str, str | None]], storage_cfg: StorageC
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray | None]],
+def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, ...]],
              device: torch.device, amp: bool = False) -> dict:
     """Mean scores of the model's output and of the blurry input; also the first frame's
     images for a look.
+
+    ``images``: ``(blurry, truth or None)`` per frame, or ``(blurry, truth, reference)`` for a
+    model that reads a reference (Ref-NAFNet).
 
     With ground truth: PSNR and SSIM (pyiqa) against it (``psnr``, ``ssim``, ``psnr_blurry``,
     ``ssim_blurry``). Without (``None`` in place of the truth): NIQE (``niqe``,
@@ -69,10 +72,11 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, np.ndarray |
     keys = ("psnr", "ssim", "psnr_blurry", "ssim_blurry") if with_gt else ("niqe", "niqe_blurry")
     sums = dict.fromkeys(keys, 0.0)
     example = None
-    for blurry, gt in images:
+    for blurry, gt, *ref in images:
         x = to_float(blurry, device)
+        inputs = (x, to_float(ref[0], device)) if ref else (x,)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x).float()
+            pred = model(*inputs).float()
         finite = bool(torch.isfinite(pred).all())
         pred = as_saved(pred)
         if with_gt:
