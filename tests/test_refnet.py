@@ -89,7 +89,7 @@ def test_global_match_memory_stays_bounded_on_a_720p_frame():
 import resource, torch
 from bluref_ray.models.refnafnet import global_match
 torch.set_num_threads(2)
-q, k = torch.rand(1, 2, 180, 320), torch.rand(1, 2, 180, 320)
+q, k = torch.rand(1, 1, 180, 320), torch.rand(1, 1, 180, 320)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 index, conf = global_match(q, k, chunk=1 << 24)
 assert index.shape == (1, 180 * 320)
