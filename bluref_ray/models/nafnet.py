@@ -120,16 +120,21 @@ class NAFNet(nn.Module):
             self.decoders.append(nn.Sequential(*[NAFBlock(c) for _ in range(n)]))
         self.multiple = 2 ** len(enc_blocks)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        x = inp = pad_to_multiple(image, self.multiple)
-        x = self.intro(x)
+    def encode(self, padded: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder and middle blocks: ``(lowest-resolution features, skips, finest
+        first)`` of an input padded to ``self.multiple``."""
+        x = self.intro(padded)
         skips = []
         for enc, down in zip(self.encoders, self.downs):
             x = enc(x)
             skips.append(x)
             x = down(x)
-        x = self.middle(x)
+        return self.middle(x), skips
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        inp = pad_to_multiple(image, self.multiple)
+        x, skips = self.encode(inp)
         for dec, up, skip in zip(self.decoders, self.ups, reversed(skips)):
             x = dec(up(x) + skip)
         x = self.ending(x) + inp

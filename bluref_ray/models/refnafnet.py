@@ -331,16 +331,10 @@ class RefNAFNet(NAFNet):
     def forward(self, image: torch.Tensor, reference: torch.Tensor,
                 return_scales: bool = False) -> torch.Tensor | list[torch.Tensor]:
         h, w = image.shape[-2:]
-        x = inp = pad_to_multiple(image, self.multiple)
+        inp = pad_to_multiple(image, self.multiple)
         ref = pad_to_multiple(reference, self.multiple)
         ref_feats = self.ref_encoder(ref)
-        x = self.intro(x)
-        skips = []
-        for enc, down in zip(self.encoders, self.downs):
-            x = enc(x)
-            skips.append(x)
-            x = down(x)
-        x = self.middle(x)
+        x, skips = self.encode(inp)
         first = len(self.decoders) - 3
         outputs, coarse = [], None
         for i, (dec, up, skip) in enumerate(zip(self.decoders, self.ups, reversed(skips))):
