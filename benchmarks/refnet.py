@@ -12,6 +12,13 @@ every model with the sharpest reference within ±30 frames, then the Ref-NAFNets
 middle and the most blurry one (the paper's Table 5) and with a frame of the other test clip
 (``shuffled``: the gain should vanish). ``--targets truth`` leaves out the pseudo-pair runs.
 Prints one Markdown table and writes it to ``OUT/refnet.md``.
+
+``--real DIR`` runs the same comparison on real footage instead: ``DIR`` is the output of
+``python benchmarks/real_footage.py --train-steps N`` (its ``ingest_train``: the camera-like trees
+of the development clips ``bikes`` and ``bigbuckbunny`` with their ground truth). NAFNet and
+Ref-NAFNet train on them with the budget above (references within ±``--delta``, 10 frames) and
+are scored on every blurry frame of the held-out ``carphone_pristine``; the table goes to
+``OUT/refnet_real.md``.
 """
 
 from __future__ import annotations
@@ -40,12 +47,18 @@ def main() -> int:
     p.add_argument("--targets", default="truth,pseudo",
                    help="which training targets to run and compare: truth, pseudo or both")
     p.add_argument("--stop-after", choices=STAGES, default="eval")
+    p.add_argument("--real", metavar="DIR",
+                   help="train and score on real footage: the output of benchmarks/real_footage.py")
+    p.add_argument("--delta", type=int, default=10, help="with --real: references within ±Δ")
     args = p.parse_args()
     out = os.path.abspath(args.out)
     ray = ["ray.num_cpus=2", "ray.quiet=true", "ray.progress_bars=false"]
 
     def cfg(*overrides: str):
         return load_config(None, [*ray, *DATA, *overrides])
+
+    if args.real:
+        return real(os.path.abspath(args.real), out, args, cfg)
 
     log, t0 = print, time.time()
     from bluref_ray.data.synth import synthesize
@@ -130,6 +143,50 @@ def main() -> int:
     with open(f"{out}/refnet.json", "w") as f:
         json.dump({"rows": table, "runs": runs}, f, indent=1, default=str)
     log(f"[bench] done in {time.time() - t0:.0f}s")
+    return 0
+
+
+def real(src: str, out: str, args, cfg) -> int:
+    """NAFNet and Ref-NAFNet trained on the development clips' ground truth, scored on the
+    held-out real clip with the sharpest and the most blurry reference within ±Δ."""
+    from bluref_ray.evaluation import evaluate
+    from bluref_ray.training.refnet import train_ref
+
+    if not storage.exists(f"{src}/ingest_train/summary.json"):
+        raise SystemExit(f"{src}/ingest_train/summary.json is missing: run "
+                         f"python benchmarks/real_footage.py --out {src} --train-steps 900 first")
+    held = f"{src}/camera/carphone_pristine"
+    steps = max(10, int(1200 * args.scale))
+    budget = [f"refnet.steps={steps}", "refnet.log_every=100", "refnet.checkpoint_every=400",
+              f"refnet.delta={args.delta}"]
+    runs, rates = {}, {}
+    for net, label in (("nafnet", "NAFNet"), ("refnafnet", "Ref-NAFNet")):
+        r = train_ref(f"{src}/ingest_train", f"{out}/{net}_real",
+                      cfg(*budget, f"refnet.model={net}-{args.width}"), log=print)
+        with open(f"{out}/{net}_real/final.json") as f:
+            rates[label] = json.load(f).get("crops_per_s")
+        runs[label] = r["model"]
+    table = []
+    for rule in ("sharpest", "blurriest"):
+        models = {k: v for k, v in runs.items() if rule == "sharpest" or k.startswith("Ref-")}
+        ev = evaluate(models, [held], f"{out}/eval_real_{rule}", cfg(), max_frames=None,
+                      reference=rule, delta=args.delta, log=lambda _m: None)
+        table += [{**m, "reference": rule if m["method"].startswith("Ref-") else "–",
+                   "crops_per_s": rates.get(m["method"])}
+                  for m in ev["methods"] if rule == "sharpest" or m["method"] != "blurry"]
+    base = next(m["psnr"] for m in table if m["method"] == "NAFNet")
+    for m in table:
+        m["gain"] = m["psnr"] - base if m["method"] != "blurry" else None
+    cols = [("method", "model (ground truth of bikes, bigbuckbunny)", "{}"),
+            ("reference", f"reference at test (±{args.delta})", "{}"),
+            ("psnr", "PSNR (dB)", "{:.2f}"), ("gain", "vs NAFNet (dB)", "{:+.2f}"),
+            ("ssim", "SSIM", "{:.4f}"), ("frames", "frames", "{}"),
+            ("crops_per_s", "training crops/s", "{:.1f}")]
+    title = f"# Ref-NAFNet vs NAFNet on held-out real footage ({args.width}, {steps} steps)"
+    md = "\n".join([title, "", markdown_table(table, cols), ""])
+    print(md)
+    with open(f"{out}/refnet_real.md", "w") as f:
+        f.write(md)
     return 0
 
 
