@@ -13,7 +13,7 @@ from bluref_ray.config import ConfigError, RayConfig
 
 #: How long a command waits for resources on a cluster it joined, unless told otherwise.
 JOINED_RESOURCE_TIMEOUT_S = 900.0
-_joined = False  # whether init_ray joined a running cluster (which may autoscale)
+_in_process = False  # whether this process started Ray itself (a cluster that cannot grow)
 
 
 class ClusterResourcesError(ConfigError):
@@ -36,9 +36,9 @@ def init_ray(cfg: RayConfig) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
     level = logging.ERROR if cfg.quiet else logging.WARNING
     if not ray.is_initialized():
-        global _joined
+        global _in_process
         address = cfg.address or os.environ.get("RAY_ADDRESS")
-        _joined = bool(address)
+        _in_process = not address
         if address:
             ray.init(address=address, logging_level=level, log_to_driver=not cfg.quiet)
         else:
@@ -93,7 +93,8 @@ def await_resources(bundles: list[dict[str, float]], what: str, section: str, cf
         return have
     timeout = cfg.resource_timeout_s
     if timeout is None:
-        timeout = JOINED_RESOURCE_TIMEOUT_S if _joined else 0.0
+        # Ray workers (a Tune trial, an actor) run on a cluster they joined: they wait too.
+        timeout = 0.0 if _in_process else JOINED_RESOURCE_TIMEOUT_S
     short = {k: have.get(k, 0) for k in need}
     if timeout > 0:
         from ray.autoscaler.sdk import request_resources

@@ -181,7 +181,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     p = plan(frames, out, pg, storage_cfg, log)
     init_ray(cfg.ray)
     resources = await_pool("pseudo_gt", cfg.ray, pg.concurrency, pg.cpus_per_actor,
-                           pg.gpus_per_actor, log)
+                           pg.gpus_per_actor, log, loaders=True)
     gpus, concurrency, cpus_per_actor = actor_resources(pg, resources)
     loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2)
     log(f"[pseudo-gt] {len(p.files)} clips, {p.windows} windows to do, from {p.src}; "

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable
@@ -110,11 +111,11 @@ def resume_state(out: str, storage_cfg: StorageConfig, device: torch.device) -> 
             states.append(torch.load(os.path.join(d, "state.pt"), map_location=device,
                                      weights_only=True))
     for step_dir in reversed(checkpoints(out, storage_cfg)):
+        blob = storage.read_bytes(storage.join(step_dir, "state.pt"), storage_cfg)
         try:
-            blob = storage.read_bytes(storage.join(step_dir, "state.pt"), storage_cfg)
             states.append(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
             break
-        except (RuntimeError, EOFError, OSError):
+        except (RuntimeError, EOFError, pickle.UnpicklingError):
             continue  # written in part when its run was killed
     return max(states, key=lambda s: s["step"]) if states else None
 
@@ -157,6 +158,20 @@ def checkpoints(out: str, storage_cfg: StorageConfig) -> list[str]:
     return sorted(storage.parent(f) for f in files if re.search(r"/step_\d{6}/state\.pt$", f))
 
 
+def prune_checkpoints(out: str, keep: int, storage_cfg: StorageConfig) -> None:
+    """Delete all but the newest ``keep`` checkpoints in ``OUT/ray-train``, also those Ray Train
+    does not track (an earlier run's, a replaced worker group's unregistered ones), but never
+    one that Ray Train's own snapshot lists (a later run with more steps loads that snapshot)."""
+    try:
+        snapshot = storage.read_text(storage.join(out, "ray-train",
+                                                  "checkpoint_manager_snapshot.json"), storage_cfg)
+    except storage.StorageNotFoundError:
+        snapshot = ""
+    for old in checkpoints(out, storage_cfg)[:-keep]:
+        if storage.basename(old) not in snapshot:
+            storage.delete(old, storage_cfg)
+
+
 def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
     """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
     found = checkpoints(out, storage_cfg)
@@ -197,9 +212,8 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, out: str,
         dataset_config=DataConfig(datasets_to_split=list(datasets or [])),
     )
     trainer.fit()
-    if keep_checkpoints:  # also those Ray Train does not track: earlier runs', a killed group's
-        for old in checkpoints(out, storage_cfg)[:-keep_checkpoints]:
-            storage.delete(old, storage_cfg)
+    if keep_checkpoints:
+        prune_checkpoints(out, keep_checkpoints, storage_cfg)
     final = latest_checkpoint(out, storage_cfg)
     if final is None:
         raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")
