@@ -5,8 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections import Counter
+from collections.abc import Callable
 
-from bluref_ray.config import RayConfig
+from bluref_ray.config import ConfigError, RayConfig
+
+#: How long a command waits for resources on a cluster it joined, unless told otherwise.
+JOINED_RESOURCE_TIMEOUT_S = 900.0
+_in_process = False  # whether this process started Ray itself (a cluster that cannot grow)
+
+
+class ClusterResourcesError(ConfigError):
+    """The cluster did not get the resources a command asks for within the time allowed."""
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -25,7 +36,9 @@ def init_ray(cfg: RayConfig) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
     level = logging.ERROR if cfg.quiet else logging.WARNING
     if not ray.is_initialized():
+        global _in_process
         address = cfg.address or os.environ.get("RAY_ADDRESS")
+        _in_process = not address
         if address:
             ray.init(address=address, logging_level=level, log_to_driver=not cfg.quiet)
         else:
@@ -44,3 +57,72 @@ def init_ray(cfg: RayConfig) -> None:
         bars = False
     ctx.enable_progress_bars = bars
     ctx.print_on_execution_start = bars
+
+
+def _fmt(resources: dict) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items())) or "nothing"
+
+
+def await_resources(bundles: list[dict[str, float]], what: str, section: str, cfg: RayConfig,
+                    log: Callable[[str], None] = print, poll_s: float = 2.0,
+                    report_every_s: float = 30.0) -> dict:
+    """Wait until the cluster holds ``bundles`` (in total); return its resources then.
+
+    A cluster that scales (the launcher's autoscaler, KubeRay's) may have no GPU node, or no
+    worker at all, when a job starts. Deciding from that snapshot would run on CPUs, or fail,
+    when GPUs were asked for. Instead the autoscaler is asked for the bundles
+    (``ray.autoscaler.sdk.request_resources``, withdrawn when this returns), a line says what is
+    awaited (and again every ``report_every_s``), and after ``ray.resource_timeout_s`` (default:
+    900 s on a joined cluster, 0 in-process) the wait ends with an error.
+
+    Raises:
+        ClusterResourcesError: the resources did not arrive in time; the message says what is
+            missing and which settings change it.
+    """
+    import ray
+
+    need: Counter = Counter()
+    for b in bundles:
+        need.update({k: v for k, v in b.items() if v})
+
+    def missing(have: dict) -> dict:
+        return {k: v for k, v in need.items() if have.get(k, 0) + 1e-9 < v}
+
+    have = ray.cluster_resources()
+    if not missing(have):
+        return have
+    timeout = cfg.resource_timeout_s
+    if timeout is None:
+        # Ray workers (a Tune trial, an actor) run on a cluster they joined: they wait too.
+        timeout = 0.0 if _in_process else JOINED_RESOURCE_TIMEOUT_S
+    short = {k: have.get(k, 0) for k in need}
+    if timeout > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{k: v for k, v in b.items() if v} for b in bundles])
+        log(f"[{section}] waiting for {_fmt(dict(need))} ({what}); the cluster has "
+            f"{_fmt(short)} now; asked the autoscaler for them, waiting up to {timeout:g} s "
+            "(ray.resource_timeout_s)")
+    t0 = last = time.time()
+    try:
+        while missing(have) and time.time() - t0 < timeout:
+            time.sleep(min(poll_s, max(0.0, timeout - (time.time() - t0))))
+            have = ray.cluster_resources()
+            if time.time() - last >= report_every_s and missing(have):
+                last = time.time()
+                log(f"[{section}] still waiting for {_fmt(missing(have))} after "
+                    f"{last - t0:.0f} s")
+    finally:
+        if timeout > 0:
+            request_resources(bundles=[])
+    lacking = missing(have)
+    if lacking:
+        waited = f"waited {timeout:g} s; " if timeout > 0 else ""
+        raise ClusterResourcesError(
+            f"{section}: {what} need {_fmt(dict(need))}; the cluster has "
+            f"{_fmt({k: have.get(k, 0) for k in need})} ({waited}short of {_fmt(lacking)}). "
+            "Lower the workers or actors asked for, give the cluster nodes with these resources, "
+            "or wait longer (ray.resource_timeout_s)")
+    if timeout > 0:
+        log(f"[{section}] {_fmt(dict(need))} available after {time.time() - t0:.0f} s")
+    return have

@@ -9,8 +9,9 @@ laptop against ``./data`` runs unchanged on a cluster against ``s3://fleet/data`
   AWS environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
   ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``).
 * Writes are atomic: :func:`open_atomic` writes a local file under a temporary name and renames
-  it; on S3 it uploads the object in one request only once the ``with`` block succeeded. A
-  reader never sees a half-written file, and a failed write leaves nothing behind.
+  it; on S3 it streams a temporary object and moves it into place once the ``with`` block
+  succeeded (:func:`write_bytes` puts small objects in one request). A reader never sees a
+  half-written file, and a failed write leaves nothing behind.
 * Failures surface as :class:`StorageError` naming the URI (and the endpoint, for S3).
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import io
 import os
 import re
 import shutil
@@ -134,8 +134,11 @@ def _split_endpoint(endpoint: str) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3(cfg: StorageConfig) -> pafs.S3FileSystem:
+def _s3(cfg: StorageConfig, background_writes: bool = True) -> pafs.S3FileSystem:
+    """An S3 filesystem; ``background_writes=False`` uploads each part as it is written, so a
+    stream holds one part (10 MB) in memory instead of queueing parts faster than they go."""
     kwargs: dict = dict(
+        background_writes=background_writes,
         region=cfg.region,
         connect_timeout=cfg.connect_timeout_s,
         request_timeout=cfg.request_timeout_s,
@@ -250,25 +253,37 @@ def open_input(uri: str, cfg: StorageConfig | None = None) -> BinaryIO:
 
 @contextlib.contextmanager
 def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO]:
-    """Open ``uri`` for writing so that it appears whole or not at all.
+    """Open ``uri`` for writing so that it appears whole or not at all, streaming.
 
     Locally the data goes to a hidden temporary file in the same directory, which is renamed
-    over ``uri`` when the block ends without an exception. On S3 the data is buffered and put in
-    one request at the end (S3 makes an object visible only once its upload completes). On an
-    exception nothing is written and an existing file is left as it was.
+    over ``uri`` when the block ends without an exception. On S3 it streams to a hidden
+    temporary object (a multipart upload: memory stays at a few upload parts whatever the size),
+    which is moved to ``uri`` (a server-side copy) once complete. On an exception the temporary
+    file or object is deleted and an existing ``uri`` is left as it was.
     """
     uri = normalize(uri)
     fs, path = resolve(uri, cfg)
+    tmp_name = f".{basename(uri)}.{uuid.uuid4().hex[:8]}.tmp"
     if is_s3(uri):
-        buf = io.BytesIO()
-        yield buf
-        with _errors("write", uri, cfg), fs.open_output_stream(path) as out:
-            out.write(buf.getbuffer())
+        fs = _s3((cfg or DEFAULT).resolved(), background_writes=False)
+        tmp = f"{path.rsplit('/', 1)[0]}/{tmp_name}"
+        with _errors("write", uri, cfg):
+            out = fs.open_output_stream(tmp)
+        try:
+            yield out
+            with _errors("write", uri, cfg):
+                out.close()
+                fs.move(tmp, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                out.close()
+                fs.delete_file(tmp)
+            raise
         return
     directory = os.path.dirname(path)
     with _errors("write", uri, cfg):
         os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = os.path.join(directory, tmp_name)
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -281,7 +296,14 @@ def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO
 
 
 def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
-    """Write ``data`` to ``uri`` atomically."""
+    """Write ``data`` to ``uri`` atomically (on S3 in one request: an object is visible only
+    once its upload completes)."""
+    uri = normalize(uri)
+    if is_s3(uri):
+        fs, path = resolve(uri, cfg)
+        with _errors("write", uri, cfg), fs.open_output_stream(path) as out:
+            out.write(data)
+        return
     with open_atomic(uri, cfg) as f:
         f.write(data)
 
@@ -295,7 +317,7 @@ def read_text(uri: str, cfg: StorageConfig | None = None) -> str:
 
 
 def upload_file(local_path: str, uri: str, cfg: StorageConfig | None = None) -> None:
-    """Copy a local file to ``uri`` atomically."""
+    """Copy a local file to ``uri`` atomically, streaming (memory does not grow with its size)."""
     with open(local_path, "rb") as src, open_atomic(uri, cfg) as dst:
         shutil.copyfileobj(src, dst, length=8 << 20)
 

@@ -54,8 +54,29 @@ def test_failed_write_leaves_nothing_and_keeps_old_content(root):
             f.write(b"x")
             raise RuntimeError("boom")
     assert not storage.exists(storage.join(base, "new.bin"), cfg)
-    # no temporary files are left behind either
-    assert [storage.basename(f) for f in storage.list_files(base, cfg)] == ["table.parquet"]
+    # no temporary files are left behind either (hidden ones included)
+    assert _all_names(base, cfg) == ["table.parquet"]
+
+
+def _all_names(base: str, cfg) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(base, cfg)
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)))
+
+
+def test_upload_file_streams_in_parts(root, tmp_path):
+    """A file larger than one S3 upload part (10 MB) arrives whole, under its name only."""
+    import numpy as np
+
+    base, cfg = root
+    local = tmp_path / "clip.mp4"
+    data = np.random.default_rng(0).integers(0, 256, 23 << 20, dtype=np.uint8).tobytes()
+    local.write_bytes(data)
+    uri = storage.join(base, "out", "clip.mp4")
+    storage.upload_file(str(local), uri, cfg)
+    assert storage.read_bytes(uri, cfg) == data
+    assert _all_names(storage.join(base, "out"), cfg) == ["clip.mp4"]
 
 
 def test_missing_file_is_a_clear_not_found(root):

@@ -116,6 +116,77 @@ def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pair
     assert read_checkpoint(s.model)["step"] == stopped + 2
 
 
+def test_a_killed_training_worker_is_replaced_and_training_goes_on(ray_cluster, tiny_pairs,
+                                                                   tmp_path):
+    """Ray Train's fault tolerance: the worker process is SIGKILLed mid-run; the run replaces it,
+    goes on from its last checkpoint and finishes; only the newest checkpoints stay."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ray.util.state import list_actors
+
+    out = tmp_path / "worker-killed"
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_ADDRESS": gcs}
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bluref_ray.cli", "train", tiny_pairs, "--out", str(out),
+         "--steps", "40", "--batch-size", "2", "--crop", "32", "--checkpoint-every", "2",
+         "--val-every", "1000", "--cpus-per-worker", "0.5", "--max-failures", "2",
+         "--keep-checkpoints", "2", "--no-ray-progress-bars"],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "ray-train" / "step_000004").is_dir():
+            time.sleep(0.2)
+        workers = [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")])
+                   if a.class_name == "RayTrainWorker"]
+        assert len(workers) == 1, workers
+        os.kill(workers[0].pid, signal.SIGKILL)
+        proc.wait(timeout=400)
+    finally:
+        proc.kill()
+        printed = log.read_text()
+    assert proc.returncode == 0, printed[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert final["step"] == 40 and final["start_step"] >= 4, final  # not from scratch
+    assert "going on from the checkpoint of step" in printed
+    kept = sorted(p.name for p in (out / "ray-train").glob("step_*"))
+    assert kept == ["step_000038", "step_000040"]
+
+
+def test_resources_asked_for_are_awaited_and_never_replaced_by_cpus(ray_cluster, tiny_pairs,
+                                                                    tiny_frames, tmp_path):
+    """GPUs asked for on a cluster without any: the command asks the autoscaler, says what it
+    waits for, and after ray.resource_timeout_s stops with an error (no CPU run instead)."""
+    import time
+
+    from bluref_ray.config import PseudoGTConfig
+    from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
+    from bluref_ray.ray_utils import ClusterResourcesError
+    from bluref_ray.training.common import settle_workers
+
+    wait = RayConfig(progress_bars=False, resource_timeout_s=2)
+    logs: list[str] = []
+    t0 = time.time()
+    with pytest.raises(ClusterResourcesError, match=r"short of 1 GPU.*ray.resource_timeout_s"):
+        train_deblurrer(tiny_pairs, str(tmp_path / "gpu"),
+                        dataclasses.replace(_cfg(use_gpu=True), ray=wait), log=logs.append)
+    assert time.time() - t0 >= 2
+    assert "waiting for 0.5 CPU, 1 GPU (1 GPU training worker(s))" in logs[0]
+    assert not (tmp_path / "gpu" / "ray-train").exists()
+    with pytest.raises(ClusterResourcesError, match="pseudo_gt: 1 actor"):
+        run_pseudo_gt(tiny_frames, str(tmp_path / "pgt"),
+                      Config(ray=wait, pseudo_gt=PseudoGTConfig(gpus_per_actor=1.0)),
+                      log=lambda _m: None)
+    logs.clear()  # left to its default: CPUs, and it says so
+    assert settle_workers(TrainConfig(), "train", RayConfig(), logs.append).use_gpu is False
+    assert "no GPU in the cluster now: training on CPUs" in logs[0]
+
+
 def test_missing_shards_and_bad_settings_are_clear_errors(ray_cluster, tmp_path):
     with pytest.raises(ConfigError, match="no pseudo-pair shards"):
         train_deblurrer(str(tmp_path), str(tmp_path / "o"), _cfg(), log=lambda _m: None)

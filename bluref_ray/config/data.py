@@ -25,6 +25,11 @@ class RayConfig:
     progress_bars: bool | None = field(
         default=None, metadata=_help("show Ray Data's progress bars (default: when the output "
                                      "is a terminal)"))
+    resource_timeout_s: float | None = field(
+        default=None,
+        metadata=_help("seconds to wait for the GPUs or CPUs a command asks for, while the "
+                       "autoscaler adds nodes (default: 900 when joining a cluster, 0 for an "
+                       "in-process Ray, which cannot grow)"))
 
 
 #: The settings each ``synth.look`` gives those of its fields left at None.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bluref_ray.config.core import (
     LOSSES,
@@ -15,6 +16,22 @@ from bluref_ray.config.core import (
     method,
 )
 
+
+def _failures_field() -> Any:
+    return field(default=3, metadata=_help(
+        "times Ray Train replaces dead workers (a lost node) and goes on from the last "
+        "checkpoint; -1: no limit"))
+
+
+def _keep_field() -> Any:
+    return field(default=3, metadata=_help(
+        "newest checkpoints kept in OUT/ray-train, older ones deleted (0: keep all)"))
+
+
+def _check_faults(cfg: Any, section: str) -> None:
+    if cfg.max_failures < -1 or cfg.keep_checkpoints < 0:
+        raise ConfigError(f"{section}.max_failures must be >= -1 and {section}.keep_checkpoints "
+                          ">= 0")
 
 @dataclass(frozen=True)
 class PseudoGTConfig:
@@ -149,9 +166,12 @@ class MatcherTrainConfig:
                        "flow and blur, and the background it hides), as in fleet video"))
     log_every: int = field(default=25, metadata=_help("steps between TensorBoard scalars"))
     checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
+    max_failures: int = _failures_field()
+    keep_checkpoints: int = _keep_field()
     seed: int = field(default=0, metadata=_help("random seed of the synthetic pairs"))
 
     def validate(self) -> None:
+        _check_faults(self, "train_matcher")
         if self.steps < 1 or self.batch_size < 1 or self.workers < 1:
             raise ConfigError("train_matcher.steps, batch_size and workers must be >= 1")
         if self.batch_size % self.workers:
@@ -217,9 +237,12 @@ class TrainConfig:
                        "round)"))
     log_every: int = field(default=25, metadata=_help("steps between log lines and scalars"))
     checkpoint_every: int = field(default=100, metadata=_help("steps between checkpoints"))
+    max_failures: int = _failures_field()
+    keep_checkpoints: int = _keep_field()
     seed: int = field(default=0, metadata=_help("random seed"))
 
     def validate(self) -> None:
+        _check_faults(self, "train")
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss={self.loss!r}: use one of {', '.join(LOSSES)}")
         if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.crop < 16:
@@ -310,9 +333,12 @@ class _TrainingRun:
     val_every: int = field(default=250, metadata=_help("steps between validations"))
     log_every: int = field(default=25, metadata=_help("steps between log lines and scalars"))
     checkpoint_every: int = field(default=250, metadata=_help("steps between checkpoints"))
+    max_failures: int = _failures_field()
+    keep_checkpoints: int = _keep_field()
     seed: int = field(default=0, metadata=_help("random seed"))
 
     def _check_run(self, section: str) -> None:
+        _check_faults(self, section)
         if self.steps < 1 or self.batch_size < 1 or self.workers < 1 or self.crop < 32:
             raise ConfigError(f"{section}.steps, batch_size, workers must be >= 1 and "
                               "crop >= 32")

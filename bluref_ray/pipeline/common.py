@@ -51,6 +51,30 @@ def finished(uri: str, storage_cfg: StorageConfig, suffix: str = ".parquet") -> 
     return {storage.basename(f)[:-len(suffix)] for f in files if f.endswith(suffix)}
 
 
+def await_pool(section: str, ray_cfg, concurrency: int | None, cpus_per_actor: float,
+               gpus_per_actor: float | None, log: Callable[[str], None] = print,
+               loaders: bool = False) -> dict:
+    """The cluster's resources for :func:`actor_pool`, once it holds what was asked for:
+    ``concurrency`` actors' CPUs and GPUs (``gpus_per_actor`` > 0: GPUs explicitly asked for),
+    and with ``loaders`` one CPU more for the loading tasks; else at least one CPU (a cluster
+    whose workers scaled to zero). Waits for the autoscaler
+    (:func:`bluref_ray.ray_utils.await_resources`).
+
+    Raises:
+        ClusterResourcesError: they did not arrive in time.
+    """
+    from bluref_ray.ray_utils import await_resources
+
+    n, gpus = concurrency or 1, gpus_per_actor or 0.0
+    if concurrency or gpus:
+        extra = [{"CPU": 1.0}] if loaders else []
+        return await_resources([{"CPU": cpus_per_actor, "GPU": gpus}] * n + extra,
+                               f"{n} actor(s) × ({cpus_per_actor:g} CPU, {gpus:g} GPU)"
+                               + (" + 1 CPU for loading" if loaders else ""),
+                               section, ray_cfg, log)
+    return await_resources([{"CPU": 1.0}], "an actor", section, ray_cfg, log)
+
+
 def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_actor: float,
                gpus_per_actor: float | None, loaders: bool = False,
                max_actors: int | None = None) -> tuple[float, int, float]:

@@ -47,7 +47,7 @@ from bluref_ray.data.images import ImageError, decode_image, encode_png, to_floa
 from bluref_ray.data.sources import IMAGE_EXTENSIONS
 from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, decode_frames
 from bluref_ray.models.tiling import tiled_forward
-from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup
+from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup, await_pool
 from bluref_ray.storage import StorageConfig, StorageError
 
 #: Containers an output video keeps; other video inputs are written as mp4.
@@ -467,8 +467,9 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     t_run = time.time()
     if todo:
         init_ray(cfg.ray)
-        gpus, concurrency, cpus_per_actor = actor_resources(dc, ray.cluster_resources(),
-                                                            len(todo))
+        resources = await_pool("deblur", cfg.ray, dc.concurrency, dc.cpus_per_actor,
+                               dc.gpus_per_actor, log)
+        gpus, concurrency, cpus_per_actor = actor_resources(dc, resources, len(todo))
         log(f"[deblur] {concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
         ds = ds.map_batches(DeblurWorker, fn_constructor_kwargs={

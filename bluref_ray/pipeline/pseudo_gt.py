@@ -35,7 +35,14 @@ import numpy as np
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, PseudoGTConfig, settings_hash
 from bluref_ray.data.windows import load_windows
-from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup, finished, prepare_out
+from bluref_ray.pipeline.common import (
+    Progress,
+    actor_pool,
+    actor_setup,
+    await_pool,
+    finished,
+    prepare_out,
+)
 from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, write_window
 from bluref_ray.storage import StorageConfig
 
@@ -173,7 +180,8 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     # Stage 1: plan (driver)
     p = plan(frames, out, pg, storage_cfg, log)
     init_ray(cfg.ray)
-    resources = ray.cluster_resources()
+    resources = await_pool("pseudo_gt", cfg.ray, pg.concurrency, pg.cpus_per_actor,
+                           pg.gpus_per_actor, log, loaders=True)
     gpus, concurrency, cpus_per_actor = actor_resources(pg, resources)
     loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2)
     log(f"[pseudo-gt] {len(p.files)} clips, {p.windows} windows to do, from {p.src}; "

@@ -1,9 +1,8 @@
 """What the Ray Train loops share: checkpoints in storage, resume, schedule, TensorBoard.
 
 A training run writes ``OUT/ray-train/step_NNNNNN/state.pt`` (model, optimizer, schedule, step)
-through ``ray.train.report``. Started again with the same ``OUT``, the driver finds the newest one
-(:func:`latest_checkpoint`) and hands it to the loop (Ray Train V2 has no
-``resume_from_checkpoint``); the loop loads it with :func:`resume_state`.
+through ``ray.train.report``. Every start of the loop (a new run with the same ``OUT``, or Ray
+Train replacing dead workers) loads the newest one with :func:`resume_state`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import dataclasses
 import io
 import math
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Callable
@@ -55,6 +55,40 @@ def gpu_workers(tc, resources: dict, section: str = "train",
     return tc
 
 
+def settle_workers(tc, section: str, ray_cfg, log: Callable[[str], None] = print,
+                   cpus_free: float = 0.0):
+    """Decide a training config's ``use_gpu`` and ``workers`` on the running cluster, waiting
+    for the autoscaler where the cluster lacks what is asked for (see
+    :func:`bluref_ray.ray_utils.await_resources`).
+
+    ``use_gpu=true`` waits for one GPU and ``cpus_per_worker`` CPUs per worker; left unset, GPUs
+    are used if the cluster has some now (:func:`gpu_workers`), else CPUs, and a line says so.
+    CPU workers wait for their CPUs plus ``cpus_free`` (for data loading tasks).
+
+    Raises:
+        ClusterResourcesError: what was asked for did not arrive in time.
+    """
+    import ray
+
+    from bluref_ray.ray_utils import await_resources
+
+    if tc.use_gpu:
+        await_resources([{"GPU": 1, "CPU": tc.cpus_per_worker}] * tc.workers,
+                        f"{tc.workers} GPU training worker(s)", section, ray_cfg, log)
+    resources = ray.cluster_resources()
+    decided = gpu_workers(tc, resources, section, log)
+    if not decided.use_gpu:
+        if tc.use_gpu is None:
+            log(f"[{section}] no GPU in the cluster now: training on CPUs ({section}.use_gpu="
+                "true waits for GPU nodes)")
+        bundles = [{"CPU": tc.cpus_per_worker}] * tc.workers
+        await_resources(bundles + ([{"CPU": cpus_free}] if cpus_free else []),
+                        f"{tc.workers} training worker(s) × {tc.cpus_per_worker:g} CPU"
+                        + (f" + {cpus_free:g} CPU for loading data" if cpus_free else ""),
+                        section, ray_cfg, log)
+    return decided
+
+
 def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
 
@@ -64,9 +98,10 @@ def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-def resume_state(resume: str | None, storage_cfg: StorageConfig,
-                 device: torch.device) -> dict | None:
-    """The newest checkpoint: the one Ray Train restored, or ``resume`` (a step folder URI)."""
+def resume_state(out: str, storage_cfg: StorageConfig, device: torch.device) -> dict | None:
+    """The newest checkpoint that loads: the one Ray Train hands over, or the newest in
+    ``OUT/ray-train`` (an earlier run's, or this run's own when Ray Train replaced its workers
+    before it had registered their last report). A checkpoint cut short by a kill is skipped."""
     import ray.train
 
     states = []
@@ -75,9 +110,13 @@ def resume_state(resume: str | None, storage_cfg: StorageConfig,
         with ckpt.as_directory() as d:
             states.append(torch.load(os.path.join(d, "state.pt"), map_location=device,
                                      weights_only=True))
-    if resume:
-        blob = storage.read_bytes(storage.join(resume, "state.pt"), storage_cfg)
-        states.append(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
+    for step_dir in reversed(checkpoints(out, storage_cfg)):
+        blob = storage.read_bytes(storage.join(step_dir, "state.pt"), storage_cfg)
+        try:
+            states.append(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
+            break
+        except (RuntimeError, EOFError, pickle.UnpicklingError):
+            continue  # written in part when its run was killed
     return max(states, key=lambda s: s["step"]) if states else None
 
 
@@ -109,42 +148,72 @@ def sync_tensorboard(local: str, out: str, storage_cfg: StorageConfig) -> None:
                             storage_cfg)
 
 
-def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
-    """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
+def checkpoints(out: str, storage_cfg: StorageConfig) -> list[str]:
+    """URIs of the ``OUT/ray-train/step_NNNNNN`` folders that hold a ``state.pt``, oldest
+    first."""
     try:
         files = storage.list_files(storage.join(out, "ray-train"), storage_cfg)
     except storage.StorageNotFoundError:
-        return None
-    steps = [f for f in files if re.search(r"/step_\d{6}/state\.pt$", f)]
-    return storage.parent(max(steps)) if steps else None
+        return []
+    return sorted(storage.parent(f) for f in files if re.search(r"/step_\d{6}/state\.pt$", f))
+
+
+def prune_checkpoints(out: str, keep: int, storage_cfg: StorageConfig) -> None:
+    """Delete all but the newest ``keep`` checkpoints in ``OUT/ray-train``, also those Ray Train
+    does not track (an earlier run's, a replaced worker group's unregistered ones), but never
+    one that Ray Train's own snapshot lists (a later run with more steps loads that snapshot)."""
+    try:
+        snapshot = storage.read_text(storage.join(out, "ray-train",
+                                                  "checkpoint_manager_snapshot.json"), storage_cfg)
+    except storage.StorageNotFoundError:
+        snapshot = ""
+    for old in checkpoints(out, storage_cfg)[:-keep]:
+        if storage.basename(old) not in snapshot:
+            storage.delete(old, storage_cfg)
+
+
+def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
+    """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
+    found = checkpoints(out, storage_cfg)
+    return found[-1] if found else None
 
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, out: str,
         storage_cfg: StorageConfig, workers: int, cpus_per_worker: float, use_gpu: bool,
-        datasets: dict | None = None, callbacks: list | None = None) -> str:
+        datasets: dict | None = None, callbacks: list | None = None, max_failures: int = 3,
+        keep_checkpoints: int = 3) -> str:
     """Run a ``TorchTrainer`` (gloo on CPUs, NCCL on GPUs) whose checkpoints go to
     ``OUT/ray-train``; returns the URI of the newest checkpoint folder.
 
-    ``loop_config`` gets ``resume``: the newest checkpoint of an earlier run in ``OUT``, if any.
+    Fault tolerance is Ray Train's: when a worker dies (its node lost), the worker group is
+    replaced, up to ``max_failures`` times (-1: always), and the loop goes on from the last
+    reported checkpoint (:func:`resume_state`). Only the newest ``keep_checkpoints`` (0: all)
+    checkpoints stay in storage.
+
     Datasets are split between the workers (``get_dataset_shard``). ``callbacks`` are Ray Train
     callbacks (a sweep passes Tune's, which forwards every report to the trial).
     """
-    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     fs, path = storage.resolve(out, storage_cfg)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={**loop_config, "resume": latest_checkpoint(out, storage_cfg)},
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name="ray-train", storage_path=path, storage_filesystem=fs,
-                             callbacks=callbacks),
+                             callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=keep_checkpoints or None)),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=list(datasets or [])),
     )
     trainer.fit()
+    if keep_checkpoints:
+        prune_checkpoints(out, keep_checkpoints, storage_cfg)
     final = latest_checkpoint(out, storage_cfg)
     if final is None:
         raise RuntimeError(f"training wrote no checkpoint under {out}/ray-train")

@@ -41,8 +41,8 @@ from bluref_ray.losses import confidence_level
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
     export_model,
-    gpu_workers,
     latest_checkpoint,
+    settle_workers,
     warmup_cosine,
 )
 from bluref_ray.training.loop import Task, Worker, fit_task
@@ -291,7 +291,6 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     Returns:
         The run's :class:`TrainSummary`.
     """
-    import ray
 
     from bluref_ray.ray_utils import init_ray
 
@@ -306,14 +305,8 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
         log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
         return finish_training(out, pairs, cfg, 0.0, command, log)
     init_ray(cfg.ray)
-    tc = gpu_workers(tc, ray.cluster_resources(), "train", log)
+    tc = settle_workers(tc, "train", cfg.ray, log, cpus_free=DATA_CPUS_FREE)
     use_gpu = bool(tc.use_gpu)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if tc.workers * tc.cpus_per_worker > cpus - DATA_CPUS_FREE:
-        raise ConfigError(
-            f"train: {tc.workers} worker(s) × {tc.cpus_per_worker:g} CPU leave less than "
-            f"{DATA_CPUS_FREE:g} of the cluster's {cpus:g} CPUs for loading data; lower "
-            "train.cpus_per_worker or train.workers")
     val = validation_frames(tc.val, tc.val_frames, storage_cfg) if tc.val else []
     dataset = pairs_dataset(pairs, tc, storage_cfg)
     if resume:

@@ -154,8 +154,7 @@ def train_loop(config: dict) -> None:
     ``config``: ``task`` (a :class:`Task` class), ``cfg`` (its settings section: ``steps``,
     ``batch_size``, ``seed``, ``log_every``, ``checkpoint_every``, ``cpus_per_worker``, and
     optionally ``val_every``, ``amp``, ``threads``), ``out``, ``storage_cfg``, ``quiet`` (print
-    nothing), ``resume`` (set by :func:`bluref_ray.training.common.fit`), and whatever the task
-    reads.
+    nothing), and whatever the task reads. It starts from the newest checkpoint in ``out``.
     """
     import ray.train
     import ray.train.torch
@@ -170,8 +169,8 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     task: Task = config["task"](cfg, worker, config)
     start, history = 0, []
-    state = resume_state(config.get("resume"), storage_cfg, device)
-    if state:
+    state = resume_state(out, storage_cfg, device)
+    if state:  # an earlier run's checkpoint, or this run's after Ray Train replaced workers
         start = task.load(state)
         history = state.get("history", [])
     task.ddp = {k: ray.train.torch.prepare_model(m) for k, m in task.nets.items()}
@@ -179,6 +178,8 @@ def train_loop(config: dict) -> None:
     say = (lambda _line: None) if config.get("quiet") else (lambda line: print(line, flush=True))
     tb_dir = tensorboard_dir(out)
     writer = SummaryWriter(tb_dir, purge_step=start) if rank0 else None
+    if state and rank0:
+        say(f"[{task.name}] going on from the checkpoint of step {start}")
     per_rank = cfg.batch_size // worker.world
     val_every = getattr(cfg, "val_every", None)
     warm = start + max(1, (cfg.steps - start) // 10)  # steady-state rate: after 10% of steps
@@ -225,7 +226,8 @@ def train_loop(config: dict) -> None:
         steady = (done - warm) * cfg.batch_size / (time.time() - t_warm) \
             if t_warm and done > warm else None
         storage.write_text(storage.join(out, "final.json"), json.dumps(
-            {"step": done, "weight_checksums": sums, f"{task.items}_per_s": steady}),
+            {"step": done, "start_step": start, "weight_checksums": sums,
+             f"{task.items}_per_s": steady}),
             storage_cfg)
         writer.close()
 
@@ -241,7 +243,8 @@ def fit_task(task: type[Task], cfg, out: str, storage_cfg: StorageConfig,
     config = {"task": task, "cfg": cfg, "out": out, "storage_cfg": storage_cfg, "quiet": quiet,
               **config}
     return fit(train_loop, config, out, storage_cfg, cfg.workers, cfg.cpus_per_worker,
-               bool(cfg.use_gpu), datasets=datasets, callbacks=callbacks)
+               bool(cfg.use_gpu), datasets=datasets, callbacks=callbacks,
+               max_failures=cfg.max_failures, keep_checkpoints=cfg.keep_checkpoints)
 
 
 def _log(writer, task: Task, logs: dict, done: int, steps: int, rate: float) -> str:
@@ -284,10 +287,8 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
     """
     import io
 
-    import ray
-
     from bluref_ray.ray_utils import init_ray
-    from bluref_ray.training.common import export_model, gpu_workers, latest_checkpoint
+    from bluref_ray.training.common import export_model, latest_checkpoint, settle_workers
 
     storage_cfg = cfg.storage.resolved()
     out = storage.normalize(out)
@@ -300,7 +301,7 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
         final = resume
     else:
         init_ray(cfg.ray)
-        tc = _fit_cluster(gpu_workers(tc, ray.cluster_resources(), section, log), section)
+        tc = settle_workers(tc, section, cfg.ray, log)
         if resume:
             log(f"[{section}] resuming from {resume}")
         log(f"[{section}] {tc.workers} worker(s) on "
@@ -315,16 +316,3 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
     return {"model": target, "steps": ckpt["step"], "seconds": time.time() - t0,
             "history": history, "val": history[-1] if history else None}
 
-
-def _fit_cluster(tc, section: str):
-    """Refuse workers that the cluster's CPUs cannot hold (the run would wait for ever)."""
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if tc.workers * tc.cpus_per_worker > cpus:
-        from bluref_ray.config import ConfigError
-
-        raise ConfigError(f"{section}: {tc.workers} worker(s) × {tc.cpus_per_worker:g} CPU; the "
-                          f"cluster has {cpus:g} CPUs; lower {section}.workers or "
-                          "cpus_per_worker")
-    return tc
