@@ -33,6 +33,7 @@ def _check_faults(cfg: Any, section: str) -> None:
         raise ConfigError(f"{section}.max_failures must be >= -1 and {section}.keep_checkpoints "
                           ">= 0")
 
+
 @dataclass(frozen=True)
 class PseudoGTConfig:
     """Pseudo-GT: match references to each blurry frame and fuse them (BluRef)."""
