@@ -184,6 +184,11 @@ COMMANDS: tuple[Command, ...] = (
                  "network, then B's"),
         arg("inputs", nargs="+", metavar="INPUT",
             help="image or video files, folders or bucket prefixes (local or s3://)"))),
+    Command("compact", commands.cmd_compact, sections=(_STORAGE,), out=None, args=(
+        arg("outputs", nargs="+", metavar="OUTPUT",
+            help="ingest or pseudo-gt output folder, or one table folder (local or s3://)"),
+        arg("--part-mib", type=float, default=128,
+            help="size of a merged part, MiB of decoded data (memory holds one part)"))),
     Command("sweep", commands.cmd_sweep, sections=None, out=None, args=(
         arg("--config", required=True, metavar="SWEEP.yaml",
             help="the sweep file (local or s3://): out, data, val, space, ..."),

@@ -84,6 +84,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Merge the many small Parquet files of ingest and pseudo-GT outputs.
+
+    Every clip of `bluref ingest` and every window of `bluref pseudo-gt` writes a small Parquet
+    file, which also marks it done for a resumed run. A fleet's millions of them slow every
+    later listing and read: this merges them into parts of about --part-mib MiB, whose footers
+    list the units they hold, so resumed runs still skip them and every reader sees each row
+    once. OUTPUT: an ingest output (frames/, rejects/), a pseudo-GT output (shards/,
+    rejects/) or one table folder. Safe to kill and run again, and to run while a job is still
+    writing into OUTPUT.
+    """
+    from bluref_ray import tables
+
+    cfg = _config(args)
+    storage_cfg = cfg.storage.resolved()
+    log = _log(args)
+    for target in args.outputs:
+        for folder in tables.table_folders(target, storage_cfg):
+            r = tables.compact(folder, storage_cfg, part_mib=args.part_mib, log=log)
+            print(f"{folder}: {r.files_before} → {r.files_after} files ({r.files_merged} merged "
+                  f"into {r.parts_written} parts, {r.rows} rows; {r.leftovers_deleted} "
+                  "leftovers of an interrupted compaction deleted)")
+    return 0
+
+
 def _print_pseudo_gt(s: PseudoGTSummary) -> None:
     print(f"pseudo-GT: {s.rows} pairs, {s.rejected} rejected, mean coverage "
           f"{s.mean_coverage:.3f}, {s.mean_refs_used:.2f} references matched per frame, "

@@ -95,19 +95,21 @@ def write_table(table: pa.Table, uri: str, cfg: StorageConfig | None = None) -> 
 
 
 def read_table(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
-               columns: list[str] | None = None) -> pa.Table:
-    """Read a folder of Parquet files as one table (empty, with ``schema``, if there are none)."""
-    try:
-        files = [f for f in storage.list_files(uri, cfg) if f.endswith(".parquet")]
-    except storage.StorageNotFoundError:
-        files = []
+               columns: list[str] | None = None, where: pads.Expression | None = None
+               ) -> pa.Table:
+    """Read a table folder (see :mod:`bluref_ray.tables`) or one Parquet file as one table
+    (empty, with ``schema``, if there are no files); ``where`` selects rows (a part's row
+    groups that cannot match are skipped)."""
+    from bluref_ray import tables
+
+    files = tables.listing(uri, cfg).files
     if not files:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     fs, _ = storage.resolve(uri, cfg)
     paths = [storage.resolve(f, cfg)[1] for f in files]
     return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet").to_table(
-        columns=columns)
+        columns=columns, filter=where)
 
 
 def sort_frames(table: pa.Table) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Helpers shared by the pipelines: output folders that resume, finished parts, actor pools."""
+"""Helpers shared by the pipelines: output folders that resume, actor pools, progress."""
 
 from __future__ import annotations
 
@@ -40,15 +40,6 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
             storage.delete(storage.join(out, part), storage_cfg)
     storage.makedirs(out, storage_cfg)
     storage.write_text(marker_uri, json.dumps(want, indent=1), storage_cfg)
-
-
-def finished(uri: str, storage_cfg: StorageConfig, suffix: str = ".parquet") -> set[str]:
-    """Names (without ``suffix``) of the files in ``uri``; empty if it does not exist."""
-    try:
-        files = storage.list_files(uri, storage_cfg)
-    except storage.StorageNotFoundError:
-        return set()
-    return {storage.basename(f)[:-len(suffix)] for f in files if f.endswith(suffix)}
 
 
 def await_pool(section: str, ray_cfg, concurrency: int | None, cpus_per_actor: float,

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bluref_ray import schema, storage
+from bluref_ray import schema, storage, tables
 from bluref_ray.config import Config, ConfigError, IngestConfig, settings_hash
 from bluref_ray.data.references import pick_references
 from bluref_ray.data.sharpness import (
@@ -45,7 +45,7 @@ from bluref_ray.data.sharpness import (
     to_gray,
 )
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
-from bluref_ray.pipeline.common import Progress, finished, prepare_out
+from bluref_ray.pipeline.common import Progress, prepare_out
 from bluref_ray.storage import StorageConfig
 
 
@@ -242,7 +242,7 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
     want = {"config_hash": settings_hash(cfg.ingest), "inputs": sources}
     prepare_out(out, "_ingest.json", want, cfg.ingest.overwrite,
                 ("frames", "rejects", "summary.json"), storage_cfg, log, "ingest")
-    done = finished(storage.join(out, "frames"), storage_cfg)
+    done = tables.finished(storage.join(out, "frames"), storage_cfg)
     todo = [c for c in clips if c.clip_id not in done]
     if done:
         log(f"[ingest] resuming: {len(clips) - len(todo)} of {len(clips)} clips already done")
@@ -282,23 +282,52 @@ def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig
 
 def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips: int,
                seconds: float) -> dict:
-    frames = schema.read_table(storage.join(out, "frames"), schema.FRAMES, storage_cfg,
-                               columns=["clip_id", "role", "references", "protocol"])
-    rejects = schema.read_table(storage.join(out, "rejects"), schema.REJECTS, storage_cfg)
-    roles = Counter(frames.column("role").to_pylist())
-    blurry = frames.filter(pc.equal(frames["role"], "blurry"))
-    n_refs = pc.list_value_length(blurry["references"]).to_numpy(zero_copy_only=False)
+    """Stage 4: counts from every frames and rejects file, each file read by a task of its own
+    where Ray runs (:func:`bluref_ray.tables.map_files`); the driver only adds them up."""
+    frames_dir, rejects_dir = storage.join(out, "frames"), storage.join(out, "rejects")
+    frames = tables.sum_dicts(tables.map_files(
+        tables.listing(frames_dir, storage_cfg).files,
+        functools.partial(_frames_stats, storage_cfg=storage_cfg)))
+    rejects = tables.map_files(tables.listing(rejects_dir, storage_cfg).files,
+                               functools.partial(_rejects_stats, storage_cfg=storage_cfg))
+    files = sorted(u for r in rejects for u in r["files"])  # a file's rejects: one clip's
+    blurry = frames.get("blurry", 0)
     return {
         "sources": sources, "out": out, "clips": n_clips,
-        "clips_with_frames": len(set(frames.column("clip_id").to_pylist())),
-        "frames": frames.num_rows, "blurry": roles.get("blurry", 0),
-        "sharp": roles.get("sharp", 0),
-        "mean_references": float(n_refs.mean()) if len(n_refs) else 0.0,
-        "blurry_without_references": int((n_refs == 0).sum()) if len(n_refs) else 0,
-        "protocols": dict(Counter(p for _, p in set(zip(frames.column("clip_id").to_pylist(),
-                                                        frames.column("protocol").to_pylist())))),
-        "rejects": rejects.num_rows,
-        "rejected_files": sorted(set(rejects.column("source_uri").to_pylist())),
-        "frames_table": storage.join(out, "frames"), "rejects_table": storage.join(out, "rejects"),
+        "clips_with_frames": frames.get("clips", 0),
+        "frames": frames.get("frames", 0), "blurry": blurry, "sharp": frames.get("sharp", 0),
+        "mean_references": frames.get("references", 0) / blurry if blurry else 0.0,
+        "blurry_without_references": frames.get("blurry_without_references", 0),
+        "protocols": {k.split(":", 1)[1]: v for k, v in sorted(frames.items())
+                      if k.startswith("protocol:")},
+        "rejects": sum(r["rows"] for r in rejects),
+        "rejected_files": files[:MAX_LISTED],
+        "rejected_file_count": sum(r["n_files"] for r in rejects),
+        "frames_table": frames_dir, "rejects_table": rejects_dir,
         "seconds": round(seconds, 2),
     }
+
+
+MAX_LISTED = 1000  #: rejected files named in the summary (the rejects table has them all)
+
+
+def _frames_stats(uri: str, storage_cfg: StorageConfig) -> dict:
+    """Counts of one frames file (a clip's, or a part of whole clips)."""
+    t = schema.read_table(uri, schema.FRAMES, storage_cfg,
+                          columns=["clip_id", "role", "references", "protocol"])
+    blurry = t.filter(pc.equal(t["role"], "blurry"))
+    n_refs = pc.list_value_length(blurry["references"]).to_numpy(zero_copy_only=False)
+    clips = dict(zip(t.column("clip_id").to_pylist(), t.column("protocol").to_pylist()))
+    out = {"frames": t.num_rows, "blurry": blurry.num_rows,
+           "sharp": int(pc.sum(pc.equal(t["role"], "sharp")).as_py() or 0),
+           "references": int(n_refs.sum()), "blurry_without_references": int((n_refs == 0).sum()),
+           "clips": len(clips)}
+    for protocol, n in Counter(clips.values()).items():
+        out[f"protocol:{protocol}"] = n
+    return out
+
+
+def _rejects_stats(uri: str, storage_cfg: StorageConfig) -> dict:
+    t = schema.read_table(uri, schema.REJECTS, storage_cfg, columns=["source_uri"])
+    files = sorted(set(t.column("source_uri").to_pylist()))
+    return {"rows": t.num_rows, "files": files[:MAX_LISTED], "n_files": len(files)}

@@ -31,8 +31,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import pyarrow.compute as pc
 
-from bluref_ray import schema, storage
+from bluref_ray import schema, storage, tables
 from bluref_ray.config import Config, ConfigError, PseudoGTConfig, settings_hash
 from bluref_ray.data.windows import load_windows
 from bluref_ray.pipeline.common import (
@@ -40,7 +41,6 @@ from bluref_ray.pipeline.common import (
     actor_pool,
     actor_setup,
     await_pool,
-    finished,
     prepare_out,
 )
 from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, write_window
@@ -65,15 +65,18 @@ class Plan:
     """Stage 1's result: what the run reads, and what an earlier run finished."""
 
     src: str  #: the frames table's folder
-    files: list[str]  #: its Parquet files, one per clip
+    clips: list[dict]  #: ``{"frames_file", "clip_id"}`` of each clip with blurry frames
     chash: str  #: the settings hash (in every row, and in the output folder's marker)
     done: frozenset[str]  #: shards already written
     windows: int  #: windows left to do
+    protocols: dict[str, int]  #: clips per reference protocol
 
 
 def plan(frames: str, out: str, pg: PseudoGTConfig, storage_cfg: StorageConfig,
          log: Callable[[str], None]) -> Plan:
-    """Stage 1: check the inputs and checkpoints, prepare ``out`` (resuming), count the work.
+    """Stage 1: check the inputs and checkpoints, prepare ``out`` (resuming), count the work
+    (each frames file counted by a task of its own where Ray runs; the driver gets per-clip
+    counts, never the table).
 
     Raises:
         storage.StorageNotFoundError: no frames table under ``frames``.
@@ -82,7 +85,7 @@ def plan(frames: str, out: str, pg: PseudoGTConfig, storage_cfg: StorageConfig,
     for uri in (frames, out):
         storage.check_reachable(uri, storage_cfg)
     src = frames_dir(frames, storage_cfg)
-    files = [f for f in storage.list_files(src, storage_cfg) if f.endswith(".parquet")]
+    files = tables.listing(src, storage_cfg).files
     if not files:
         raise storage.StorageNotFoundError(f"{src}: no frames table (Parquet files) found; "
                                            "run `bluref ingest` first")
@@ -90,14 +93,29 @@ def plan(frames: str, out: str, pg: PseudoGTConfig, storage_cfg: StorageConfig,
     chash = settings_hash(pg)
     prepare_out(out, "_pseudo_gt.json", {"config_hash": chash, "inputs": [src]}, pg.overwrite,
                 ("shards", "rejects", "summary.json"), storage_cfg, log, "pseudo-gt")
-    done = frozenset(finished(storage.join(out, "shards"), storage_cfg))
+    done = frozenset(tables.finished(storage.join(out, "shards"), storage_cfg))
     if done:
         log(f"[pseudo-gt] resuming: {len(done)} shards already done")
-    table = schema.read_table(src, schema.FRAMES, storage_cfg, columns=["clip_id", "role"])
-    blurry = Counter(c for c, r in zip(table.column("clip_id").to_pylist(),
-                                      table.column("role").to_pylist()) if r == "blurry")
-    per_clip = [-(-min(n, pg.limit or n) // pg.targets_per_shard) for n in blurry.values()]
-    return Plan(src, files, chash, done, max(0, sum(per_clip) - len(done)))
+    clips, protocols, windows = [], Counter(), 0
+    per_file = tables.map_files(files, functools.partial(_clip_counts, storage_cfg=storage_cfg))
+    for f, counts in zip(files, per_file):
+        for clip_id, (blurry, protocol) in sorted(counts.items()):
+            protocols[protocol] += 1
+            if blurry:
+                clips.append({"frames_file": f, "clip_id": clip_id})
+                windows += -(-min(blurry, pg.limit or blurry) // pg.targets_per_shard)
+    return Plan(src, clips, chash, done, max(0, windows - len(done)), dict(protocols))
+
+
+def _clip_counts(uri: str, storage_cfg: StorageConfig) -> dict[str, tuple[int, str]]:
+    """``{clip_id: (blurry frames, protocol)}`` of one frames file."""
+    t = schema.read_table(uri, schema.FRAMES, storage_cfg, columns=["clip_id", "role", "protocol"])
+    out: dict[str, tuple[int, str]] = {}
+    for c, r, p in zip(t.column("clip_id").to_pylist(), t.column("role").to_pylist(),
+                       t.column("protocol").to_pylist()):
+        n, _ = out.get(c, (0, p))
+        out[c] = (n + (r == "blurry"), p)
+    return out
 
 
 def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
@@ -123,10 +141,11 @@ def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
 
 def load_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, done: frozenset,
               storage_cfg: StorageConfig) -> Iterator[dict]:
-    """Stage 2 (Ray task): read one frames file, yield its windows one at a time (bounded
-    memory): ``{"window": [Window], "pixels": [1, F, H, W, 3] uint8}``."""
-    for uri in batch["frames_file"]:
-        frames = schema.read_table(str(uri), schema.FRAMES, storage_cfg)
+    """Stage 2 (Ray task): read one clip's rows of its frames file, yield its windows one at a
+    time (bounded memory): ``{"window": [Window], "pixels": [1, F, H, W, 3] uint8}``."""
+    for uri, clip_id in zip(batch["frames_file"], batch["clip_id"]):
+        frames = schema.read_table(str(uri), schema.FRAMES, storage_cfg,
+                                   where=pc.field("clip_id") == str(clip_id))
         for window, pixels in load_windows(frames, pg.targets_per_shard, pg.max_refs, done,
                                            pg.limit, storage_cfg, pg.delta):
             yield {"window": [window], "pixels": pixels[None]}
@@ -184,13 +203,13 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
                            pg.gpus_per_actor, log, loaders=True)
     gpus, concurrency, cpus_per_actor = actor_resources(pg, resources)
     loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2)
-    log(f"[pseudo-gt] {len(p.files)} clips, {p.windows} windows to do, from {p.src}; "
+    log(f"[pseudo-gt] {len(p.clips)} clips with blurry frames, {p.windows} windows to do, "
+        f"from {p.src}; "
         f"{describe(pg)}; {concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU "
         "each")
-    ds = ray.data.from_items([{"frames_file": f} for f in p.files],
-                             override_num_blocks=max(1, min(len(p.files), 10_000)))
+    ds = ray.data.from_items(p.clips, override_num_blocks=max(1, min(len(p.clips), 10_000)))
 
-    # Stage 2: load windows (tasks, loader_cpus each; one frames file → its windows)
+    # Stage 2: load windows (tasks, loader_cpus each; one clip → its windows)
     ds = ds.map_batches(functools.partial(load_task, pg=pg, done=p.done,
                                           storage_cfg=storage_cfg),
                         batch_size=1, num_cpus=loader_cpus)
@@ -212,7 +231,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
         summarize(out, storage_cfg), frames=p.src, out=out, config_hash=p.chash,
         settings=dataclasses.asdict(pg), seconds=round(time.time() - t0, 2),
         this_run=ThisRun(progress.done, len(p.done), rows, rejects, round(progress.seconds, 2)),
-        protocols=_protocols(p.src, storage_cfg))
+        protocols=p.protocols)
     storage.write_text(storage.join(out, "summary.json"), summary.to_json(), storage_cfg)
     if summary.rows == 0:
         raise NoPairsError(no_pairs_message(summary, pg))
@@ -227,13 +246,6 @@ def describe(pg: PseudoGTConfig) -> str:
         matcher += f" ({r}{', refined by DIS' if pg.dis_refine else ''})"
     return (f"matcher={matcher} strategy={pg.strategy} N={pg.max_refs} "
             f"Δ={pg.delta or 'ingest'} τ={pg.tau}")
-
-
-def _protocols(src: str, storage_cfg: StorageConfig) -> dict[str, int]:
-    """Clips per reference protocol of the frames table."""
-    table = schema.read_table(src, schema.FRAMES, storage_cfg, columns=["clip_id", "protocol"])
-    return dict(Counter(p for _, p in set(zip(table.column("clip_id").to_pylist(),
-                                              table.column("protocol").to_pylist()))))
 
 
 class NoPairsError(ConfigError):
@@ -316,22 +328,42 @@ class PseudoGTSummary:
 
 
 def summarize(out: str, storage_cfg: StorageConfig | None = None) -> PseudoGTSummary:
-    """Coverage/confidence histograms, counts, reject reasons and quality, from the shards."""
+    """Coverage/confidence histograms, counts, reject reasons and quality, from the shards
+    (each file summed by a task of its own where Ray runs; the driver adds the sums)."""
+    shards = tables.map_files(tables.listing(storage.join(out, "shards"), storage_cfg).files,
+                              functools.partial(_shard_stats, storage_cfg=storage_cfg))
+    t = tables.sum_dicts(shards)
+    rejects = tables.map_files(tables.listing(storage.join(out, "rejects"), storage_cfg).files,
+                               functools.partial(_reject_stats, storage_cfg=storage_cfg))
+    reasons = Counter(tables.sum_dicts(rejects))
+    rows, n_q = t.get("rows", 0), t.get("quality_rows", 0)
+    return PseudoGTSummary(
+        rows=rows, rejected=sum(reasons.values()), reject_reasons=dict(reasons.most_common(10)),
+        mean_coverage=t["coverage"] / rows if rows else 0.0,
+        coverage_hist=t.get("coverage_hist", [0] * HIST_BINS),
+        confidence_hist=t.get("confidence_hist", [0] * HIST_BINS),
+        mean_refs_used=t["refs_used"] / rows if rows else 0.0,
+        quality=Quality(n_q, t["psnr_pseudo"] / n_q, t["psnr_blurry"] / n_q) if n_q else None)
+
+
+def _shard_stats(uri: str, storage_cfg: StorageConfig | None) -> dict:
     cols = ["coverage", "confidence_hist", "refs_used", "psnr_pseudo", "psnr_blurry"]
-    t = schema.read_table(storage.join(out, "shards"), schema.PSEUDO_PAIRS, storage_cfg, cols)
-    rej = schema.read_table(storage.join(out, "rejects"), schema.PSEUDO_REJECTS, storage_cfg)
+    t = schema.read_table(uri, schema.PSEUDO_PAIRS, storage_cfg, cols)
     cov = t.column("coverage").to_numpy(zero_copy_only=False).astype(np.float64)
     hist = np.zeros(HIST_BINS, np.int64)
     for h in t.column("confidence_hist").to_pylist():
         hist += np.asarray(h, np.int64)
-    reasons = Counter(r.split(":")[0][:80] for r in rej.column("reason").to_pylist())
     q = [(p, b) for p, b in zip(t.column("psnr_pseudo").to_pylist(),
                                 t.column("psnr_blurry").to_pylist()) if p is not None]
-    return PseudoGTSummary(
-        rows=t.num_rows, rejected=rej.num_rows, reject_reasons=dict(reasons.most_common(10)),
-        mean_coverage=float(cov.mean()) if len(cov) else 0.0,
-        coverage_hist=np.histogram(cov, bins=HIST_BINS, range=(0, 1))[0].tolist(),
-        confidence_hist=hist.tolist(),
-        mean_refs_used=float(np.mean(t.column("refs_used").to_numpy())) if t.num_rows else 0.0,
-        quality=Quality(len(q), float(np.mean([p for p, _ in q])),
-                        float(np.mean([b for _, b in q]))) if q else None)
+    return {"rows": t.num_rows, "coverage": float(cov.sum()),
+            "coverage_hist": np.histogram(cov, bins=HIST_BINS, range=(0, 1))[0].tolist(),
+            "confidence_hist": hist.tolist(),
+            "refs_used": int(t.column("refs_used").to_numpy().sum()) if t.num_rows else 0,
+            "quality_rows": len(q), "psnr_pseudo": float(sum(p for p, _ in q)),
+            "psnr_blurry": float(sum(b for _, b in q))}
+
+
+def _reject_stats(uri: str, storage_cfg: StorageConfig | None) -> dict[str, int]:
+    """Rejects of one file by reason (its first words)."""
+    t = schema.read_table(uri, schema.PSEUDO_REJECTS, storage_cfg, ["reason"])
+    return dict(Counter(r.split(":")[0][:80] for r in t.column("reason").to_pylist()))

@@ -42,8 +42,8 @@ class PseudoGTCache:
 
     def get(self, cfg: Config, trial: str) -> dict:
         """``{"uri", "key", "made"}``: the pseudo-GT of ``cfg.pseudo_gt``, made if needed."""
-        from bluref_ray.pipeline.common import finished
         from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
+        from bluref_ray.tables import finished
 
         key = cache_key(cfg.pseudo_gt, self.data, self.ingest)
         uri = storage.join(self.cache, key)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from bluref_ray import storage
+from bluref_ray import storage, tables
 from bluref_ray.config import Config, ConfigError, TrainConfig
 from bluref_ray.data.images import decode_image, random_flips, to_float
 from bluref_ray.losses import confidence_level
@@ -153,7 +153,7 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
     import ray.data
 
     shards = shards_dir(pairs, storage_cfg)
-    files = [f for f in storage.list_files(shards, storage_cfg) if f.endswith(".parquet")]
+    files = tables.listing(shards, storage_cfg).files
     if not files and cfg.supervised:
         return tree_dataset(pairs, cfg, storage_cfg)
     if not files:

@@ -1,0 +1,227 @@
+"""Table folders: how the pipelines' Parquet outputs are laid out, listed, compacted and summed.
+
+A table (the frames and rejects of ``bluref ingest``, the shards and rejects of ``bluref
+pseudo-gt``) is a folder of Parquet files:
+
+- **unit files**, ``<unit>.parquet``: one per unit of work (a clip, a window of frames), written
+  whole by the task that did the unit. Its presence marks the unit done, so a killed job, started
+  again, redoes only the units without a file.
+- **parts**, ``part+<hash>.parquet``: many unit files merged by :func:`compact` (``bluref
+  compact``), so that a fleet's million clips are not a million small files for every later
+  reader. A part's footer lists the units it holds, which therefore stay done. Unit names never
+  contain ``+`` (clip ids are slugs), so a part is never taken for a unit.
+
+Compaction writes a part, then deletes the files it merged. A unit file that a part already lists
+is what a compaction killed between those two steps leaves: readers skip it (its rows are in the
+part) and the next compaction deletes it. Readers list the live files with :func:`listing`.
+
+Summaries are computed per file (:func:`map_files`): on a Ray cluster by tasks next to the
+data, so the driver receives one small dict per file, never the tables themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bluref_ray import storage
+from bluref_ray.storage import StorageConfig
+
+PART = "part+"  #: name prefix of a part; ``+`` never occurs in a unit's name
+UNITS_KEY = b"bluref.units"  #: footer key of a part: JSON list of the units it holds
+
+
+def stem(uri: str) -> str:
+    """A file's name without ``.parquet``."""
+    name = storage.basename(uri)
+    return name[:-len(".parquet")] if name.endswith(".parquet") else name
+
+
+def is_part(uri: str) -> bool:
+    return storage.basename(uri).startswith(PART)
+
+
+@dataclass
+class Listing:
+    """The files of a table folder and the units they hold."""
+
+    files: list[str] = field(default_factory=list)  #: files to read: parts and live unit files
+    units: set[str] = field(default_factory=set)  #: units done (in a unit file or a part)
+    leftovers: list[str] = field(default_factory=list)  #: unit files that a part already holds
+
+    @property
+    def parts(self) -> list[str]:
+        return [f for f in self.files if is_part(f)]
+
+
+def part_units(uri: str, cfg: StorageConfig | None = None) -> list[str]:
+    """The units that the part ``uri`` holds (read from its footer only)."""
+    fs, path = storage.resolve(uri, cfg)
+    with fs.open_input_file(path) as f:
+        meta = pq.read_metadata(f).metadata or {}
+    return json.loads(meta.get(UNITS_KEY, b"[]"))
+
+
+def listing(uri: str, cfg: StorageConfig | None = None) -> Listing:
+    """List the table folder ``uri`` (empty if it does not exist): one listing request and one
+    footer read per part."""
+    try:
+        files = [f for f in storage.list_files(uri, cfg) if f.endswith(".parquet")]
+    except storage.StorageNotFoundError:
+        return Listing()
+    merged: set[str] = set()
+    for f in files:
+        if is_part(f):
+            merged.update(part_units(f, cfg))
+    out = Listing(units=set(merged))
+    for f in files:
+        if is_part(f):
+            out.files.append(f)
+        elif stem(f) in merged:
+            out.leftovers.append(f)
+        else:
+            out.files.append(f)
+            out.units.add(stem(f))
+    return out
+
+
+def finished(uri: str, cfg: StorageConfig | None = None) -> set[str]:
+    """The units done in the table folder ``uri``: what a resumed job skips."""
+    return listing(uri, cfg).units
+
+
+@dataclass
+class CompactResult:
+    """What :func:`compact` did to one table folder."""
+
+    table: str
+    parts_written: int = 0
+    files_merged: int = 0
+    rows: int = 0
+    leftovers_deleted: int = 0
+    files_before: int = 0
+    files_after: int = 0
+
+
+def compact(uri: str, cfg: StorageConfig | None = None, part_mib: float = 128,
+            log: Callable[[str], None] = print) -> CompactResult:
+    """Merge the unit files of the table folder ``uri`` into parts of about ``part_mib`` MiB of
+    decoded data each (whole units, in name order; memory holds one part). Parts already written
+    are kept as they are.
+
+    Safe to kill at any point and to run again; safe while a job is still writing unit files
+    into ``uri`` (only files that exist when it lists are merged). Readers see every row once
+    throughout: a part is written whole before the files it merged are deleted, and a reader
+    skips unit files that a part lists.
+    """
+    lst = listing(uri, cfg)
+    res = CompactResult(uri, files_before=len(lst.files) + len(lst.leftovers))
+    for f in lst.leftovers:  # a killed compaction's: their rows are in a part already
+        storage.delete(f, cfg)
+    res.leftovers_deleted = len(lst.leftovers)
+    units = [f for f in lst.files if not is_part(f)]
+    group: list[str] = []
+    tables: list[pa.Table] = []
+    n = size = 0
+    limit = part_mib * (1 << 20)
+
+    def flush() -> None:
+        nonlocal group, tables, n, size
+        if len(group) > 1:
+            _write_part(uri, group, tables, cfg)
+            res.parts_written += 1
+            res.files_merged += len(group)
+            res.rows += n
+            log(f"[compact] {uri}: {len(group)} files, {n} rows → one part")
+        group, tables, n, size = [], [], 0, 0
+
+    for f in units:
+        t = _read_file(f, cfg)
+        if tables and not t.schema.equals(tables[0].schema):
+            raise ValueError(f"{f}: its columns differ from those of {group[0]}; not merged")
+        group.append(f)
+        tables.append(t)
+        n, size = n + t.num_rows, size + t.nbytes
+        if size >= limit:
+            flush()
+    flush()
+    res.files_after = res.files_before - res.leftovers_deleted - res.files_merged + \
+        res.parts_written
+    return res
+
+
+TABLE_FOLDERS = ("frames", "rejects", "shards")  #: the tables of ingest and pseudo-GT outputs
+
+
+def table_folders(uri: str, cfg: StorageConfig | None = None) -> list[str]:
+    """The table folders of an ingest or pseudo-GT output ``uri`` (its ``frames/``,
+    ``rejects/``, ``shards/``), or ``[uri]`` if it has none (a table folder itself).
+
+    Raises:
+        StorageNotFoundError: ``uri`` does not exist.
+    """
+    uri = storage.normalize(uri)
+    if not storage.exists(uri, cfg):
+        raise storage.StorageNotFoundError(f"{uri}: does not exist")
+    found = [storage.join(uri, t) for t in TABLE_FOLDERS
+             if storage.exists(storage.join(uri, t), cfg)]
+    return found or [uri]
+
+
+def _read_file(uri: str, cfg: StorageConfig | None) -> pa.Table:
+    fs, path = storage.resolve(uri, cfg)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f)
+
+
+def _write_part(uri: str, files: list[str], tables: list[pa.Table],
+                cfg: StorageConfig | None) -> None:
+    names = [stem(f) for f in files]
+    digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+    table = pa.concat_tables(tables)
+    meta = dict(table.schema.metadata or {})
+    meta[UNITS_KEY] = json.dumps(names).encode()
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=64 * 1024)
+    storage.write_bytes(storage.join(uri, f"{PART}{digest}.parquet"), buf.getvalue(), cfg)
+    for f in files:  # after the part is whole: a kill here leaves leftovers, never a loss
+        storage.delete(f, cfg)
+
+
+def map_files(files: list[str], fn: Callable[[str], Any], local_below: int = 64,
+              files_per_task: int = 64) -> list[Any]:
+    """``[fn(f) for f in files]``: with Ray running and at least ``local_below`` files, in Ray
+    tasks of ``files_per_task`` files each (1 CPU; the cluster's CPUs read the files, the driver
+    gets only the results); else here. ``fn`` must return something small."""
+    import ray
+
+    if len(files) < local_below or not ray.is_initialized():
+        return [fn(f) for f in files]
+
+    @ray.remote(num_cpus=1)
+    def run(chunk: list[str]) -> list[Any]:
+        return [fn(f) for f in chunk]
+
+    chunks = [files[i:i + files_per_task] for i in range(0, len(files), files_per_task)]
+    return [r for part in ray.get([run.remote(c) for c in chunks]) for r in part]
+
+
+def sum_dicts(dicts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add dicts of numbers (and of lists of numbers, element-wise) key by key."""
+    out: dict[str, Any] = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, list):
+                have = out.setdefault(k, [0] * len(v))
+                out[k] = [a + b for a, b in zip(have, v)]
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
