@@ -80,6 +80,23 @@ def test_learned_matcher_through_the_pipeline(ray_cluster, tiny_frames, tmp_path
     assert set(t.column("matcher").to_pylist()) == {"learned"} and s.rows > 0
 
 
+def test_an_elastic_pool_grows_from_its_minimum_to_its_maximum(ray_cluster, tiny_frames,
+                                                               tmp_path):
+    """concurrency=1, max_concurrency=2: one actor is waited for, a second joins while windows
+    queue up (on a cluster that scales, as its node arrives); the output is complete."""
+    out = str(tmp_path / "elastic")
+    s = run_pseudo_gt(tiny_frames, out, _cfg(concurrency=1, max_concurrency=2, cpus_per_actor=0.5,
+                                             targets_per_shard=1, limit=None),
+                      log=lambda _m: None)
+    frames = schema.read_table(f"{tiny_frames}/frames", schema.FRAMES)
+    expected = frames.filter(pc.equal(frames["role"], "blurry")).num_rows
+    _check_pairs(_shards(out), s.rows, quality=False)
+    assert s.rows + s.rejected == expected and s.this_run.shards == expected
+    assert s.this_run.actors == 2
+    with pytest.raises(ConfigError, match="max_concurrency=1: must be >= pseudo_gt.concurrency"):
+        PseudoGTConfig(concurrency=2, max_concurrency=1).validate()
+
+
 def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, tmp_path):
     with pytest.raises(ConfigError, match="matcher_checkpoint.*nope.pt"):
         run_pseudo_gt(tiny_frames, str(tmp_path / "x"),

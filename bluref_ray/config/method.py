@@ -100,6 +100,10 @@ class PseudoGTConfig:
     concurrency: int | None = field(
         default=None,
         metadata=execution("matching actors (default: one per GPU, else half the CPUs)"))
+    max_concurrency: int | None = field(
+        default=None,
+        metadata=execution("elastic pool: start with --concurrency actors (waited for) and grow "
+                           "to this many as the autoscaler adds nodes (default: a fixed pool)"))
     cpus_per_actor: float = field(default=1.0, metadata=execution("CPUs reserved by each actor"))
     gpus_per_actor: float | None = field(
         default=None,
@@ -129,6 +133,16 @@ class PseudoGTConfig:
                               f"{', '.join(MATCHER_NAMES)}")
         if self.matcher_radius not in (None, 1.0, 2.0, 4.0):
             raise ConfigError(f"pseudo_gt.matcher_radius={self.matcher_radius}: use 1, 2 or 4")
+        check_pool("pseudo_gt", self.concurrency, self.max_concurrency)
+
+
+def check_pool(section: str, concurrency: int | None, max_concurrency: int | None) -> None:
+    """An actor pool's size: at least one actor, the maximum not below the minimum."""
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"{section}.concurrency={concurrency}: must be >= 1")
+    if max_concurrency is not None and max_concurrency < max(1, concurrency or 1):
+        raise ConfigError(f"{section}.max_concurrency={max_concurrency}: must be >= "
+                          f"{section}.concurrency ({concurrency or 1})")
 
 
 @dataclass(frozen=True)
@@ -287,6 +301,10 @@ class DeblurConfig:
     batch_size: int = field(default=4, metadata=_help("files per batch of an actor"))
     concurrency: int | None = field(
         default=None, metadata=_help("deblurring actors (default: one per GPU, else 1)"))
+    max_concurrency: int | None = field(
+        default=None,
+        metadata=_help("elastic pool: start with --concurrency actors (waited for) and grow to "
+                       "this many as the autoscaler adds nodes (default: a fixed pool)"))
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved by each actor"))
     gpus_per_actor: float | None = field(
         default=None, metadata=_help("GPUs per actor (default: 1 if the cluster has GPUs)"))
@@ -309,6 +327,7 @@ class DeblurConfig:
                               f"deblur.tile_overlap={self.tile_overlap} (or be 0)")
         if self.batch_size < 1:
             raise ConfigError("deblur.batch_size must be >= 1")
+        check_pool("deblur", self.concurrency, self.max_concurrency)
 
 
 @dataclass(frozen=True)

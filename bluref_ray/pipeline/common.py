@@ -112,6 +112,22 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
     return gpus, n, per_actor
 
 
+def pool_strategy(size: int, max_size: int | None = None):
+    """Ray Data's actor pool of ``size`` actors, or an elastic one from ``size`` up to
+    ``max_size``: Ray Data adds actors while their input queues up, and their resource requests
+    make an autoscaler add nodes for them."""
+    import ray
+
+    if max_size and max_size > size:
+        return ray.data.ActorPoolStrategy(min_size=size, max_size=max_size)
+    return ray.data.ActorPoolStrategy(size=size)
+
+
+def pool_size(n: int, max_size: int | None) -> str:
+    """``"2"`` or ``"2-8"`` actors, for log lines."""
+    return f"{n}-{max_size}" if max_size and max_size > n else f"{n}"
+
+
 def actor_setup() -> tuple[torch.device, int]:
     """For a Ray actor's constructor: the device Ray assigned it (its GPU, else the CPU) and its
     CPUs, to which the torch and OpenCV thread counts are set. Outside Ray: the CPU."""

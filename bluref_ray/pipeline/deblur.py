@@ -47,7 +47,14 @@ from bluref_ray.data.images import ImageError, decode_image, encode_png, to_floa
 from bluref_ray.data.sources import IMAGE_EXTENSIONS
 from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, decode_frames
 from bluref_ray.models.tiling import tiled_forward
-from bluref_ray.pipeline.common import Progress, actor_pool, actor_setup, await_pool
+from bluref_ray.pipeline.common import (
+    Progress,
+    actor_pool,
+    actor_setup,
+    await_pool,
+    pool_size,
+    pool_strategy,
+)
 from bluref_ray.storage import StorageConfig, StorageError
 
 #: Containers an output video keeps; other video inputs are written as mp4.
@@ -378,7 +385,7 @@ def actor_resources(dc: DeblurConfig, resources: dict, n_files: int) -> tuple[fl
     :func:`bluref_ray.pipeline.common.actor_pool`): one actor per GPU, else a single CPU actor;
     never more actors than files."""
     return actor_pool("deblur", resources, dc.concurrency, dc.cpus_per_actor, dc.gpus_per_actor,
-                      max_actors=n_files)
+                      max_actors=min(n_files, dc.max_concurrency or n_files))
 
 
 def _plan_references(todo: list[dict], rows: list[dict], dc: DeblurConfig,
@@ -470,11 +477,13 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
         resources = await_pool("deblur", cfg.ray, dc.concurrency, dc.cpus_per_actor,
                                dc.gpus_per_actor, log)
         gpus, concurrency, cpus_per_actor = actor_resources(dc, resources, len(todo))
-        log(f"[deblur] {concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
+        most = min(dc.max_concurrency or concurrency, len(todo))
+        log(f"[deblur] {pool_size(concurrency, most)} actor(s) with {gpus:g} GPU and "
+            f"{cpus_per_actor:g} CPU each")
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
         ds = ds.map_batches(DeblurWorker, fn_constructor_kwargs={
             "checkpoint": checkpoint, "cfg": dc, "storage_cfg": storage_cfg},
-            batch_size=dc.batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+            batch_size=dc.batch_size, compute=pool_strategy(concurrency, most),
             num_cpus=cpus_per_actor, num_gpus=gpus)
         progress = Progress("deblur", len(todo), "files", log)
         for r in ds.iter_rows():

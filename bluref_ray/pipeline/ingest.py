@@ -11,7 +11,11 @@ Stages, each a plain function that tests call without Ray:
 3. **write** (same task): ``OUT/rejects/<clip_id>.parquet`` if anything failed, then
    ``OUT/frames/<clip_id>.parquet``, each atomically. The frames file marks the clip done, so a
    killed run, started again, redoes only unfinished clips.
-4. **summarize** (driver): ``OUT/summary.json`` with counts and timings.
+4. **summarize** (driver; each table file counted by a task, see
+   :func:`bluref_ray.tables.map_files`): ``OUT/summary.json`` with counts and timings.
+
+``bluref compact`` merges the per-clip files into parts that still mark their clips done
+(:mod:`bluref_ray.tables`).
 
 One bad file never stops the others: it becomes a row of the rejects table that names the file
 and the reason. Storage that cannot be reached stops the run with a clear error instead, since

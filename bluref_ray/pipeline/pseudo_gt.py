@@ -2,20 +2,22 @@
 
 :func:`run_pseudo_gt` is the list of stages; each is marked in the code with its resources:
 
-1. **plan** (driver): the frames table's files (one per clip, from ingest), the settings hash,
-   and the shards an earlier run finished (:func:`plan`).
-2. **load windows** (Ray Data tasks, up to 1 CPU each, one per frames file, 1 → N):
+1. **plan** (driver; each frames file counted by a task): the clips with blurry frames and the
+   file that holds each (one per clip from ingest, or a part of many after ``bluref
+   compact``), the settings hash, and the shards an earlier run finished (:func:`plan`).
+2. **load windows** (Ray Data tasks, up to 1 CPU each, one per clip, 1 → N):
    :func:`bluref_ray.data.windows.load_windows` cuts each clip's blurry frames into windows
    (``targets_per_shard``) and loads every frame a window needs once, a video decoded front to
    back a single time; each window travels as a typed :class:`~bluref_ray.data.windows.Window`
    beside its frame pool.
-3. **match, fuse and write** (actor pool: ``concurrency`` actors, 1 GPU each when the cluster has
-   GPUs, CPUs otherwise, 1 → 1): :class:`PseudoGTActor` builds a
-   :class:`~bluref_ray.pipeline.pairs.PairMaker` once, makes each window's pairs and writes
-   ``OUT/rejects/<shard>.parquet`` if any, then ``OUT/shards/<shard>.parquet`` atomically; a
-   finished shard is skipped by a resumed run.
-4. **summarize** (driver): ``OUT/summary.json`` with coverage and confidence histograms, rows
-   written and rejected (with reasons), quality against ground truth when known, and timings.
+3. **match, fuse and write** (actor pool: ``concurrency`` actors, or from there up to
+   ``max_concurrency``; 1 GPU each when the cluster has GPUs, CPUs otherwise, 1 → 1):
+   :class:`PseudoGTActor` builds a :class:`~bluref_ray.pipeline.pairs.PairMaker` once, makes
+   each window's pairs and writes ``OUT/rejects/<shard>.parquet`` if any, then
+   ``OUT/shards/<shard>.parquet`` atomically; a finished shard is skipped by a resumed run.
+4. **summarize** (driver; each shard file summed by a task): ``OUT/summary.json`` with
+   coverage and confidence histograms, rows written and rejected (with reasons), quality against
+   ground truth when known, and timings.
 
 Shard rows hold PNG bytes of the blurry frame, the pseudo-sharp image and the confidence
 (``round(255·c)``), and deterministic row ids (clip, frame index, settings hash).
@@ -41,6 +43,8 @@ from bluref_ray.pipeline.common import (
     actor_pool,
     actor_setup,
     await_pool,
+    pool_size,
+    pool_strategy,
     prepare_out,
 )
 from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, write_window
@@ -51,7 +55,7 @@ def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, fl
     """GPUs per actor, number of actors and CPUs per actor of stage 3 (see
     :func:`bluref_ray.pipeline.common.actor_pool`; one CPU stays with the loading tasks)."""
     return actor_pool("pseudo_gt", resources, pg.concurrency, pg.cpus_per_actor,
-                      pg.gpus_per_actor, loaders=True)
+                      pg.gpus_per_actor, loaders=True, max_actors=pg.max_concurrency)
 
 
 def frames_dir(uri: str, storage_cfg: StorageConfig) -> str:
@@ -157,13 +161,16 @@ class PseudoGTActor:
 
     def __init__(self, pg: PseudoGTConfig, out: str, storage_cfg: StorageConfig,
                  chash: str) -> None:
+        import ray
+
         self.out, self.storage_cfg = out, storage_cfg
+        self.actor = ray.get_runtime_context().get_actor_id() or ""
         device, _ = actor_setup()
         self.make = PairMaker(pg, chash, device, storage_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {"shard": [], "rows": [], "rejects": [], "reason": [],
-                                "coverage": [], "seconds": []}
+                                "coverage": [], "seconds": [], "actor": []}
         for window, pixels in zip(batch["window"], batch["pixels"]):
             t0 = time.perf_counter()
             rows, rejects = self.make(window, np.asarray(pixels))
@@ -175,6 +182,7 @@ class PseudoGTActor:
             out["coverage"].append(float(np.mean([r["coverage"] for r in rows])) if rows
                                    else float("nan"))
             out["seconds"].append(time.perf_counter() - t0)
+            out["actor"].append(self.actor)
         return out
 
 
@@ -204,10 +212,12 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     gpus, concurrency, cpus_per_actor = actor_resources(pg, resources)
     loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2)
     log(f"[pseudo-gt] {len(p.clips)} clips with blurry frames, {p.windows} windows to do, "
-        f"from {p.src}; "
-        f"{describe(pg)}; {concurrency} actor(s) with {gpus:g} GPU and {cpus_per_actor:g} CPU "
-        "each")
+        f"from {p.src}; {describe(pg)}; {pool_size(concurrency, pg.max_concurrency)} actor(s) "
+        f"with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
     ds = ray.data.from_items(p.clips, override_num_blocks=max(1, min(len(p.clips), 10_000)))
+    # One window per block: a clip's windows spread over the actors instead of queueing, in one
+    # block, for a single actor (Ray Data packs rows into blocks of up to 128 MiB otherwise).
+    ds.context.target_max_block_size = 1
 
     # Stage 2: load windows (tasks, loader_cpus each; one clip → its windows)
     ds = ds.map_batches(functools.partial(load_task, pg=pg, done=p.done,
@@ -217,12 +227,14 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     # Stage 3: match, fuse and write (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU))
     ds = ds.map_batches(PseudoGTActor, fn_constructor_kwargs={
         "pg": pg, "out": out, "storage_cfg": storage_cfg, "chash": p.chash},
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
+        batch_size=1, compute=pool_strategy(concurrency, pg.max_concurrency),
         num_cpus=cpus_per_actor, num_gpus=gpus)
     progress = Progress("pseudo-gt", p.windows, "windows", log)
     rows = rejects = 0
+    actors: set[str] = set()
     for r in ds.iter_rows():
         rows, rejects = rows + r["rows"], rejects + r["rejects"]
+        actors.add(r["actor"])
         progress.update(f"{rows} pairs, {rejects} rejected",
                         f"{r['shard']}: {r['reason']}" if r["reason"] else "")
 
@@ -230,7 +242,8 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     summary = dataclasses.replace(
         summarize(out, storage_cfg), frames=p.src, out=out, config_hash=p.chash,
         settings=dataclasses.asdict(pg), seconds=round(time.time() - t0, 2),
-        this_run=ThisRun(progress.done, len(p.done), rows, rejects, round(progress.seconds, 2)),
+        this_run=ThisRun(progress.done, len(p.done), rows, rejects, round(progress.seconds, 2),
+                         len(actors)),
         protocols=p.protocols)
     storage.write_text(storage.join(out, "summary.json"), summary.to_json(), storage_cfg)
     if summary.rows == 0:
@@ -288,6 +301,7 @@ class ThisRun:
     rows: int
     rejects: int
     seconds: float
+    actors: int = 0  #: actors that made windows (an elastic pool's grow as nodes join)
 
 
 @dataclasses.dataclass
