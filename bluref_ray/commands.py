@@ -92,17 +92,20 @@ def cmd_compact(args: argparse.Namespace) -> int:
     later listing and read: this merges them into parts of about --part-mib MiB, whose footers
     list the units they hold, so resumed runs still skip them and every reader sees each row
     once. OUTPUT: an ingest output (frames/, rejects/), a pseudo-GT output (shards/,
-    rejects/) or one table folder. Safe to kill and run again, and to run while a job is still
-    writing into OUTPUT.
+    rejects/) or one table folder. Safe to kill and run again. It holds OUTPUT as a writer does
+    (refused while a job writes it); do not run it while a job reads OUTPUT.
     """
     from bluref_ray import tables
+    from bluref_ray.writer import exclusive_output
 
     cfg = _config(args)
     storage_cfg = cfg.storage.resolved()
     log = _log(args)
     for target in args.outputs:
-        for folder in tables.table_folders(target, storage_cfg):
-            r = tables.compact(folder, storage_cfg, part_mib=args.part_mib, log=log)
+        with exclusive_output(target, storage_cfg, f"bluref compact {target}"):
+            done = [(f, tables.compact(f, storage_cfg, part_mib=args.part_mib, log=log))
+                    for f in tables.table_folders(target, storage_cfg)]
+        for folder, r in done:
             print(f"{folder}: {r.files_before} → {r.files_after} files ({r.files_merged} merged "
                   f"into {r.parts_written} parts, {r.rows} rows; {r.leftovers_deleted} "
                   "leftovers of an interrupted compaction deleted)")

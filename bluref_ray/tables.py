@@ -6,17 +6,17 @@ pseudo-gt``) is a folder of Parquet files:
 - **unit files**, ``<unit>.parquet``: one per unit of work (a clip, a window of frames), written
   whole by the task that did the unit. Its presence marks the unit done, so a killed job, started
   again, redoes only the units without a file.
-- **parts**, ``part+<hash>.parquet``: many unit files merged by :func:`compact` (``bluref
+- **parts**, ``~part+<hash>.parquet``: many unit files merged by :func:`compact` (``bluref
   compact``), so that a fleet's million clips are not a million small files for every later
-  reader. A part's footer lists the units it holds, which therefore stay done. Unit names never
-  contain ``+`` (clip ids are slugs), so a part is never taken for a unit.
+  reader. A part's footer lists the units it holds, which therefore stay done; each unit is one
+  row group of the part, so a reader of one unit reads only its rows.
 
 Compaction writes a part, then deletes the files it merged. A unit file that a part already lists
 is what a compaction killed between those two steps leaves: readers skip it (its rows are in the
 part) and the next compaction deletes it. Readers list the live files with :func:`listing`.
 
-Summaries are computed per file (:func:`map_files`): on a Ray cluster by tasks next to the
-data, so the driver receives one small dict per file, never the tables themselves.
+Summaries are computed per file (:func:`map_files`): where Ray runs, by Ray tasks on the
+cluster's CPUs, so the driver receives one small dict per file, never the tables themselves.
 """
 
 from __future__ import annotations
@@ -32,9 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bluref_ray import storage
+from bluref_ray.config.core import ConfigError
+from bluref_ray.schema import TableError
 from bluref_ray.storage import StorageConfig
 
-PART = "part+"  #: name prefix of a part; ``+`` never occurs in a unit's name
+#: Name prefix of a part. ``+`` and ``~`` never occur in a unit's name (clip ids are slugs), and
+#: ``~`` sorts after every character of one: a listing in name order (as S3's) that runs while a
+#: compaction deletes the units it merged still sees either those units or the part.
+PART = "~part+"
 UNITS_KEY = b"bluref.units"  #: footer key of a part: JSON list of the units it holds
 
 
@@ -73,13 +78,19 @@ def listing(uri: str, cfg: StorageConfig | None = None) -> Listing:
     """List the table folder ``uri`` (empty if it does not exist): one listing request and one
     footer read per part."""
     try:
-        files = [f for f in storage.list_files(uri, cfg) if f.endswith(".parquet")]
+        files = [f for f in storage.list_files(uri, cfg, recursive=False)
+                 if f.endswith(".parquet")]
     except storage.StorageNotFoundError:
         return Listing()
-    merged: set[str] = set()
+    merged: dict[str, str] = {}
     for f in files:
         if is_part(f):
-            merged.update(part_units(f, cfg))
+            for unit in part_units(f, cfg):
+                if unit in merged:
+                    raise TableError(
+                        f"{uri}: {unit} is in two parts, {merged[unit]} and {f} (two "
+                        "compactions ran at once); delete one of the two parts")
+                merged[unit] = f
     out = Listing(units=set(merged))
     for f in files:
         if is_part(f):
@@ -111,47 +122,53 @@ class CompactResult:
 
 
 def compact(uri: str, cfg: StorageConfig | None = None, part_mib: float = 128,
-            log: Callable[[str], None] = print) -> CompactResult:
+            log: Callable[[str], None] = print, threads: int = 16) -> CompactResult:
     """Merge the unit files of the table folder ``uri`` into parts of about ``part_mib`` MiB of
-    decoded data each (whole units, in name order; memory holds one part). Parts already written
-    are kept as they are.
+    decoded data each (whole units, in name order; memory holds about two parts: the tables and
+    the encoded part). Parts already written are kept as they are. Files are read and deleted
+    ``threads`` at a time.
 
-    Safe to kill at any point and to run again; safe while a job is still writing unit files
-    into ``uri`` (only files that exist when it lists are merged). Readers see every row once
-    throughout: a part is written whole before the files it merged are deleted, and a reader
-    skips unit files that a part lists.
+    Safe to kill at any point and to run again. Readers see every row once throughout: a part
+    is written whole before the files it merged are deleted, and a reader skips unit files that
+    a part lists. Run it when no job writes or reads the table (``bluref compact`` holds the
+    output folder, so it waits for no one and no writer starts meanwhile); a job that reads the
+    table while it runs can find a file gone, and stops with an error (run it again).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     lst = listing(uri, cfg)
     res = CompactResult(uri, files_before=len(lst.files) + len(lst.leftovers))
-    for f in lst.leftovers:  # a killed compaction's: their rows are in a part already
-        storage.delete(f, cfg)
-    res.leftovers_deleted = len(lst.leftovers)
-    units = [f for f in lst.files if not is_part(f)]
-    group: list[str] = []
-    tables: list[pa.Table] = []
-    n = size = 0
-    limit = part_mib * (1 << 20)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda f: storage.delete(f, cfg), lst.leftovers))  # a killed compaction's
+        res.leftovers_deleted = len(lst.leftovers)
+        group: list[tuple[str, pa.Table]] = []
+        size = 0.0
 
-    def flush() -> None:
-        nonlocal group, tables, n, size
-        if len(group) > 1:
-            _write_part(uri, group, tables, cfg)
-            res.parts_written += 1
-            res.files_merged += len(group)
-            res.rows += n
-            log(f"[compact] {uri}: {len(group)} files, {n} rows → one part")
-        group, tables, n, size = [], [], 0, 0
+        def flush() -> None:
+            nonlocal group, size
+            if len(group) > 1:
+                n = _write_part(uri, group, cfg)
+                list(pool.map(lambda g: storage.delete(g[0], cfg), group))  # after: no loss
+                res.parts_written += 1
+                res.files_merged += len(group)
+                res.rows += n
+                log(f"[compact] {uri}: {len(group)} files, {n} rows → one part")
+            group, size = [], 0.0
 
-    for f in units:
-        t = _read_file(f, cfg)
-        if tables and not t.schema.equals(tables[0].schema):
-            raise ValueError(f"{f}: its columns differ from those of {group[0]}; not merged")
-        group.append(f)
-        tables.append(t)
-        n, size = n + t.num_rows, size + t.nbytes
-        if size >= limit:
-            flush()
-    flush()
+        units = [f for f in lst.files if not is_part(f)]
+        step = 2 * threads  # files read ahead: memory stays a part and this many files
+        for i in range(0, len(units), step):
+            chunk = units[i:i + step]
+            for f, t in zip(chunk, pool.map(lambda f: _read_file(f, cfg), chunk)):
+                if group and not t.schema.equals(group[0][1].schema):
+                    log(f"[compact] {f}: its columns differ from those of {group[0][0]}; it "
+                        "starts a part of its own")
+                    flush()
+                group.append((f, t))
+                size += t.nbytes
+                if size >= part_mib * (1 << 20):
+                    flush()
+        flush()
     res.files_after = res.files_before - res.leftovers_deleted - res.files_merged + \
         res.parts_written
     return res
@@ -162,17 +179,24 @@ TABLE_FOLDERS = ("frames", "rejects", "shards")  #: the tables of ingest and pse
 
 def table_folders(uri: str, cfg: StorageConfig | None = None) -> list[str]:
     """The table folders of an ingest or pseudo-GT output ``uri`` (its ``frames/``,
-    ``rejects/``, ``shards/``), or ``[uri]`` if it has none (a table folder itself).
+    ``rejects/``, ``shards/``), or ``[uri]`` if Parquet files lie directly in it (a table
+    folder itself).
 
     Raises:
-        StorageNotFoundError: ``uri`` does not exist.
+        StorageNotFoundError: ``uri`` does not exist, or holds neither.
     """
     uri = storage.normalize(uri)
     if not storage.exists(uri, cfg):
         raise storage.StorageNotFoundError(f"{uri}: does not exist")
     found = [storage.join(uri, t) for t in TABLE_FOLDERS
              if storage.exists(storage.join(uri, t), cfg)]
-    return found or [uri]
+    if found:
+        return found
+    if any(f.endswith(".parquet") for f in storage.list_files(uri, cfg, recursive=False)):
+        return [uri]
+    raise storage.StorageNotFoundError(
+        f"{uri}: neither an ingest or pseudo-GT output ({', '.join(TABLE_FOLDERS)}) nor a folder "
+        "of Parquet files")
 
 
 def _read_file(uri: str, cfg: StorageConfig | None) -> pa.Table:
@@ -181,26 +205,31 @@ def _read_file(uri: str, cfg: StorageConfig | None) -> pa.Table:
         return pq.read_table(f)
 
 
-def _write_part(uri: str, files: list[str], tables: list[pa.Table],
-                cfg: StorageConfig | None) -> None:
-    names = [stem(f) for f in files]
+def _write_part(uri: str, group: list[tuple[str, pa.Table]], cfg: StorageConfig | None) -> int:
+    """Write the part of ``group``'s units, one row group each; returns its rows."""
+    names = [stem(f) for f, _ in group]
     digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
-    table = pa.concat_tables(tables)
-    meta = dict(table.schema.metadata or {})
+    meta = dict(group[0][1].schema.metadata or {})
     meta[UNITS_KEY] = json.dumps(names).encode()
-    table = table.replace_schema_metadata(meta)
+    schema = group[0][1].schema.with_metadata(meta)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=64 * 1024)
+    with pq.ParquetWriter(buf, schema, compression="zstd") as w:
+        for _, t in group:
+            w.write_table(t.replace_schema_metadata(meta), row_group_size=max(1, t.num_rows))
     storage.write_bytes(storage.join(uri, f"{PART}{digest}.parquet"), buf.getvalue(), cfg)
-    for f in files:  # after the part is whole: a kill here leaves leftovers, never a loss
-        storage.delete(f, cfg)
+    return sum(t.num_rows for _, t in group)
 
 
 def map_files(files: list[str], fn: Callable[[str], Any], local_below: int = 64,
               files_per_task: int = 64) -> list[Any]:
     """``[fn(f) for f in files]``: with Ray running and at least ``local_below`` files, in Ray
     tasks of ``files_per_task`` files each (1 CPU; the cluster's CPUs read the files, the driver
-    gets only the results); else here. ``fn`` must return something small."""
+    gets only the results); else here. ``fn`` must return something small.
+
+    Raises:
+        What ``fn`` raised, as it raised it (a user's error such as a
+        :class:`~bluref_ray.schema.TableError` is not wrapped in Ray's task error).
+    """
     import ray
 
     if len(files) < local_below or not ray.is_initialized():
@@ -211,7 +240,13 @@ def map_files(files: list[str], fn: Callable[[str], Any], local_below: int = 64,
         return [fn(f) for f in chunk]
 
     chunks = [files[i:i + files_per_task] for i in range(0, len(files), files_per_task)]
-    return [r for part in ray.get([run.remote(c) for c in chunks]) for r in part]
+    try:
+        parts = ray.get([run.remote(c) for c in chunks])
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (ConfigError, storage.StorageError)):
+            raise e.cause from None
+        raise
+    return [r for part in parts for r in part]
 
 
 def sum_dicts(dicts: Iterable[dict[str, Any]]) -> dict[str, Any]:

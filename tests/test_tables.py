@@ -8,6 +8,8 @@ import os
 import shutil
 
 import pyarrow as pa
+import pyarrow.parquet
+import pytest
 
 from bluref_ray import schema, storage, tables
 from bluref_ray.cli import main
@@ -43,7 +45,10 @@ def test_compaction_keeps_every_row_once_and_every_unit_done(tmp_path):
     lst = tables.listing(str(folder))
     assert len(lst.parts) == 2 and lst.units == units and not lst.leftovers
     assert _read(folder).equals(full)
-    assert sorted(os.listdir(folder))[-1] == "u008.parquet"
+    assert "u008.parquet" in os.listdir(folder)
+    # each unit is one row group of its part: a reader of one unit reads only its rows
+    part = tables.listing(str(folder)).parts[0]
+    assert pa.parquet.ParquetFile(part).metadata.num_row_groups == 4
     again = tables.compact(str(folder), part_mib=1.0, log=lambda _m: None)
     assert again.parts_written == 0 and again.files_after == 3  # parts stay as they are
     assert tables.finished(str(folder)) == units and _read(folder).equals(full)
@@ -62,6 +67,27 @@ def test_a_killed_compaction_leaves_no_duplicate_and_the_next_one_cleans_up(tmp_
     assert _read(folder).equals(full), "a reader skips the files a part already holds"
     r = tables.compact(str(folder), log=lambda _m: None)
     assert r.leftovers_deleted == 2 and r.files_after == 1 and _read(folder).equals(full)
+
+
+def test_two_parts_holding_one_unit_and_a_vanished_file_are_errors(tmp_path):
+    folder = tmp_path / "table"
+    _write_units(folder, 3)
+    saved = {n: (folder / n).read_bytes() for n in os.listdir(folder)}
+    tables.compact(str(folder), log=lambda _m: None)
+    first = tables.listing(str(folder)).parts[0]
+    shutil.copy(first, tmp_path / "kept.bin")
+    os.remove(first)
+    for n, b in saved.items():  # as if a second compaction had listed the same files
+        (folder / n).write_bytes(b)
+    tables.compact(str(folder), log=lambda _m: None)
+    shutil.copy(tmp_path / "kept.bin", first.replace(".parquet", "0.parquet"))
+    with pytest.raises(schema.TableError, match="u000 is in two parts"):
+        tables.listing(str(folder))
+    with pytest.raises(storage.StorageNotFoundError, match="gone.parquet: not found"):
+        schema.read_table(str(folder / "gone.parquet"), SCHEMA)
+    # a parent folder is not compacted as one table (its tables lie in subfolders)
+    with pytest.raises(storage.StorageNotFoundError, match="nor a folder of Parquet files"):
+        tables.table_folders(str(tmp_path / "table" / ".."))
 
 
 def test_compaction_on_s3(s3_cfg, s3_bucket):

@@ -251,6 +251,10 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
     if done:
         log(f"[ingest] resuming: {len(clips) - len(todo)} of {len(clips)} clips already done")
     ingested = _run_ray(todo, out, cfg, storage_cfg, log) if todo else 0
+    if not todo:  # stage 4's tasks run on Ray all the same
+        from bluref_ray.ray_utils import init_ray
+
+        init_ray(cfg.ray)
     summary = _summarize(out, storage_cfg, sources, len(clips), time.time() - t0)
     summary["this_run"] = {"clips": ingested, "skipped": len(clips) - len(todo)}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),
@@ -294,7 +298,7 @@ def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips
         functools.partial(_frames_stats, storage_cfg=storage_cfg)))
     rejects = tables.map_files(tables.listing(rejects_dir, storage_cfg).files,
                                functools.partial(_rejects_stats, storage_cfg=storage_cfg))
-    files = sorted(u for r in rejects for u in r["files"])  # a file's rejects: one clip's
+    files = sorted({u for r in rejects for u in r["files"]})
     blurry = frames.get("blurry", 0)
     return {
         "sources": sources, "out": out, "clips": n_clips,

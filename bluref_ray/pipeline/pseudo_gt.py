@@ -132,10 +132,10 @@ def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"pseudo_gt.matcher_checkpoint: {e}") from None
     if pg.deblurrer:
-        from bluref_ray.models import load_checkpoint
+        from bluref_ray.models import load_image_model
 
         try:
-            load_checkpoint(pg.deblurrer, storage_cfg)
+            load_image_model(pg.deblurrer, storage_cfg)
         except storage.StorageNotFoundError:
             raise ConfigError(f"pseudo_gt.deblurrer: checkpoint {pg.deblurrer} does not "
                               "exist") from None
@@ -204,9 +204,9 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     pg, storage_cfg = cfg.pseudo_gt, cfg.storage.resolved()
     out = storage.normalize(out)
 
-    # Stage 1: plan (driver)
-    p = plan(frames, out, pg, storage_cfg, log)
+    # Stage 1: plan (driver; Ray tasks count the frames files)
     init_ray(cfg.ray)
+    p = plan(frames, out, pg, storage_cfg, log)
     resources = await_pool("pseudo_gt", cfg.ray, pg.concurrency, pg.cpus_per_actor,
                            pg.gpus_per_actor, log, loaders=True)
     gpus, concurrency, cpus_per_actor = actor_resources(pg, resources)
