@@ -94,14 +94,14 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
         "report": URI}``.
     """
     from bluref_ray.metrics import NIQE_MIN_SIZE, ImageMetrics
-    from bluref_ray.models import load_checkpoint
+    from bluref_ray.models import load_image_model
     from bluref_ray.models.tiling import tiled_forward
     from bluref_ray.report import image_grid, round_plot, write_report
 
     sc = cfg.storage.resolved()
     out = storage.normalize(out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    nets = {label: load_checkpoint(uri, sc, map_location=device)[0].to(device)
+    nets = {label: load_image_model(uri, sc, map_location=device)[0].to(device)
             for label, uri in models.items()}
     frames = eval_frames(data, max_frames, sc)
     pseudo = pseudo_sharp_by_source(pairs, sc)

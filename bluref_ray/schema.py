@@ -1,7 +1,9 @@
 """Schemas of the tables bluref-ray writes, and how to read them back.
 
-Tables are folders of Parquet files (one file per clip for ingest), so they can be written in
-parallel, resumed file by file, and read by Ray Data or pyarrow alike.
+Tables are folders of Parquet files (one file per clip for ingest, see :mod:`bluref_ray.tables`),
+so they can be written in parallel, resumed file by file, and read by Ray Data or pyarrow alike.
+Every file read is checked against its schema first: a file that is not Parquet, or is of another
+table or version, is a :class:`TableError` that names it, never a table with silent nulls.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from bluref_ray import storage
+from bluref_ray.config.core import ConfigError
 from bluref_ray.storage import StorageConfig
+
+
+class TableError(ConfigError):
+    """A table file cannot be used: not Parquet, or not of the table and version expected. The
+    message names the file."""
 
 #: One row per frame. Blurry rows carry the frame ids of their sharp references, nearest first.
 FRAMES = pa.schema([
@@ -94,6 +102,52 @@ def write_table(table: pa.Table, uri: str, cfg: StorageConfig | None = None) -> 
     storage.write_bytes(uri, buf.getvalue(), cfg)
 
 
+def table_name(schema: pa.Schema) -> str:
+    """What a table of ``schema`` is called in messages."""
+    for known, name in ((FRAMES, "frames table"), (REJECTS, "ingest rejects table"),
+                        (PSEUDO_PAIRS, "pseudo-pair shard"),
+                        (PSEUDO_REJECTS, "pseudo-GT rejects table")):
+        if schema.equals(known):
+            return name
+    return "table"
+
+
+def check_schema(uri: str, found: pa.Schema, schema: pa.Schema,
+                 columns: list[str] | None = None) -> None:
+    """Raise :class:`TableError` unless the file ``uri``, whose Parquet schema is ``found``,
+    holds ``columns`` (default: all) of ``schema`` with their types."""
+    problems = []
+    for name in columns or schema.names:
+        want = schema.field(name).type
+        i = found.get_field_index(name)
+        if i < 0:
+            problems.append(f"no column {name}")
+        elif not found.field(i).type.equals(want):
+            problems.append(f"column {name} is {found.field(i).type}, not {want}")
+    if problems:
+        raise TableError(f"{uri}: not a {table_name(schema)} of this bluref-ray version "
+                         f"({'; '.join(problems[:5])}); remake it with this version, or move it "
+                         "out of the folder")
+
+
+def check_file(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
+               columns: list[str] | None = None) -> None:
+    """Read the footer of the Parquet file ``uri`` and check it (:func:`check_schema`).
+
+    Raises:
+        TableError: not a readable Parquet file, or not of ``schema``.
+    """
+    fs, path = storage.resolve(uri, cfg)
+    try:
+        with fs.open_input_file(path) as f:
+            found = pq.read_schema(f)
+    except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise TableError(f"{uri}: not a readable Parquet file ({e})") from None
+    check_schema(uri, found, schema, columns)
+
+
 def read_table(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
                columns: list[str] | None = None, where: pads.Expression | None = None
                ) -> pa.Table:
@@ -102,14 +156,32 @@ def read_table(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
     groups that cannot match are skipped)."""
     from bluref_ray import tables
 
-    files = tables.listing(uri, cfg).files
+    if uri.endswith(".parquet"):  # one file: gone is an error, never an empty table
+        if not storage.is_file(uri, cfg):
+            raise storage.StorageNotFoundError(
+                f"{uri}: not found (deleted, or merged by `bluref compact`, while this job "
+                "ran); run the job again")
+        files = [storage.normalize(uri)]
+    else:
+        files = tables.listing(uri, cfg).files
     if not files:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     fs, _ = storage.resolve(uri, cfg)
     paths = [storage.resolve(f, cfg)[1] for f in files]
-    return pads.dataset(paths, schema=schema, filesystem=fs, format="parquet").to_table(
-        columns=columns, filter=where)
+    dataset = pads.dataset(paths, schema=schema, filesystem=fs, format="parquet")
+    wanted = schema.names if where is not None else (columns or schema.names)
+    for file, fragment in zip(files, dataset.get_fragments()):  # footers, read once
+        try:
+            found = fragment.physical_schema
+        except (pa.ArrowInvalid, OSError) as e:
+            raise TableError(f"{file}: not a readable Parquet file ({e})") from None
+        check_schema(file, found, schema, wanted)
+    try:
+        return dataset.to_table(columns=columns, filter=where)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise TableError(f"{uri}: a file of the {table_name(schema)} cannot be read ({e})"
+                         ) from None
 
 
 def sort_frames(table: pa.Table) -> pa.Table:

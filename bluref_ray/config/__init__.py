@@ -35,6 +35,7 @@ from bluref_ray.config.core import (
     config_hash,
     section_types,
     settings_hash,
+    yaml_problem,
 )
 from bluref_ray.config.data import LOOKS, IngestConfig, RayConfig, SynthConfig
 from bluref_ray.config.method import (
@@ -135,7 +136,7 @@ def load_config(path: str | None = None, overrides: list[str] | dict | None = No
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping of sections")
     items = overrides.items() if isinstance(overrides, dict) else [

@@ -14,6 +14,14 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 
+def yaml_problem(e: Exception) -> str:
+    """A YAML parser error in one line: where, and what."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return where + " ".join(str(what).split())
+
+
 #: What a setting is about. ``method``: what the result is (the pseudo-pairs, the frames table);
 #: ``matcher``: which matcher, with which settings (it changes the result too); ``execution``:
 #: only how and where the work runs (batching, actors, limits, overwriting). Settings hashes

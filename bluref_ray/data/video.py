@@ -61,6 +61,10 @@ def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
             why = "empty file" if size == 0 else f"not a readable video ({e})"
             raise VideoError(f"{uri}: {why}") from None
         with container:
+            fmt = container.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg reads a still image as one
+                raise VideoError(f"{uri}: an image ({fmt}), not a video; put the frames of a "
+                                 "clip as images in a folder of their own")
             if not container.streams.video:
                 raise VideoError(f"{uri}: no video stream")
             stream = container.streams.video[0]

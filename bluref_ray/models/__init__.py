@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bluref_ray import storage
+from bluref_ray.config.core import ConfigError
 from bluref_ray.models.blur2blur import KernelWizard, MIMOUNet, PatchDiscriminator
 from bluref_ray.models.nafnet import NAFNet
 from bluref_ray.models.refnafnet import RefNAFNet
@@ -73,6 +74,15 @@ class Chain(nn.Module):
         return x
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used: not a checkpoint, not bluref-ray's, or not a network of the
+    kind asked for. The message names the file."""
+
+
+#: Architectures that map an image to an image of the same size (what deblur, eval and the
+#: deblurrer settings run); the others are Blur2Blur's kernel extractor and discriminator.
+IMAGE_TO_IMAGE = ("nafnet", "restormer", "mimo-unet", "refnafnet", "chain")
+
 _ARCHS: dict[str, type[nn.Module]] = {
     "nafnet": NAFNet, "restormer": Restormer, "mimo-unet": MIMOUNet,
     "patchgan": PatchDiscriminator, "kernel-wizard": KernelWizard, "refnafnet": RefNAFNet,
@@ -117,14 +127,21 @@ def checkpoint_from_bytes(blob: bytes, uri: str,
     """Unpickle checkpoint bytes safely (``weights_only``); errors name ``uri``.
 
     Raises:
-        ValueError: not a readable checkpoint, or not a bluref-ray one.
+        CheckpointError: not a readable checkpoint, or not a bluref-ray one.
     """
+    if not blob:
+        raise CheckpointError(f"{uri}: empty file, not a checkpoint")
+    if not blob.startswith(b"PK"):  # torch.save writes a zip archive
+        raise CheckpointError(f"{uri}: not a PyTorch checkpoint (not a zip archive, "
+                              f"{len(blob)} bytes)")
     try:
         ckpt = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(f"{uri}: not a readable checkpoint ({e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{uri}: not a readable checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or not {"arch", "kwargs", "state_dict"} <= set(ckpt):
-        raise ValueError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, state_dict)")
+        raise CheckpointError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, "
+                              "state_dict)")
     return ckpt
 
 
@@ -144,7 +161,7 @@ def read_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
 
     Raises:
         storage.StorageNotFoundError: ``uri`` (or a part of a chain) does not exist.
-        ValueError: the file is not a bluref-ray checkpoint.
+        CheckpointError: the file is not a bluref-ray checkpoint.
     """
     if "+" in uri and not storage.exists(uri, storage_cfg):
         return chain_checkpoint([read_checkpoint(part, storage_cfg, map_location)
@@ -161,9 +178,42 @@ def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
 
     Raises:
         storage.StorageNotFoundError: ``uri`` does not exist.
-        ValueError: the file is not a bluref-ray checkpoint.
+        CheckpointError: the file is not a bluref-ray checkpoint, or its network cannot be
+            built.
     """
     ckpt = read_checkpoint(uri, storage_cfg, map_location)
-    model = build_model(ckpt["arch"], **_tuples(ckpt["kwargs"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+    return _model(ckpt, uri), ckpt
+
+
+def _model(ckpt: dict, uri: str) -> nn.Module:
+    try:
+        model = build_model(ckpt["arch"], **_tuples(ckpt["kwargs"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{uri}: a {ckpt['arch']!r} checkpoint whose network cannot be "
+                              f"built or loaded by this version ({first[:200]})") from None
+    return model.eval()
+
+
+def load_image_model(uri: str, storage_cfg: StorageConfig | None = None,
+                     map_location: str | torch.device = "cpu", what: str = "deblurrer"
+                     ) -> tuple[nn.Module, dict]:
+    """:func:`load_checkpoint` for a network that maps images to images (a deblurrer, a blur
+    translator, a chain of them).
+
+    Raises:
+        CheckpointError: also if the checkpoint holds another kind of network (the matcher,
+            Blur2Blur's kernel extractor or discriminator); the message says which.
+    """
+    ckpt = read_checkpoint(uri, storage_cfg, map_location)
+    archs = [s["arch"] for s in ckpt["kwargs"].get("stages", [])] if ckpt["arch"] == "chain" \
+        else [ckpt["arch"]]
+    for arch in archs:
+        base = PRESETS[arch][0] if arch in PRESETS else arch
+        if base not in IMAGE_TO_IMAGE:
+            raise CheckpointError(
+                f"{uri}: a {arch!r} checkpoint, not a {what} (an image-to-image network: "
+                f"{', '.join(IMAGE_TO_IMAGE)}); use the model.pt of `bluref train`, `refine`, "
+                "`blur2blur` or `train-ref`")
+    return _model(ckpt, uri), ckpt

@@ -447,7 +447,7 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     """
     import ray
 
-    from bluref_ray.models import load_checkpoint
+    from bluref_ray.models import load_image_model
     from bluref_ray.ray_utils import init_ray
 
     t0 = time.time()
@@ -460,7 +460,7 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     storage.check_reachable(checkpoint, storage_cfg)
     if not storage.is_file(checkpoint, storage_cfg):  # fail here, not in every actor
         raise storage.StorageNotFoundError(f"deblur checkpoint {checkpoint}: not found")
-    model, ckpt = load_checkpoint(checkpoint, storage_cfg)
+    model, ckpt = load_image_model(checkpoint, storage_cfg)
     have = set() if dc.overwrite else _existing(out, storage_cfg)
     todo = [r for r in rows if r["dst"] not in have]
     if getattr(model, "takes_reference", False):

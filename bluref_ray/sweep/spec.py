@@ -15,6 +15,7 @@ import yaml
 
 from bluref_ray import storage
 from bluref_ray.config import Config, ConfigError, load_config, section_types
+from bluref_ray.config.core import yaml_problem
 
 #: Sweep names for the settings the BluRef ablations vary; each maps to the config keys it sets.
 SHORTHANDS: dict[str, tuple[str, ...]] = {
@@ -77,7 +78,7 @@ def load_sweep(path: str, overrides: dict[str, Any] | None = None,
     except FileNotFoundError:
         raise ConfigError(f"sweep file {path} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"sweep file {path} is not valid YAML ({yaml_problem(e)})") from None
     return parse_sweep(raw, path, overrides, settings)
 
 

@@ -27,6 +27,7 @@ Started again with the same ``OUT``, it resumes from the newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from bluref_ray import storage, tables
+from bluref_ray import schema, storage, tables
 from bluref_ray.config import Config, ConfigError, TrainConfig
 from bluref_ray.data.images import decode_image, random_flips, to_float
 from bluref_ray.losses import confidence_level
@@ -159,6 +160,10 @@ def pairs_dataset(pairs: str, cfg: TrainConfig, storage_cfg: StorageConfig):
     if not files:
         raise ConfigError(f"{shards}: no pseudo-pair shards (*.parquet); run `bluref pseudo-gt` "
                           "first (or train --supervised on a GoPro-style tree)")
+    # every shard's footer checked first (by Ray tasks when there are many): a broken or
+    # other-version shard is an error that names it, not a failure deep inside a worker
+    tables.map_files(files, functools.partial(schema.check_file, schema=schema.PSEUDO_PAIRS,
+                                              cfg=storage_cfg, columns=PAIR_COLUMNS))
     fs, _ = storage.resolve(shards, storage_cfg)
     ds = ray.data.read_parquet([storage.resolve(f, storage_cfg)[1] for f in files],
                                filesystem=fs, num_cpus=DATA_CPUS
