@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
             _out(p, None if c.out is True else c.out)
         if c.sections is not None:
             _common(p, *c.sections)
-        p.set_defaults(func=c.run)
+        p.set_defaults(func=c.run, holds_out=c.out is not None and c.sections is not None)
     return parser
 
 
@@ -244,7 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.func(args)
+        if not args.holds_out:
+            return args.func(args)
+        # one writer per output folder (bluref_ray.writer): a second command on it is refused
+        from bluref_ray.writer import exclusive_output
+
+        with exclusive_output(args.out, commands._config(args).storage.resolved(),
+                              " ".join(["bluref", *argv[:3]])):
+            return args.func(args)
     except (ConfigError, storage.StorageError) as e:
         print(f"bluref {args.command}: error: {e}", file=sys.stderr)
         return 2
