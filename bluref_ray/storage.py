@@ -356,6 +356,24 @@ def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = Tru
                   if i.type == pafs.FileType.File and not i.base_name.startswith("."))
 
 
+def delete_temporaries(uri: str, cfg: StorageConfig | None = None) -> int:
+    """Delete the hidden temporary files (``.NAME.XXXXXXXX.tmp``) of :func:`open_atomic` below
+    ``uri``: what writes cut short by a kill leave. Only for a folder that no one else writes
+    (see :mod:`bluref_ray.writer`). Returns how many were deleted."""
+    uri = normalize(uri)
+    fs, path = resolve(uri, cfg)
+    with _errors("list", uri, cfg):
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            return 0
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    tmp = [i.path for i in infos if i.type == pafs.FileType.File
+           and i.base_name.startswith(".") and i.base_name.endswith(".tmp")]
+    with _errors("delete", uri, cfg):
+        for p in tmp:
+            fs.delete_file(p)
+    return len(tmp)
+
+
 def _glob_regex(pattern: str) -> re.Pattern:
     out, i = [], 0
     while i < len(pattern):

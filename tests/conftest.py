@@ -93,9 +93,9 @@ def tiny_pairs(ray_cluster, tiny_frames, tmp_path_factory) -> str:
     return out
 
 
-def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:
+def kill_when(command: list[str], ready, what: str, timeout_s: float = 120) -> None:
     """Start ``bluref COMMAND`` on the test cluster as its own process group and SIGKILL the
-    group once ``OUT/ray-train/step_{step}`` exists (within 2 minutes)."""
+    group as soon as ``ready()`` is true (which must happen within ``timeout_s``)."""
     import signal
     import subprocess
     import sys
@@ -107,12 +107,17 @@ def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", *command], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    ckpt = out / "ray-train" / f"step_{step:06d}"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not ckpt.is_dir():
-            time.sleep(0.5)
-        assert ckpt.is_dir(), "no checkpoint within 2 minutes"
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.05)
+        assert ready(), f"{what} did not happen within {timeout_s:g} s (exit {proc.poll()})"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:
+    """:func:`kill_when` ``OUT/ray-train/step_{step}`` exists."""
+    ckpt = out / "ray-train" / f"step_{step:06d}"
+    kill_when(command, ckpt.is_dir, f"checkpoint {ckpt.name}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 
 import pyarrow.compute as pc
 import pytest
-from conftest import TINY
+from conftest import TINY, kill_when
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, RayConfig
@@ -90,22 +91,30 @@ def test_corrupt_and_empty_videos_are_rejected_others_ingested(ray_cluster, tiny
     assert summary["rejects"] == 3 and summary["clips"] == 5
 
 
+def _hidden(folder) -> list[str]:
+    return [n for _, _, files in os.walk(folder) for n in files if n.startswith(".")]
+
+
 def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data, tmp_path):
-    out = str(tmp_path / "out")
+    """`bluref ingest` SIGKILLed (process group) at two seeded points, then the same command:
+    the table of an uninterrupted run, every row once, no temporary file left."""
     sources = [f"{tiny_data}/videos", f"{tiny_data}/train"]
-    run_ingest(sources, out, CFG, log=lambda _m: None)
-    full = _frames(out)
-    done = sorted(os.listdir(f"{out}/frames"))
-    # What a kill leaves: some clips finished, others not, an unfinished temp file, no summary.
-    for name in done[:3]:
-        os.remove(f"{out}/frames/{name}")
-    (tmp_path / "out/frames/.half.parquet.1234.tmp").write_bytes(b"PAR1 half")
-    os.remove(f"{out}/summary.json")
-    kept = {n: os.stat(f"{out}/frames/{n}").st_mtime_ns for n in done[3:]}
-    s = run_ingest(sources, out, CFG, log=lambda _m: None)
-    assert s["this_run"] == {"clips": 3, "skipped": len(done) - 3}, "only the unfinished are redone"
-    assert {n: os.stat(f"{out}/frames/{n}").st_mtime_ns for n in done[3:]} == kept
-    assert _frames(out).equals(full)
+    full_out, out = str(tmp_path / "full"), tmp_path / "out"
+    run_ingest(sources, full_out, CFG, log=lambda _m: None)
+    full = _frames(full_out)
+    n = len(os.listdir(f"{full_out}/frames"))
+    first, second = sorted(random.Random(25).sample(range(1, n), 2))
+    command = ["ingest", *sources, "--out", str(out), "--max-refs", "4", "--delta", "5"]
+    for point in (first, second):  # killed once `point` clips are written
+        kill_when(command, lambda p=point: len(list((out / "frames").glob("*.parquet"))) >= p,
+                  f"{point} clips written")
+    before = set(os.listdir(out / "frames"))
+    assert first <= len(before) < n, "killed mid-run"
+    s = run_ingest(sources, str(out), CFG, log=lambda _m: None)
+    assert s["this_run"] == {"clips": n - len(before), "skipped": len(before)}
+    t = _frames(str(out))
+    assert t.equals(full) and len(set(t.column("frame_id").to_pylist())) == t.num_rows
+    assert not _hidden(out), "no temporary file left behind"
 
 
 def test_out_with_other_settings_is_refused_unless_overwrite(ray_cluster, tiny_data, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
+from conftest import kill_when
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
@@ -106,22 +108,62 @@ def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, t
 
 def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_cluster,
                                                                         tiny_frames, tmp_path):
-    full_out, out = str(tmp_path / "full"), str(tmp_path / "resumed")
+    """`bluref pseudo-gt` SIGKILLed (process group) at two seeded points, then the same command:
+    the rows of an uninterrupted run, each once, finished shards not redone, no temporary file
+    left."""
+    full_out, out = str(tmp_path / "full"), tmp_path / "resumed"
     run_pseudo_gt(tiny_frames, full_out, CFG, log=lambda _m: None)
     full = _shards(full_out)
-    run_pseudo_gt(tiny_frames, out, CFG, log=lambda _m: None)
-    shards = sorted(os.listdir(f"{out}/shards"))
-    assert len(shards) >= 3
-    for name in shards[::2]:  # as if the run died before these windows were written
-        os.remove(f"{out}/shards/{name}")
-    os.remove(f"{out}/summary.json")
-    (tmp_path / "resumed/shards/.x.parquet.abcd.tmp").write_bytes(b"half")
-    kept = {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in shards[1::2]}
-    s = run_pseudo_gt(tiny_frames, out, CFG, log=lambda _m: None)
-    assert s.this_run.skipped == len(kept)
-    assert s.this_run.shards == len(shards[::2])
-    assert {n: os.stat(f"{out}/shards/{n}").st_mtime_ns for n in kept} == kept
-    assert _shards(out).equals(full)
+    n = len(os.listdir(f"{full_out}/shards"))
+    first, second = sorted(random.Random(25).sample(range(1, n), 2))
+    command = ["pseudo-gt", tiny_frames, "--out", str(out), "--max-refs", "3", "--batch-size",
+               "4", "--targets-per-shard", "3", "--limit", "6"]
+    for point in (first, second):  # killed once `point` shards are written
+        kill_when(command, lambda p=point: len(list((out / "shards").glob("*.parquet"))) >= p,
+                  f"{point} shards written")
+    kept = {n: os.stat(out / "shards" / n).st_mtime_ns for n in os.listdir(out / "shards")}
+    assert first <= len(kept) < n, "killed mid-run"
+    s = run_pseudo_gt(tiny_frames, str(out), CFG, log=lambda _m: None)
+    assert (s.this_run.skipped, s.this_run.shards) == (len(kept), n - len(kept))
+    assert {n: os.stat(out / "shards" / n).st_mtime_ns for n in kept} == kept
+    t = _shards(str(out))
+    assert t.equals(full) and len(set(t.column("row_id").to_pylist())) == t.num_rows
+    assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".")]
+
+
+def test_a_killed_matching_actor_is_restarted_and_the_output_is_complete(ray_cluster,
+                                                                         tiny_frames, tmp_path):
+    """An actor of the pseudo-GT pool SIGKILLed after its first shard: Ray restarts it and
+    retries its window; the rows equal an uninterrupted run's, each once."""
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    full_out, out = str(tmp_path / "full"), tmp_path / "killed"
+    cfg = _cfg(targets_per_shard=1, limit=4)
+    run_pseudo_gt(tiny_frames, full_out, cfg, log=lambda _m: None)
+    killed: list[int] = []
+
+    def kill_the_actor() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((out / "shards").glob("*.parquet")):
+            time.sleep(0.05)
+        for a in list_actors(filters=[("state", "=", "ALIVE")]):
+            if "PseudoGTActor" in a.class_name:
+                os.kill(a.pid, signal.SIGKILL)
+                killed.append(a.pid)
+                return
+
+    watcher = threading.Thread(target=kill_the_actor)
+    watcher.start()
+    s = run_pseudo_gt(tiny_frames, str(out), cfg, log=lambda _m: None)
+    watcher.join()
+    assert killed, "no actor was killed"
+    t = _shards(str(out))
+    assert t.equals(_shards(full_out)) and len(set(t.column("row_id").to_pylist())) == t.num_rows
+    assert s.this_run.shards == len(os.listdir(f"{full_out}/shards"))
 
 
 def test_missing_and_odd_sized_references_are_rejected_the_others_go_on(ray_cluster, tiny_data,

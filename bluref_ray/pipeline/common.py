@@ -28,6 +28,10 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
     if storage.exists(marker_uri, storage_cfg):
         have = json.loads(storage.read_text(marker_uri, storage_cfg))
         if have == want and not overwrite:
+            gone = sum(storage.delete_temporaries(storage.join(out, p), storage_cfg)
+                       for p in parts)
+            if gone:
+                log(f"[{what}] resuming: deleted {gone} unfinished file(s) of the run before")
             return
         if have != want and not overwrite:
             raise ConfigError(
