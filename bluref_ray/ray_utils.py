@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from bluref_ray.config import ConfigError, RayConfig
 
@@ -57,6 +58,58 @@ def init_ray(cfg: RayConfig) -> None:
         bars = False
     ctx.enable_progress_bars = bars
     ctx.print_on_execution_start = bars
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The user's error (a :class:`~bluref_ray.config.ConfigError` or
+    :class:`~bluref_ray.storage.StorageError`, whose message says what to do) that a Ray task
+    raised, from the error Ray or Ray Data raised on the driver (which wraps it with the
+    task's traceback); None if there is none."""
+    from bluref_ray.storage import StorageError
+
+    first, seen = e, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, (ConfigError, StorageError)):
+            return cause
+        if isinstance(e, (ConfigError, StorageError)) and type(e).__module__.startswith(
+                "bluref_ray"):
+            return e
+        e = cause or e.__cause__ or e.__context__
+    return _from_traceback_text(str(first)) if first is not None else None
+
+
+_RAISED = re.compile(r"^\s*(bluref_ray(?:\.\w+)+)\.(\w+Error): (.+)$", re.M)
+
+
+def _from_traceback_text(text: str) -> BaseException | None:
+    """The user's error named in a remote traceback's text: Ray Data wraps a task's exception in
+    its own, and only the text of the original (not the object) crosses to the driver."""
+    import importlib
+
+    from bluref_ray.storage import StorageError
+
+    for module, name, message in _RAISED.findall(text):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, (ConfigError, StorageError)):
+            return cls(message.strip())
+    return None
+
+
+def iter_rows(ds) -> Iterator[dict]:
+    """``ds.iter_rows()``; a user's error raised in a task (storage gone, a bad table) comes out
+    as itself, so the command prints its one line instead of Ray's wrapped traceback."""
+    try:
+        yield from ds.iter_rows()
+    except Exception as e:
+        cause = user_error(e)
+        if cause is not None and cause is not e:
+            raise cause from None
+        raise
 
 
 def _fmt(resources: dict) -> str:

@@ -23,8 +23,9 @@ import functools
 import os
 import re
 import shutil
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -33,6 +34,11 @@ import pyarrow.fs as pafs
 
 class StorageError(OSError):
     """A storage operation failed; the message names the URI and the cause."""
+
+
+class StorageUnreachableError(StorageError):
+    """The S3 endpoint did not answer, or answered that it fails for now (after
+    ``storage.outage_s`` of retries, where they apply); the message names it."""
 
 
 class StorageNotFoundError(StorageError, FileNotFoundError):
@@ -60,6 +66,11 @@ class StorageConfig:
         default=120.0, metadata={"help": "seconds to wait for one S3 request"})
     max_attempts: int = field(
         default=3, metadata={"help": "attempts per S3 request before giving up"})
+    outage_s: float = field(
+        default=60.0,
+        metadata={"help": "seconds a read, write, listing or delete keeps retrying while the S3 "
+                          "endpoint cannot be reached (a restart, a network outage) before the "
+                          "job stops (it resumes when started again)"})
 
     def resolved(self) -> StorageConfig:
         """This config with every unset field filled from the environment."""
@@ -179,6 +190,12 @@ _UNREACHABLE = re.compile(
     r"Failed to connect|Unable to connect|Network is unreachable", re.I)
 
 
+#: Errors of a server that is up but failing for now (restarting, overloaded): retried as outages.
+_TRANSIENT = re.compile(
+    r"INTERNAL_FAILURE|SERVICE_UNAVAILABLE|SLOW_DOWN|SlowDown|ServiceUnavailable|InternalError|"
+    r"please try again|Throttl|HTTP response code: 50[0234]", re.I)
+
+
 @contextlib.contextmanager
 def _errors(op: str, uri: str, cfg: StorageConfig | None) -> Iterator[None]:
     """Turn pyarrow/OS errors into StorageErrors that name the URI and, for S3, the endpoint."""
@@ -191,15 +208,49 @@ def _errors(op: str, uri: str, cfg: StorageConfig | None) -> Iterator[None]:
     except OSError as e:
         msg = str(e)
         if is_s3(uri) and _UNREACHABLE.search(msg):
-            raise StorageError(
+            raise StorageUnreachableError(
                 f"{op} {uri}: cannot reach the S3 endpoint {_endpoint_name(cfg)} ({msg.strip()}). "
                 "Check AWS_ENDPOINT_URL (or storage.endpoint_url) and that the server is up."
             ) from e
+        if is_s3(uri) and _TRANSIENT.search(msg):
+            raise StorageUnreachableError(
+                f"{op} {uri}: the S3 endpoint {_endpoint_name(cfg)} failed for now "
+                f"({msg.strip()})") from e
         if is_s3(uri) and ("NoSuchBucket" in msg or "does not exist" in msg.lower()):
             raise StorageNotFoundError(f"{op} {uri}: not found ({msg.strip()})") from e
         raise StorageError(f"{op} {uri}: {msg.strip()}") from e
 
 
+def _outlasts_outages(fn: Callable) -> Callable:
+    """Retry an S3 operation (``fn(uri, ..., cfg)``) while its endpoint cannot be reached, with
+    backoff from 0.5 s to 10 s, for up to ``storage.outage_s``. For operations that can be
+    repeated whole: reads, whole-object writes, listings, deletes."""
+
+    @functools.wraps(fn)
+    def retried(uri, *args, **kwargs):
+        if not is_s3(str(uri)):
+            return fn(uri, *args, **kwargs)
+        cfg = kwargs.get("cfg", next((a for a in args if isinstance(a, StorageConfig)), None))
+        limit = (cfg or DEFAULT).resolved().outage_s
+        t0, delay = time.monotonic(), 0.5
+        while True:
+            try:
+                return fn(uri, *args, **kwargs)
+            except StorageUnreachableError as e:
+                waited = time.monotonic() - t0
+                if waited + delay > limit:
+                    if not waited:
+                        raise
+                    raise StorageUnreachableError(
+                        f"{e} Still unreachable after {waited:.0f} s of retries "
+                        "(storage.outage_s); start the job again once it is up") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+    return retried
+
+
+@_outlasts_outages
 def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
     """Whether a file or directory exists at ``uri``."""
     fs, path = resolve(uri, cfg)
@@ -207,6 +258,7 @@ def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+@_outlasts_outages
 def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
     fs, path = resolve(uri, cfg)
     with _errors("stat", uri, cfg):
@@ -223,6 +275,7 @@ def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
         fs.get_file_info(bucket)
 
 
+@_outlasts_outages
 def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
     """Create a directory (locally) or the bucket (on S3; prefixes need no creation)."""
     fs, path = resolve(uri, cfg)
@@ -235,6 +288,7 @@ def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
             os.makedirs(path, exist_ok=True)
 
 
+@_outlasts_outages
 def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
     """The whole content of the file at ``uri``."""
     fs, path = resolve(uri, cfg)
@@ -295,6 +349,7 @@ def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO
             os.remove(tmp)
 
 
+@_outlasts_outages
 def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
     """Write ``data`` to ``uri`` atomically (on S3 in one request: an object is visible only
     once its upload completes)."""
@@ -322,6 +377,7 @@ def upload_file(local_path: str, uri: str, cfg: StorageConfig | None = None) -> 
         shutil.copyfileobj(src, dst, length=8 << 20)
 
 
+@_outlasts_outages
 def delete(uri: str, cfg: StorageConfig | None = None) -> None:
     """Delete a file, or a directory tree; no error if it does not exist."""
     fs, path = resolve(uri, cfg)
@@ -333,6 +389,7 @@ def delete(uri: str, cfg: StorageConfig | None = None) -> None:
             fs.delete_dir(path)
 
 
+@_outlasts_outages
 def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = True) -> list[str]:
     """URIs of the files below ``uri`` (sorted; hidden temporary files left out).
 
@@ -356,6 +413,7 @@ def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = Tru
                   if i.type == pafs.FileType.File and not i.base_name.startswith("."))
 
 
+@_outlasts_outages
 def delete_temporaries(uri: str, cfg: StorageConfig | None = None) -> int:
     """Delete the hidden temporary files (``.NAME.XXXXXXXX.tmp``) of :func:`open_atomic` below
     ``uri``: what writes cut short by a kill leave. Only for a folder that no one else writes

@@ -16,6 +16,7 @@ consistent).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -94,6 +95,7 @@ def exclusive_output(out: str, cfg: StorageConfig | None = None, command: str = 
     if out in _held:
         yield
         return
+    storage.check_reachable(out, cfg)  # a wrong endpoint fails at once, not after retries
     uri = storage.join(out, LOCK)
     me = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
           "command": command or " ".join(sys.argv[:6]), "started": time.time(),
@@ -125,6 +127,7 @@ def exclusive_output(out: str, cfg: StorageConfig | None = None, command: str = 
         _held.discard(out)
         stop.set()
         thread.join(timeout=5)
+        once = dataclasses.replace(cfg or storage.DEFAULT, outage_s=0)  # no retries on the way out
         with contextlib.suppress(Exception):
-            if (_read(uri, cfg) or {}).get("owner") == me["owner"]:
-                storage.delete(uri, cfg)
+            if (_read(uri, once) or {}).get("owner") == me["owner"]:
+                storage.delete(uri, once)

@@ -117,6 +117,20 @@ def kill_when(command: list[str], ready, what: str, timeout_s: float = 120) -> N
         proc.wait()
 
 
+def settled(count, quiet_s: float = 1.0, timeout_s: float = 15.0) -> int:
+    """``count()`` once it has not changed for ``quiet_s`` (the tasks of a killed driver may
+    finish a write or two before Ray stops them)."""
+    import time
+
+    last, since, deadline = count(), time.time(), time.time() + timeout_s
+    while time.time() - since < quiet_s and time.time() < deadline:
+        time.sleep(0.1)
+        now = count()
+        if now != last:
+            last, since = now, time.time()
+    return last
+
+
 def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:
     """:func:`kill_when` ``OUT/ray-train/step_{step}`` exists."""
     ckpt = out / "ray-train" / f"step_{step:06d}"

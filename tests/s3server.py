@@ -245,11 +245,25 @@ class SeaweedS3:
         assert error is not None
         raise error
 
+    def pause(self) -> None:
+        """Stop the server as an outage would: the process goes, its data and ports stay, and
+        :meth:`resume` starts it again on the same endpoint."""
+        self._end_process()
+
+    def resume(self) -> SeaweedS3:
+        """Start a paused server again, same ports and data; blocks until it serves."""
+        self._start_once(0, keep=True)
+        return self
+
     def stop(self) -> None:
         """Stop the server (whole process group), remove its data and stale sockets.
 
         SIGTERM first, SIGKILL after ``stop_timeout_s``. Idempotent; the log file is kept.
         """
+        self._end_process()
+        shutil.rmtree(self.workdir / "data", ignore_errors=True)
+
+    def _end_process(self) -> None:
         atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
@@ -265,7 +279,6 @@ class SeaweedS3:
             with contextlib.suppress(OSError):
                 if path.is_socket():
                     path.unlink()
-        shutil.rmtree(self.workdir / "data", ignore_errors=True)
 
     def __enter__(self) -> SeaweedS3:
         return self.start()
@@ -288,15 +301,19 @@ class SeaweedS3:
 
     # ------------------------------------------------------------------ internals
 
-    def _start_once(self, attempt: int) -> None:
+    def _start_once(self, attempt: int, keep: bool = False) -> None:
+        """Start weed on fresh ports with empty data, or (``keep``) on the ports and data of
+        the run before."""
         names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                  "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")
-        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        if not keep:
+            self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
         self.endpoint_url = f"http://127.0.0.1:{self.ports['s3.port']}"
 
         data = self.workdir / "data"
-        shutil.rmtree(data, ignore_errors=True)
-        data.mkdir(parents=True)
+        if not keep:
+            shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True, exist_ok=True)
         config_dir = self.workdir / "config"  # weed's *.toml files (only master.toml here)
         config_dir.mkdir(exist_ok=True)
         (config_dir / "master.toml").write_text(_MASTER_TOML)

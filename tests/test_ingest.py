@@ -10,7 +10,7 @@ import shutil
 
 import pyarrow.compute as pc
 import pytest
-from conftest import TINY, kill_when
+from conftest import TINY, kill_when, settled
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, RayConfig
@@ -105,11 +105,13 @@ def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data,
     n = len(os.listdir(f"{full_out}/frames"))
     first, second = sorted(random.Random(25).sample(range(1, n), 2))
     command = ["ingest", *sources, "--out", str(out), "--max-refs", "4", "--delta", "5"]
+    written = []
     for point in (first, second):  # killed once `point` clips are written
         kill_when(command, lambda p=point: len(list((out / "frames").glob("*.parquet"))) >= p,
                   f"{point} clips written")
+        written.append(settled(lambda: len(list((out / "frames").glob("*.parquet")))))
+    assert written[0] < n, f"the first kill came before the end: {written}"
     before = set(os.listdir(out / "frames"))
-    assert first <= len(before) < n, "killed mid-run"
     s = run_ingest(sources, str(out), CFG, log=lambda _m: None)
     assert s["this_run"] == {"clips": n - len(before), "skipped": len(before)}
     t = _frames(str(out))

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import kill_when
+from conftest import kill_when, settled
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
@@ -84,17 +84,39 @@ def test_learned_matcher_through_the_pipeline(ray_cluster, tiny_frames, tmp_path
 
 def test_an_elastic_pool_grows_from_its_minimum_to_its_maximum(ray_cluster, tiny_frames,
                                                                tmp_path):
-    """concurrency=1, max_concurrency=2: one actor is waited for, a second joins while windows
-    queue up (on a cluster that scales, as its node arrives); the output is complete."""
+    """concurrency=1, max_concurrency=2: one actor is waited for, and Ray Data starts a second
+    while windows queue up (on a cluster that scales, the autoscaler adds its node); the output
+    is complete."""
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    live = ("ALIVE", "PENDING_CREATION", "DEPENDENCIES_UNREADY", "RESTARTING")
+    most, done = [0], threading.Event()
+
+    def count_actors() -> None:  # the pool's size as Ray sees it, however short-lived
+        while not done.is_set():
+            n = sum("PseudoGTActor" in a.class_name and a.state in live for a in list_actors())
+            most[0] = max(most[0], n)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=count_actors)
+    watcher.start()
     out = str(tmp_path / "elastic")
-    s = run_pseudo_gt(tiny_frames, out, _cfg(concurrency=1, max_concurrency=2, cpus_per_actor=0.5,
-                                             targets_per_shard=1, limit=None),
-                      log=lambda _m: None)
+    try:
+        s = run_pseudo_gt(tiny_frames, out, _cfg(concurrency=1, max_concurrency=2,
+                                                 cpus_per_actor=0.5, targets_per_shard=1,
+                                                 limit=None), log=lambda _m: None)
+    finally:
+        done.set()
+        watcher.join()
     frames = schema.read_table(f"{tiny_frames}/frames", schema.FRAMES)
     expected = frames.filter(pc.equal(frames["role"], "blurry")).num_rows
     _check_pairs(_shards(out), s.rows, quality=False)
     assert s.rows + s.rejected == expected and s.this_run.shards == expected
-    assert s.this_run.actors == 2
+    assert most[0] == 2, f"the pool did not grow to 2 actors (at most {most[0]})"
+    assert 1 <= s.this_run.actors <= 2
     with pytest.raises(ConfigError, match="max_concurrency=1: must be >= pseudo_gt.concurrency"):
         PseudoGTConfig(concurrency=2, max_concurrency=1).validate()
 
@@ -118,11 +140,13 @@ def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_clus
     first, second = sorted(random.Random(25).sample(range(1, n), 2))
     command = ["pseudo-gt", tiny_frames, "--out", str(out), "--max-refs", "3", "--batch-size",
                "4", "--targets-per-shard", "3", "--limit", "6"]
+    written = []
     for point in (first, second):  # killed once `point` shards are written
         kill_when(command, lambda p=point: len(list((out / "shards").glob("*.parquet"))) >= p,
                   f"{point} shards written")
+        written.append(settled(lambda: len(list((out / "shards").glob("*.parquet")))))
+    assert written[0] < n, f"the first kill came before the end: {written}"
     kept = {n: os.stat(out / "shards" / n).st_mtime_ns for n in os.listdir(out / "shards")}
-    assert first <= len(kept) < n, "killed mid-run"
     s = run_pseudo_gt(tiny_frames, str(out), CFG, log=lambda _m: None)
     assert (s.this_run.skipped, s.this_run.shards) == (len(kept), n - len(kept))
     assert {n: os.stat(out / "shards" / n).st_mtime_ns for n in kept} == kept

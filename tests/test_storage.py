@@ -117,15 +117,18 @@ def test_unreachable_s3_endpoint_gives_a_clear_error():
 
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cfg = StorageConfig(endpoint_url=endpoint, access_key="k", secret_key="s",
-                        connect_timeout_s=1, max_attempts=1)
+                        connect_timeout_s=1, max_attempts=1, outage_s=2)
     t0 = time.time()
     with pytest.raises(StorageError) as e:
         storage.check_reachable("s3://fleet/videos", cfg)
     assert "cannot reach the S3 endpoint" in str(e.value)
     assert endpoint in str(e.value) and "s3://fleet" in str(e.value)
     assert time.time() - t0 < 60
-    with pytest.raises(StorageError, match="cannot reach the S3 endpoint"):
+    t0 = time.time()  # later operations retry for storage.outage_s, then say so
+    with pytest.raises(StorageError, match="cannot reach the S3 endpoint.*Still unreachable "
+                                           r"after \d s of retries \(storage.outage_s\)"):
         storage.list_files("s3://fleet/videos", cfg)
+    assert 1.5 <= time.time() - t0 < 10
 
 
 def test_wrong_s3_keys_are_refused(s3_server, s3_bucket, s3_cfg):

@@ -448,7 +448,7 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     import ray
 
     from bluref_ray.models import load_image_model
-    from bluref_ray.ray_utils import init_ray
+    from bluref_ray.ray_utils import init_ray, iter_rows
 
     t0 = time.time()
     dc = cfg.deblur
@@ -486,7 +486,7 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
             batch_size=dc.batch_size, compute=pool_strategy(concurrency, most),
             num_cpus=cpus_per_actor, num_gpus=gpus)
         progress = Progress("deblur", len(todo), "files", log)
-        for r in ds.iter_rows():
+        for r in iter_rows(ds):
             if r["error"]:
                 failed.append({"input": r["src"], "output": r["dst"], "error": r["error"]})
             else:

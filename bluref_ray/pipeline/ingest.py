@@ -267,7 +267,7 @@ def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig
     """Stages 2-3 on Ray Data for the clips left to do; returns how many were done."""
     import ray
 
-    from bluref_ray.ray_utils import init_ray
+    from bluref_ray.ray_utils import init_ray, iter_rows
 
     init_ray(cfg.ray)
     per_task = max(1, cfg.ingest.clips_per_task)
@@ -280,7 +280,7 @@ def _run_ray(todo: list[Clip], out: str, cfg: Config, storage_cfg: StorageConfig
     ds.context.op_resource_reservation_enabled = False
     progress = Progress("ingest", len(todo), "clips", log)
     frames = 0
-    for row in ds.iter_rows():
+    for row in iter_rows(ds):
         frames += row["frames"]
         progress.update(f"{frames} frames, {frames / progress.seconds:.1f} frames/s",
                         f"{row['clip_id']}: {row['rejects']} rejects, first: "

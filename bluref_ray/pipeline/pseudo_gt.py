@@ -198,7 +198,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     """
     import ray
 
-    from bluref_ray.ray_utils import init_ray
+    from bluref_ray.ray_utils import init_ray, iter_rows
 
     t0 = time.time()
     pg, storage_cfg = cfg.pseudo_gt, cfg.storage.resolved()
@@ -232,7 +232,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     progress = Progress("pseudo-gt", p.windows, "windows", log)
     rows = rejects = 0
     actors: set[str] = set()
-    for r in ds.iter_rows():
+    for r in iter_rows(ds):
         rows, rejects = rows + r["rows"], rejects + r["rejects"]
         actors.add(r["actor"])
         progress.update(f"{rows} pairs, {rejects} rejected",
