@@ -131,6 +131,22 @@ def settled(count, quiet_s: float = 1.0, timeout_s: float = 15.0) -> int:
     return last
 
 
+def kill_at_seeded_points(command: list[str], folder, n: int, seed: int = 25) -> None:
+    """Run ``bluref COMMAND`` twice, SIGKILLed (:func:`kill_when`) once ``folder`` holds as many
+    Parquet files as each of two points drawn from ``seed`` among 1 … ``n - 1``; asserts that
+    the first kill came before the command's end (``n`` files)."""
+    import random
+
+    def files() -> int:
+        return len(list(folder.glob("*.parquet")))
+
+    written = []
+    for point in sorted(random.Random(seed).sample(range(1, n), 2)):
+        kill_when(command, lambda p=point: files() >= p, f"{point} files written to {folder}")
+        written.append(settled(files))
+    assert written[0] < n, f"the first kill came after the end: {written} of {n}"
+
+
 def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:
     """:func:`kill_when` ``OUT/ray-train/step_{step}`` exists."""
     ckpt = out / "ray-train" / f"step_{step:06d}"

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shutil
 
 import pyarrow.compute as pc
 import pytest
-from conftest import TINY, kill_when, settled
+from conftest import TINY, kill_at_seeded_points
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, RayConfig
@@ -103,14 +102,8 @@ def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data,
     run_ingest(sources, full_out, CFG, log=lambda _m: None)
     full = _frames(full_out)
     n = len(os.listdir(f"{full_out}/frames"))
-    first, second = sorted(random.Random(25).sample(range(1, n), 2))
-    command = ["ingest", *sources, "--out", str(out), "--max-refs", "4", "--delta", "5"]
-    written = []
-    for point in (first, second):  # killed once `point` clips are written
-        kill_when(command, lambda p=point: len(list((out / "frames").glob("*.parquet"))) >= p,
-                  f"{point} clips written")
-        written.append(settled(lambda: len(list((out / "frames").glob("*.parquet")))))
-    assert written[0] < n, f"the first kill came before the end: {written}"
+    kill_at_seeded_points(["ingest", *sources, "--out", str(out), "--max-refs", "4", "--delta",
+                           "5"], out / "frames", n)
     before = set(os.listdir(out / "frames"))
     s = run_ingest(sources, str(out), CFG, log=lambda _m: None)
     assert s["this_run"] == {"clips": n - len(before), "skipped": len(before)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import shutil
 
 import cv2
@@ -12,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import kill_when, settled
+from conftest import kill_at_seeded_points
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
@@ -137,15 +136,9 @@ def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_clus
     run_pseudo_gt(tiny_frames, full_out, CFG, log=lambda _m: None)
     full = _shards(full_out)
     n = len(os.listdir(f"{full_out}/shards"))
-    first, second = sorted(random.Random(25).sample(range(1, n), 2))
-    command = ["pseudo-gt", tiny_frames, "--out", str(out), "--max-refs", "3", "--batch-size",
-               "4", "--targets-per-shard", "3", "--limit", "6"]
-    written = []
-    for point in (first, second):  # killed once `point` shards are written
-        kill_when(command, lambda p=point: len(list((out / "shards").glob("*.parquet"))) >= p,
-                  f"{point} shards written")
-        written.append(settled(lambda: len(list((out / "shards").glob("*.parquet")))))
-    assert written[0] < n, f"the first kill came before the end: {written}"
+    kill_at_seeded_points(["pseudo-gt", tiny_frames, "--out", str(out), "--max-refs", "3",
+                           "--batch-size", "4", "--targets-per-shard", "3", "--limit", "6"],
+                          out / "shards", n)
     kept = {n: os.stat(out / "shards" / n).st_mtime_ns for n in os.listdir(out / "shards")}
     s = run_pseudo_gt(tiny_frames, str(out), CFG, log=lambda _m: None)
     assert (s.this_run.skipped, s.this_run.shards) == (len(kept), n - len(kept))
