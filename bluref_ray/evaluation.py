@@ -10,10 +10,16 @@ Output in ``OUT``::
     OUT/eval.json           per method: mean PSNR, SSIM, NIQE, frames; and per frame
     OUT/report.md, .html    the table, the image grids and a plot of PSNR per model
     OUT/grid_NN.png         image grids
+    OUT/eval_frames/        per-frame scores, 8 frames a file
+
+Resumable: a killed evaluation, started again with the same command, scores only the frames
+that no ``eval_frames`` file holds yet (files of another run, other models or frames, are
+deleted) and writes the same ``eval.json`` as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -27,6 +33,9 @@ from bluref_ray.config import Config, ConfigError
 from bluref_ray.data.images import as_saved, decode_image, to_float, to_uint8
 from bluref_ray.storage import StorageConfig
 
+#: Per-frame scores, ``CHUNK`` frames a file: a killed run, started again, resumes from them.
+PARTS = "eval_frames"
+CHUNK = 8
 COLUMNS = [("method", "method", "{}"), ("psnr", "PSNR (dB)", "{:.2f}"),
            ("ssim", "SSIM", "{:.4f}"), ("niqe", "NIQE (lower is better)", "{:.2f}"),
            ("frames", "frames", "{}")]
@@ -71,6 +80,75 @@ def _mean(values: list[float]) -> float | None:
 
 
 @torch.no_grad()
+def _grid_name(n: int) -> str:
+    return f"grid_{n:02d}.png"
+
+
+def _run_key(models: dict[str, str], frames: list[dict], refs: dict, cfg: Config,
+             pairs: str | None, grids: int) -> str:
+    """What the scores and grids of a run depend on (a resumed run reuses only parts of the
+    same key)."""
+    what = {"models": models, "frames": frames, "refs": refs, "tile": cfg.deblur.tile,
+            "overlap": cfg.deblur.tile_overlap, "pairs": pairs, "grids": grids}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _resume(out: str, key: str, sc: StorageConfig, log: Callable[[str], None]) -> set[str]:
+    """The parts of ``OUT/eval_frames`` scored by a run of the same key; parts of other runs
+    and what a killed run left (temporary files) are deleted (one writer: this run)."""
+    folder = storage.join(out, PARTS)
+    gone = storage.delete_temporaries(out, sc)
+    try:
+        files = storage.list_files(folder, sc, recursive=False)
+    except storage.StorageNotFoundError:
+        files = []
+    ours = {f for f in files if storage.basename(f).startswith(f"{key}-")}
+    for f in set(files) - ours:
+        storage.delete(f, sc)
+    if gone or len(files) > len(ours):
+        log(f"[eval] deleted {gone} unfinished file(s) and {len(files) - len(ours)} part(s) "
+            "of other runs")
+    return ours
+
+
+def _score_frame(f: dict, nets: dict, refs: dict, metrics, cfg: Config,
+                 device: torch.device) -> tuple[dict, dict, np.ndarray, np.ndarray | None]:
+    """One frame's scores (``{"uri", "gt_uri", "reference", method: {psnr, ssim, niqe}}``),
+    the methods' outputs and the decoded blurry frame and truth."""
+    from bluref_ray.metrics import NIQE_MIN_SIZE
+    from bluref_ray.models.tiling import tiled_forward
+
+    sc = cfg.storage.resolved()
+    blurry = decode_image(storage.read_bytes(f["uri"], sc), f["uri"])[0]
+    gt = decode_image(storage.read_bytes(f["gt_uri"], sc), f["gt_uri"])[0] \
+        if f["gt_uri"] else None
+    if gt is not None and gt.shape != blurry.shape:
+        raise ValueError(f"{f['gt_uri']}: size {gt.shape[:2]} differs from the blurry "
+                         f"frame {f['uri']} ({blurry.shape[:2]})")
+    x = to_float(blurry, device)
+    y = to_float(gt, device) if gt is not None else None
+    outputs = {"blurry": x}
+    ref_uri = refs.get(f["uri"]) or f["uri"]
+    ref = to_float(decode_image(storage.read_bytes(ref_uri, sc), ref_uri)[0], device) \
+        if refs else None
+    for label, net in nets.items():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = net(x, ref) if getattr(net, "takes_reference", False) else \
+                tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
+        outputs[label] = as_saved(pred)
+    row = {"uri": f["uri"], "gt_uri": f["gt_uri"], "reference": refs.get(f["uri"])}
+    # all methods of a frame in one batch: pyiqa's SSIM (float64 filters) dominates on CPU
+    batch = torch.cat(list(outputs.values()))
+    truth = y.expand_as(batch) if y is not None else None
+    none = [None] * len(outputs)
+    psnr = metrics.psnr(batch, truth).tolist() if truth is not None else none
+    ssim = metrics.ssim(batch, truth).tolist() if truth is not None else none
+    niqe = metrics.niqe(batch).tolist() if min(batch.shape[-2:]) >= NIQE_MIN_SIZE else none
+    for i, m in enumerate(outputs):
+        row[m] = {"psnr": psnr[i], "ssim": ssim[i], "niqe": niqe[i]}
+    return row, outputs, blurry, gt
+
+
 def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
              pairs: str | None = None, max_frames: int | None = 32, grids: int = 4,
              reference: str = "sharpest", delta: int = 30,
@@ -93,10 +171,9 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
         ``{"methods": [{"method", "psnr", "ssim", "niqe", "frames"}], "frames": [...],
         "report": URI}``.
     """
-    from bluref_ray.metrics import NIQE_MIN_SIZE, ImageMetrics
+    from bluref_ray.metrics import ImageMetrics
     from bluref_ray.models import load_image_model
-    from bluref_ray.models.tiling import tiled_forward
-    from bluref_ray.report import image_grid, round_plot, write_report
+    from bluref_ray.report import image_grid, round_plot, save_png, write_report
 
     sc = cfg.storage.resolved()
     out = storage.normalize(out)
@@ -114,60 +191,39 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
             f"({sum(r is None for r in refs.values())} frame(s) without one use themselves)")
     metrics = ImageMetrics(device)
     methods = ["blurry", *nets]
-    scores: dict[str, dict[str, list]] = {m: {"psnr": [], "ssim": [], "niqe": []}
-                                          for m in methods}
-    per_frame, grid_rows = [], []
+    key = _run_key(models, frames, refs, cfg, pairs, grids)
+    parts = _resume(out, key, sc, log)
+    per_frame: list[dict] = []
     t0 = time.time()
-    log(f"[eval] {len(frames)} frames, methods: {', '.join(methods)}")
-    for n, f in enumerate(frames):
-        blurry = decode_image(storage.read_bytes(f["uri"], sc), f["uri"])[0]
-        gt = decode_image(storage.read_bytes(f["gt_uri"], sc), f["gt_uri"])[0] \
-            if f["gt_uri"] else None
-        if gt is not None and gt.shape != blurry.shape:
-            raise ValueError(f"{f['gt_uri']}: size {gt.shape[:2]} differs from the blurry "
-                             f"frame {f['uri']} ({blurry.shape[:2]})")
-        x = to_float(blurry, device)
-        y = to_float(gt, device) if gt is not None else None
-        outputs = {"blurry": x}
-        ref_uri = refs.get(f["uri"]) or f["uri"]
-        ref = to_float(decode_image(storage.read_bytes(ref_uri, sc), ref_uri)[0], device) \
-            if refs else None
-        for label, net in nets.items():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                pred = net(x, ref) if getattr(net, "takes_reference", False) else \
-                    tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
-            outputs[label] = as_saved(pred)
-        row = {"uri": f["uri"], "gt_uri": f["gt_uri"], "reference": refs.get(f["uri"])}
-        # all methods of a frame in one batch: pyiqa's SSIM (float64 filters) dominates on CPU
-        batch = torch.cat(list(outputs.values()))
-        truth = y.expand_as(batch) if y is not None else None
-        none = [None] * len(outputs)
-        psnr = metrics.psnr(batch, truth).tolist() if truth is not None else none
-        ssim = metrics.ssim(batch, truth).tolist() if truth is not None else none
-        niqe = metrics.niqe(batch).tolist() if min(batch.shape[-2:]) >= NIQE_MIN_SIZE else none
-        for i, m in enumerate(outputs):
-            s = {"psnr": psnr[i], "ssim": ssim[i], "niqe": niqe[i]}
-            for k, v in s.items():
-                scores[m][k].append(v)
-            row[m] = s
-        per_frame.append(row)
-        if n < grids:
-            ps = pseudo.get(f["uri"])
-            grid_rows.append([blurry, decode_image(ps)[0] if ps else None,
-                              *[to_uint8(o[0]) for m, o in outputs.items() if m != "blurry"],
-                              gt])
-        if (n + 1) % 8 == 0 or n + 1 == len(frames):
-            log(f"[eval] {n + 1}/{len(frames)} frames, {time.time() - t0:.1f}s")
+    log(f"[eval] {len(frames)} frames, methods: {', '.join(methods)}"
+        + (f"; {len(parts) * CHUNK} already scored (resuming)" if parts else ""))
+    for first in range(0, len(frames), CHUNK):
+        part = storage.join(out, PARTS, f"{key}-{first:06d}.json")
+        if part in parts:
+            per_frame += json.loads(storage.read_text(part, sc))
+            continue
+        rows = []
+        for n in range(first, min(first + CHUNK, len(frames))):
+            row, outputs, blurry, gt = _score_frame(frames[n], nets, refs, metrics, cfg, device)
+            rows.append(row)
+            if n < grids:  # saved at once: a resumed run skips this frame
+                ps = pseudo.get(frames[n]["uri"])
+                cells = [blurry, decode_image(ps)[0] if ps else None,
+                         *[to_uint8(o[0]) for m, o in outputs.items() if m != "blurry"], gt]
+                save_png(storage.join(out, _grid_name(n)),
+                         image_grid([cells], ["blurry", "pseudo-sharp", *nets, "truth"]), sc)
+        storage.write_text(part, json.dumps(rows), sc)
+        per_frame += rows
+        log(f"[eval] {len(per_frame)}/{len(frames)} frames, {time.time() - t0:.1f}s")
+    scores = {m: {k: [r[m][k] for r in per_frame] for k in ("psnr", "ssim", "niqe")}
+              for m in methods}
     table = [{"method": m, **{k: _mean(v) for k, v in scores[m].items()},
               "frames": len(frames)} for m in methods]
     result = {"methods": table, "frames": per_frame, "models": models, "data": data,
               "reference": reference if refs else None}
     storage.write_text(storage.join(out, "eval.json"), json.dumps(result, indent=1), sc)
-    images = []
-    labels = ["blurry", "pseudo-sharp", *nets, "truth"]
-    for i, r in enumerate(grid_rows):
-        images.append((f"grid_{i:02d}.png", f"{frames[i]['clip_id']} frame {frames[i]['index']}",
-                       image_grid([r], labels)))
+    images = [(_grid_name(i), f"{frames[i]['clip_id']} frame {frames[i]['index']}")
+              for i in range(min(grids, len(frames)))]
     sections = [{"heading": "Metrics", "rows": table, "columns": COLUMNS,
                  "text": f"{len(frames)} frames of {', '.join(data)}. PSNR and SSIM on RGB "
                          "against the ground truth (where known); NIQE needs no reference."},

@@ -58,6 +58,7 @@ def run_refine(frames: str, out: str, cfg: Config, log: Callable[[str], None] = 
     from bluref_ray.training.deblur import train_deblurrer
 
     out = storage.normalize(out)
+    storage.delete_temporaries(out, cfg.storage)  # a killed run's cut-short report writes
     rows: list[dict] = []
     model = cfg.pseudo_gt.deblurrer
     for k in range(1, cfg.refine.rounds + 1):

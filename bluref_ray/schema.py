@@ -144,16 +144,19 @@ def check_file(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
     except (pa.ArrowInvalid, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
+        storage.raise_if_unreachable(e, "read", uri, cfg)
         raise TableError(f"{uri}: not a readable Parquet file ({e})") from None
     check_schema(uri, found, schema, columns)
 
 
+@storage.outlasts_outages
 def read_table(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
                columns: list[str] | None = None, where: pads.Expression | None = None
                ) -> pa.Table:
     """Read a table folder (see :mod:`bluref_ray.tables`) or one Parquet file as one table
     (empty, with ``schema``, if there are no files); ``where`` selects rows (a part's row
-    groups that cannot match are skipped)."""
+    groups that cannot match are skipped). Read again from the start while S3 cannot be
+    reached (``storage.outage_s``)."""
     from bluref_ray import tables
 
     if uri.endswith(".parquet"):  # one file: gone is an error, never an empty table
@@ -175,11 +178,13 @@ def read_table(uri: str, schema: pa.Schema, cfg: StorageConfig | None = None,
         try:
             found = fragment.physical_schema
         except (pa.ArrowInvalid, OSError) as e:
+            storage.raise_if_unreachable(e, "read", file, cfg)
             raise TableError(f"{file}: not a readable Parquet file ({e})") from None
         check_schema(file, found, schema, wanted)
     try:
         return dataset.to_table(columns=columns, filter=where)
     except (pa.ArrowInvalid, OSError) as e:
+        storage.raise_if_unreachable(e, "read", uri, cfg)
         raise TableError(f"{uri}: a file of the {table_name(schema)} cannot be read ({e})"
                          ) from None
 

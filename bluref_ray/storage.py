@@ -197,7 +197,7 @@ _TRANSIENT = re.compile(
 
 
 @contextlib.contextmanager
-def _errors(op: str, uri: str, cfg: StorageConfig | None) -> Iterator[None]:
+def errors(op: str, uri: str, cfg: StorageConfig | None) -> Iterator[None]:
     """Turn pyarrow/OS errors into StorageErrors that name the URI and, for S3, the endpoint."""
     try:
         yield
@@ -206,22 +206,35 @@ def _errors(op: str, uri: str, cfg: StorageConfig | None) -> Iterator[None]:
     except FileNotFoundError as e:
         raise StorageNotFoundError(f"{op} {uri}: not found") from e
     except OSError as e:
+        raise_if_unreachable(e, op, uri, cfg)
         msg = str(e)
-        if is_s3(uri) and _UNREACHABLE.search(msg):
-            raise StorageUnreachableError(
-                f"{op} {uri}: cannot reach the S3 endpoint {_endpoint_name(cfg)} ({msg.strip()}). "
-                "Check AWS_ENDPOINT_URL (or storage.endpoint_url) and that the server is up."
-            ) from e
-        if is_s3(uri) and _TRANSIENT.search(msg):
-            raise StorageUnreachableError(
-                f"{op} {uri}: the S3 endpoint {_endpoint_name(cfg)} failed for now "
-                f"({msg.strip()})") from e
+        if is_s3(uri) and re.search(r"ACCESS_DENIED|AccessDenied", msg):
+            raise StorageError(
+                f"{op} {uri}: access denied: the S3 keys in use ({_endpoint_name(cfg)}) may not "
+                f"{op} there; check the keys and the bucket's policy ({msg.strip()})") from e
         if is_s3(uri) and ("NoSuchBucket" in msg or "does not exist" in msg.lower()):
             raise StorageNotFoundError(f"{op} {uri}: not found ({msg.strip()})") from e
         raise StorageError(f"{op} {uri}: {msg.strip()}") from e
 
 
-def _outlasts_outages(fn: Callable) -> Callable:
+def raise_if_unreachable(e: BaseException, op: str, uri: str,
+                         cfg: StorageConfig | None) -> None:
+    """Raise :class:`StorageUnreachableError` (naming ``uri`` and the endpoint) if ``e`` says
+    that the S3 endpoint cannot be reached or failed for now; else return. For code that reads
+    with pyarrow directly, so that an outage is not taken for a broken file."""
+    msg = str(e)
+    if is_s3(uri) and _UNREACHABLE.search(msg):
+        raise StorageUnreachableError(
+            f"{op} {uri}: cannot reach the S3 endpoint {_endpoint_name(cfg)} ({msg.strip()}). "
+            "Check AWS_ENDPOINT_URL (or storage.endpoint_url) and that the server is up."
+        ) from e
+    if is_s3(uri) and _TRANSIENT.search(msg):
+        raise StorageUnreachableError(
+            f"{op} {uri}: the S3 endpoint {_endpoint_name(cfg)} failed for now "
+            f"({msg.strip()})") from e
+
+
+def outlasts_outages(fn: Callable) -> Callable:
     """Retry an S3 operation (``fn(uri, ..., cfg)``) while its endpoint cannot be reached, with
     backoff from 0.5 s to 10 s, for up to ``storage.outage_s``. For operations that can be
     repeated whole: reads, whole-object writes, listings, deletes."""
@@ -250,18 +263,18 @@ def _outlasts_outages(fn: Callable) -> Callable:
     return retried
 
 
-@_outlasts_outages
+@outlasts_outages
 def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
     """Whether a file or directory exists at ``uri``."""
     fs, path = resolve(uri, cfg)
-    with _errors("stat", uri, cfg):
+    with errors("stat", uri, cfg):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-@_outlasts_outages
+@outlasts_outages
 def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
     fs, path = resolve(uri, cfg)
-    with _errors("stat", uri, cfg):
+    with errors("stat", uri, cfg):
         return fs.get_file_info(path).type == pafs.FileType.File
 
 
@@ -271,15 +284,15 @@ def check_reachable(uri: str, cfg: StorageConfig | None = None) -> None:
         return
     fs, path = resolve(uri, cfg)
     bucket = path.split("/", 1)[0]
-    with _errors("reach", uri, cfg):
+    with errors("reach", uri, cfg):
         fs.get_file_info(bucket)
 
 
-@_outlasts_outages
+@outlasts_outages
 def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
     """Create a directory (locally) or the bucket (on S3; prefixes need no creation)."""
     fs, path = resolve(uri, cfg)
-    with _errors("mkdir", uri, cfg):
+    with errors("mkdir", uri, cfg):
         if is_s3(uri):
             bucket = path.split("/", 1)[0]
             if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
@@ -288,18 +301,18 @@ def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
             os.makedirs(path, exist_ok=True)
 
 
-@_outlasts_outages
+@outlasts_outages
 def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
     """The whole content of the file at ``uri``."""
     fs, path = resolve(uri, cfg)
-    with _errors("read", uri, cfg), fs.open_input_stream(path) as f:
+    with errors("read", uri, cfg), fs.open_input_stream(path) as f:
         return f.read()
 
 
 def open_input(uri: str, cfg: StorageConfig | None = None) -> BinaryIO:
     """A seekable binary file object for reading ``uri`` (the caller closes it)."""
     fs, path = resolve(uri, cfg)
-    with _errors("open", uri, cfg):
+    with errors("open", uri, cfg):
         if not is_s3(uri):
             return open(path, "rb")  # noqa: SIM115 - handed to the caller
         return fs.open_input_file(path)
@@ -321,11 +334,11 @@ def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO
     if is_s3(uri):
         fs = _s3((cfg or DEFAULT).resolved(), background_writes=False)
         tmp = f"{path.rsplit('/', 1)[0]}/{tmp_name}"
-        with _errors("write", uri, cfg):
+        with errors("write", uri, cfg):
             out = fs.open_output_stream(tmp)
         try:
             yield out
-            with _errors("write", uri, cfg):
+            with errors("write", uri, cfg):
                 out.close()
                 fs.move(tmp, path)
         except BaseException:
@@ -335,7 +348,7 @@ def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO
             raise
         return
     directory = os.path.dirname(path)
-    with _errors("write", uri, cfg):
+    with errors("write", uri, cfg):
         os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, tmp_name)
     try:
@@ -349,17 +362,17 @@ def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO
             os.remove(tmp)
 
 
-@_outlasts_outages
+@outlasts_outages
 def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
     """Write ``data`` to ``uri`` atomically (on S3 in one request: an object is visible only
     once its upload completes)."""
     uri = normalize(uri)
     if is_s3(uri):
         fs, path = resolve(uri, cfg)
-        with _errors("write", uri, cfg), fs.open_output_stream(path) as out:
+        with errors("write", uri, cfg), fs.open_output_stream(path) as out:
             out.write(data)
         return
-    with open_atomic(uri, cfg) as f:
+    with errors("write", uri, cfg), open_atomic(uri, cfg) as f:  # e.g. a full disk: one line
         f.write(data)
 
 
@@ -372,16 +385,22 @@ def read_text(uri: str, cfg: StorageConfig | None = None) -> str:
 
 
 def upload_file(local_path: str, uri: str, cfg: StorageConfig | None = None) -> None:
-    """Copy a local file to ``uri`` atomically, streaming (memory does not grow with its size)."""
-    with open(local_path, "rb") as src, open_atomic(uri, cfg) as dst:
+    """Copy a local file to ``uri`` atomically, streaming (memory does not grow with its size);
+    started again from the local file while S3 cannot be reached (``storage.outage_s``)."""
+    _upload(uri, local_path, cfg)
+
+
+@outlasts_outages
+def _upload(uri: str, local_path: str, cfg: StorageConfig | None) -> None:
+    with open(local_path, "rb") as src, errors("write", uri, cfg), open_atomic(uri, cfg) as dst:
         shutil.copyfileobj(src, dst, length=8 << 20)
 
 
-@_outlasts_outages
+@outlasts_outages
 def delete(uri: str, cfg: StorageConfig | None = None) -> None:
     """Delete a file, or a directory tree; no error if it does not exist."""
     fs, path = resolve(uri, cfg)
-    with _errors("delete", uri, cfg):
+    with errors("delete", uri, cfg):
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.File:
             fs.delete_file(path)
@@ -389,7 +408,7 @@ def delete(uri: str, cfg: StorageConfig | None = None) -> None:
             fs.delete_dir(path)
 
 
-@_outlasts_outages
+@outlasts_outages
 def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = True) -> list[str]:
     """URIs of the files below ``uri`` (sorted; hidden temporary files left out).
 
@@ -398,7 +417,7 @@ def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = Tru
     """
     uri = normalize(uri)
     fs, path = resolve(uri, cfg)
-    with _errors("list", uri, cfg):
+    with errors("list", uri, cfg):
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.File:
             return [uri]
@@ -413,20 +432,20 @@ def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = Tru
                   if i.type == pafs.FileType.File and not i.base_name.startswith("."))
 
 
-@_outlasts_outages
+@outlasts_outages
 def delete_temporaries(uri: str, cfg: StorageConfig | None = None) -> int:
     """Delete the hidden temporary files (``.NAME.XXXXXXXX.tmp``) of :func:`open_atomic` below
     ``uri``: what writes cut short by a kill leave. Only for a folder that no one else writes
     (see :mod:`bluref_ray.writer`). Returns how many were deleted."""
     uri = normalize(uri)
     fs, path = resolve(uri, cfg)
-    with _errors("list", uri, cfg):
+    with errors("list", uri, cfg):
         if fs.get_file_info(path).type == pafs.FileType.File:
             return 0
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     tmp = [i.path for i in infos if i.type == pafs.FileType.File
            and i.base_name.startswith(".") and i.base_name.endswith(".tmp")]
-    with _errors("delete", uri, cfg):
+    with errors("delete", uri, cfg):
         for p in tmp:
             fs.delete_file(p)
     return len(tmp)

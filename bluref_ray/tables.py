@@ -69,7 +69,7 @@ class Listing:
 def part_units(uri: str, cfg: StorageConfig | None = None) -> list[str]:
     """The units that the part ``uri`` holds (read from its footer only)."""
     fs, path = storage.resolve(uri, cfg)
-    with fs.open_input_file(path) as f:
+    with storage.errors("read", uri, cfg), fs.open_input_file(path) as f:
         meta = pq.read_metadata(f).metadata or {}
     return json.loads(meta.get(UNITS_KEY, b"[]"))
 
@@ -199,9 +199,10 @@ def table_folders(uri: str, cfg: StorageConfig | None = None) -> list[str]:
         "of Parquet files")
 
 
+@storage.outlasts_outages
 def _read_file(uri: str, cfg: StorageConfig | None) -> pa.Table:
     fs, path = storage.resolve(uri, cfg)
-    with fs.open_input_file(path) as f:
+    with storage.errors("read", uri, cfg), fs.open_input_file(path) as f:
         return pq.read_table(f)
 
 

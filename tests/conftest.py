@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -103,7 +104,8 @@ def kill_when(command: list[str], ready, what: str, timeout_s: float = 120) -> N
 
     import ray
 
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    env = {**os.environ, **({"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+                            if ray.is_initialized() else {})}
     proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", *command], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -131,20 +133,79 @@ def settled(count, quiet_s: float = 1.0, timeout_s: float = 15.0) -> int:
     return last
 
 
-def kill_at_seeded_points(command: list[str], folder, n: int, seed: int = 25) -> None:
+def kill_at_seeded_points(command: list[str], folder, n: int, seed: int = 25,
+                          pattern: str = "*.parquet") -> None:
     """Run ``bluref COMMAND`` twice, SIGKILLed (:func:`kill_when`) once ``folder`` holds as many
-    Parquet files as each of two points drawn from ``seed`` among 1 … ``n - 1``; asserts that
-    the first kill came before the command's end (``n`` files)."""
+    files matching ``pattern`` as each of two points drawn from ``seed`` among 1 … ``n - 1``;
+    asserts that the first kill came before the command's end (``n`` files)."""
     import random
 
     def files() -> int:
-        return len(list(folder.glob("*.parquet")))
+        return len(list(folder.glob(pattern)))
 
     written = []
     for point in sorted(random.Random(seed).sample(range(1, n), 2)):
         kill_when(command, lambda p=point: files() >= p, f"{point} files written to {folder}")
         written.append(settled(files))
     assert written[0] < n, f"the first kill came after the end: {written} of {n}"
+
+
+def kill_at_seeded_events(command: list[str], events: list, seed: int = 25) -> list[str]:
+    """Run ``bluref COMMAND`` twice, SIGKILLed (:func:`kill_when`) at two of ``events``
+    (``(name, ready)`` in the order a run meets them) drawn from ``seed``; returns their
+    names."""
+    import random
+
+    picked = sorted(random.Random(seed).sample(range(len(events)), 2))
+    for i in picked:
+        kill_when(command, events[i][1], events[i][0], timeout_s=300)
+    return [events[i][0] for i in picked]
+
+
+def _task_pids(name: str) -> list[int]:
+    """PIDs of the processes running a Ray task or actor method whose name holds ``name``
+    (a Ray worker's process title is ``ray::<task name>`` while it runs one)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and name in title and "IDLE" not in title:
+            pids.append(int(pid))
+    return pids
+
+
+@contextlib.contextmanager
+def kill_worker_when(name: str, ready, timeout_s: float = 120):
+    """While the block runs, SIGKILL one process running a Ray task (or an actor) whose name
+    holds ``name``, once ``ready()`` is true; yields the list of killed PIDs (filled by the end
+    of the block)."""
+    import signal
+    import threading
+    import time
+
+    killed: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and not done.is_set() and not ready():
+            time.sleep(0.05)
+        while time.time() < deadline and not done.is_set() and not killed:
+            for pid in _task_pids(name)[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        watcher.join()
 
 
 def kill_after_checkpoint(command: list[str], out, step: int = 4) -> None:

@@ -25,9 +25,10 @@ Design notes (checked against SeaweedFS 4.48):
   debug / metrics / IAM listeners are left off. Two test sessions on one machine therefore
   never compete for a port (and if another process grabs a port between choosing and binding
   it, :meth:`SeaweedS3.start` retries with fresh ports).
-* The S3 gateway gets a ``-s3.config`` identities file with exactly one identity (the given
-  keys, with all actions), so anonymous requests and requests signed with other keys are
-  rejected (``AccessDenied`` / ``SignatureDoesNotMatch``).
+* The S3 gateway gets a ``-s3.config`` identities file with two identities: the given keys,
+  with all actions, and a read-only one (``read_only_key`` / ``read_only_secret``: read and
+  list, no write), so anonymous requests and requests signed with other keys are rejected
+  (``AccessDenied`` / ``SignatureDoesNotMatch``), as are writes with the read-only keys.
 * Logs go to ``<workdir>/weed.log`` (``-logtostderr``), not the terminal and not ``/tmp``.
   On failure the tail of that file is put into the raised :class:`RuntimeError`.
 * SeaweedFS always creates gRPC unix sockets named ``/tmp/seaweedfs-<kind>-grpc-<port>.sock``
@@ -135,8 +136,9 @@ class SeaweedS3:
 
     Attributes:
         workdir: Directory holding the data (``data/``), config and ``weed.log``.
-        access_key: S3 access key of the only identity the server accepts.
+        access_key: S3 access key of the identity with all actions.
         secret_key: S3 secret key of that identity.
+        read_only_key, read_only_secret: keys of an identity that may read and list only.
         endpoint_url: ``http://127.0.0.1:<port>`` of the S3 gateway (set once started).
         log_path: The weed log file.
         ports: The ports in use, by flag name (set once started).
@@ -173,6 +175,7 @@ class SeaweedS3:
         self.workdir = Path(workdir).resolve()
         self.access_key = access_key
         self.secret_key = secret_key
+        self.read_only_key, self.read_only_secret = f"{access_key}-ro", f"{secret_key}-ro"
         self.weed = weed or find_weed()
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -322,6 +325,11 @@ class SeaweedS3:
             "name": "bluref-test",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }, {
+            "name": "bluref-test-read-only",
+            "credentials": [{"accessKey": self.read_only_key,
+                             "secretKey": self.read_only_secret}],
+            "actions": ["Read", "List"],
         }]}, indent=2))
 
         cmd = [

@@ -291,6 +291,7 @@ def test_every_case_is_listed_in_the_docs():
     assert len(cases) >= 25
 
 
+@pytest.mark.faults
 def test_a_bucket_that_does_not_exist_is_a_one_line_error(s3_cfg, tmp_path, capsys):
     keys = ["--endpoint-url", s3_cfg.endpoint_url, "--access-key", s3_cfg.access_key,
             "--secret-key", s3_cfg.secret_key, "--region", s3_cfg.region]

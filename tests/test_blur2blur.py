@@ -159,6 +159,7 @@ def test_kernel_training_and_two_worker_gan_training_stay_in_sync(ray_cluster, t
     assert r["val"]["step"] == 3 and "psnr_io" in r["val"]
 
 
+@pytest.mark.faults
 def test_killed_blur2blur_resumes_from_its_last_checkpoint(ray_cluster, tiny_frames, tiny_data,
                                                           tmp_path):
     """`bluref blur2blur` is SIGKILLed mid-way; the same command resumes from its checkpoint."""

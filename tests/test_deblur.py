@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import kill_at_seeded_points, kill_worker_when
 from torch import nn
 
 from bluref_ray.config import Config, DeblurConfig, RayConfig
@@ -164,3 +166,48 @@ def test_a_video_breaking_mid_way_leaves_no_output(tmp_path, monkeypatch):
     r = worker.process(str(tmp_path / "clip.mkv"), str(tmp_path / "o2.mkv"), "video")
     assert "clip.mkv" in r["error"] and "after 5 frames" in r["error"]
     assert not os.path.exists(tmp_path / "o1.mp4") and not os.path.exists(tmp_path / "o2.mkv")
+
+
+def _outputs(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.mark.faults
+def test_killed_deblur_resumes_and_writes_the_files_of_an_uninterrupted_run(ray_cluster,
+                                                                           tiny_data, tmp_path):
+    """`bluref deblur` SIGKILLed (process group) at two seeded points, then the same command:
+    byte for byte the outputs of an uninterrupted run, finished files not redone, no temporary
+    file left."""
+    ckpt = _checkpoint(str(tmp_path / "model.pt"))
+    src = f"{tiny_data}/train/clip_0000/blur"
+    full, out = tmp_path / "full", tmp_path / "out"
+    cfg = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, batch_size=1))
+    run_deblur(ckpt, [src], str(full), cfg, log=lambda _m: None)
+    want = _outputs(full)
+    kill_at_seeded_points(["deblur", ckpt, src, "--out", str(out), "--tile", "32",
+                           "--tile-overlap", "8", "--batch-size", "1"], out, len(want),
+                          pattern="*.png")
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    s = run_deblur(ckpt, [src], str(out), cfg, log=lambda _m: None)
+    assert (s["skipped"], s["done"], s["failed"]) == (len(kept), len(want) - len(kept), [])
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
+    assert _outputs(out) == want
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+
+
+@pytest.mark.faults
+def test_a_killed_deblur_actor_is_restarted_and_every_file_is_written(ray_cluster, tiny_data,
+                                                                      tmp_path):
+    """The deblur actor SIGKILLed after its first output: Ray restarts it and retries its batch;
+    the outputs equal an uninterrupted run's, byte for byte."""
+    ckpt = _checkpoint(str(tmp_path / "model.pt"))
+    src = f"{tiny_data}/train/clip_0000/blur"
+    full, out = tmp_path / "full", tmp_path / "out"
+    cfg = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, batch_size=1))
+    run_deblur(ckpt, [src], str(full), cfg, log=lambda _m: None)
+    with kill_worker_when("DeblurWorker", lambda: any(out.glob("*.png"))) as killed:
+        s = run_deblur(ckpt, [src], str(out), cfg, log=lambda _m: None)
+    assert killed, "no actor was killed"
+    assert s["done"] == len(_outputs(full)) and s["failed"] == []
+    assert _outputs(out) == _outputs(full)
+    assert not [n for n in os.listdir(out) if n.startswith(".")]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import kill_at_seeded_points
 
 from bluref_ray.cli import main
 from bluref_ray.config import Config, ConfigError
@@ -58,3 +60,25 @@ def test_eval_cli_and_errors(tiny_data, tiny_model, tmp_path, capsys):
     with pytest.raises(ConfigError, match="no frames"):
         evaluate({}, [str(tmp_path / "empty")], str(tmp_path / "x"), Config(),
                  log=lambda _m: None)
+
+
+@pytest.mark.faults
+def test_killed_eval_resumes_and_writes_the_results_of_an_uninterrupted_run(tiny_data,
+                                                                            tiny_model, tmp_path):
+    """`bluref eval` SIGKILLed at two seeded points (by parts of 8 frames scored), then the same
+    command: the eval.json and grids of an uninterrupted run, scored parts not redone, no
+    temporary file left."""
+    data = [f"{tiny_data}/train", f"{tiny_data}/test"]
+    full, out = tmp_path / "full", tmp_path / "out"
+    evaluate({"m": tiny_model}, data, str(full), Config(), max_frames=24, log=lambda _m: None)
+    kill_at_seeded_points(["eval", *data, "--model", f"m={tiny_model}", "--max-frames", "24",
+                           "--out", str(out)], out / "eval_frames", 3, pattern="*.json")
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "eval_frames").glob("*.json")}
+    logs: list[str] = []
+    evaluate({"m": tiny_model}, data, str(out), Config(), max_frames=24, log=logs.append)
+    assert {n: (out / "eval_frames" / n).stat().st_mtime_ns for n in kept} == kept
+    assert f"{len(kept) * 8} already scored" in logs[0]
+    assert (out / "eval.json").read_text() == (full / "eval.json").read_text()
+    for grid in full.glob("grid_*.png"):
+        assert (out / grid.name).read_bytes() == grid.read_bytes()
+    assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".")]

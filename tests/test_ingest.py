@@ -9,7 +9,7 @@ import shutil
 
 import pyarrow.compute as pc
 import pytest
-from conftest import TINY, kill_at_seeded_points
+from conftest import TINY, kill_at_seeded_points, kill_worker_when
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, RayConfig
@@ -94,6 +94,7 @@ def _hidden(folder) -> list[str]:
     return [n for _, _, files in os.walk(folder) for n in files if n.startswith(".")]
 
 
+@pytest.mark.faults
 def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data, tmp_path):
     """`bluref ingest` SIGKILLed (process group) at two seeded points, then the same command:
     the table of an uninterrupted run, every row once, no temporary file left."""
@@ -109,6 +110,23 @@ def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data,
     assert s["this_run"] == {"clips": n - len(before), "skipped": len(before)}
     t = _frames(str(out))
     assert t.equals(full) and len(set(t.column("frame_id").to_pylist())) == t.num_rows
+    assert not _hidden(out), "no temporary file left behind"
+
+
+@pytest.mark.faults
+def test_a_killed_ingest_task_is_retried_and_the_table_is_complete(ray_cluster, tiny_data,
+                                                                   tmp_path):
+    """The process of an ingest task SIGKILLed once the first clip is written: Ray runs the task
+    again; the table equals an uninterrupted run's, every row once, no temporary file left."""
+    sources = [f"{tiny_data}/videos", f"{tiny_data}/train"]
+    full_out, out = str(tmp_path / "full"), tmp_path / "out"
+    run_ingest(sources, full_out, CFG, log=lambda _m: None)
+    with kill_worker_when("Map(", lambda: any((out / "frames").glob("*.parquet"))) as killed:
+        s = run_ingest(sources, str(out), CFG, log=lambda _m: None)
+    assert killed, "no task was killed"
+    assert s["this_run"] == {"clips": len(os.listdir(f"{full_out}/frames")), "skipped": 0}
+    t = _frames(str(out))
+    assert t.equals(_frames(full_out)) and len(set(t.column("frame_id").to_pylist())) == t.num_rows
     assert not _hidden(out), "no temporary file left behind"
 
 

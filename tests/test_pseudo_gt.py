@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import kill_at_seeded_points
+from conftest import kill_at_seeded_points, kill_worker_when
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
@@ -106,6 +106,7 @@ def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, t
                       log=lambda _m: None)
 
 
+@pytest.mark.faults
 def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_cluster,
                                                                         tiny_frames, tmp_path):
     """`bluref pseudo-gt` SIGKILLed (process group) at two seeded points, then the same command:
@@ -127,39 +128,22 @@ def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_clus
     assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".")]
 
 
+@pytest.mark.faults
 def test_a_killed_matching_actor_is_restarted_and_the_output_is_complete(ray_cluster,
                                                                          tiny_frames, tmp_path):
     """An actor of the pseudo-GT pool SIGKILLed after its first shard: Ray restarts it and
     retries its window; the rows equal an uninterrupted run's, each once."""
-    import signal
-    import threading
-    import time
-
-    from ray.util.state import list_actors
-
     full_out, out = str(tmp_path / "full"), tmp_path / "killed"
     cfg = _cfg(targets_per_shard=1, limit=4)
     run_pseudo_gt(tiny_frames, full_out, cfg, log=lambda _m: None)
-    killed: list[int] = []
-
-    def kill_the_actor() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list((out / "shards").glob("*.parquet")):
-            time.sleep(0.05)
-        for a in list_actors(filters=[("state", "=", "ALIVE")]):
-            if "PseudoGTActor" in a.class_name:
-                os.kill(a.pid, signal.SIGKILL)
-                killed.append(a.pid)
-                return
-
-    watcher = threading.Thread(target=kill_the_actor)
-    watcher.start()
-    s = run_pseudo_gt(tiny_frames, str(out), cfg, log=lambda _m: None)
-    watcher.join()
+    with kill_worker_when("PseudoGTActor", lambda: any((out / "shards").glob("*.parquet"))) \
+            as killed:
+        s = run_pseudo_gt(tiny_frames, str(out), cfg, log=lambda _m: None)
     assert killed, "no actor was killed"
     t = _shards(str(out))
     assert t.equals(_shards(full_out)) and len(set(t.column("row_id").to_pylist())) == t.num_rows
     assert s.this_run.shards == len(os.listdir(f"{full_out}/shards"))
+    assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".")]
 
 
 def test_missing_and_odd_sized_references_are_rejected_the_others_go_on(ray_cluster, tiny_data,

@@ -112,6 +112,7 @@ def test_s3_settings_come_from_the_environment(monkeypatch):
     assert StorageConfig(endpoint_url="http://h:1").resolved().endpoint_url == "http://h:1"
 
 
+@pytest.mark.faults
 def test_unreachable_s3_endpoint_gives_a_clear_error():
     from s3server import free_port
 
@@ -131,6 +132,7 @@ def test_unreachable_s3_endpoint_gives_a_clear_error():
     assert 1.5 <= time.time() - t0 < 10
 
 
+@pytest.mark.faults
 def test_wrong_s3_keys_are_refused(s3_server, s3_bucket, s3_cfg):
     storage.write_bytes(storage.join(s3_bucket, "x"), b"1", s3_cfg)
     bad = StorageConfig(endpoint_url=s3_server.endpoint_url, access_key=s3_server.access_key,

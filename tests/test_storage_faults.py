@@ -6,6 +6,7 @@ gone, connections refused) and started again on the same endpoint with its data.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 
@@ -23,67 +24,183 @@ def _frames(out: str, cfg: StorageConfig | None = None):
     return schema.sort_frames(schema.read_table(f"{out}/frames", schema.FRAMES, cfg))
 
 
-def _outage_after_first_clip(server, out: str, cfg: StorageConfig, seconds: float | None,
-                             log: list[str]) -> threading.Thread:
-    """Stop the server once ``out`` holds a frames file; start it again after ``seconds``
-    (None: leave it down)."""
+def _outage_after_first(server, folder: str, cfg: StorageConfig, seconds: float | None,
+                        log: list[str]) -> threading.Thread:
+    """Stop the server once ``folder`` holds a file (log: how many); start it again after
+    ``seconds`` (None: leave it down)."""
 
     def run() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if storage.exists(f"{out}/frames", cfg) and storage.list_files(f"{out}/frames", cfg):
-                break
-            time.sleep(0.1)
+        deadline, files = time.time() + 120, []
+        while time.time() < deadline and not files:
+            files = storage.list_files(folder, cfg) if storage.exists(folder, cfg) else []
+            time.sleep(0.05)
         server.pause()
-        log.append(f"stopped at {time.time():.1f}")
+        log.append(f"stopped with {len(files)} file(s) written")
         if seconds is not None:
             time.sleep(seconds)
             server.resume()
-            log.append(f"started at {time.time():.1f}")
+            log.append("started")
 
     thread = threading.Thread(target=run)
     thread.start()
     return thread
 
 
-def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(ray_cluster,
-                                                                           tiny_data,
-                                                                           tmp_path):
+@pytest.fixture(scope="module")
+def own_s3(tmp_path_factory):
+    """A SeaweedFS server of this module's own (its tests stop and start it) and its settings:
+    short connection timeouts, the default 60 s outage window."""
     from s3server import SeaweedS3
 
+    with SeaweedS3(str(tmp_path_factory.mktemp("weed-faults"))) as server:
+        cfg = StorageConfig(endpoint_url=server.endpoint_url, access_key=server.access_key,
+                            secret_key=server.secret_key, region="us-east-1",
+                            connect_timeout_s=1, max_attempts=2, outage_s=60)
+        storage.makedirs("s3://faults", cfg)
+        yield server, cfg
+
+
+@pytest.mark.faults
+def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(ray_cluster,
+                                                                           own_s3, tiny_data,
+                                                                           tmp_path):
     sources = [f"{tiny_data}/videos", f"{tiny_data}/train"]
     run_ingest(sources, str(tmp_path / "local"), CFG, log=lambda _m: None)
     full = _frames(str(tmp_path / "local"))
-    with SeaweedS3(str(tmp_path / "weed")) as server:
-        s3 = StorageConfig(endpoint_url=server.endpoint_url, access_key=server.access_key,
-                           secret_key=server.secret_key, region="us-east-1",
-                           connect_timeout_s=1, max_attempts=2, outage_s=60)
-        storage.makedirs("s3://faults", s3)
-        cfg = dataclasses.replace(CFG, storage=s3)
+    server, s3 = own_s3
+    cfg = dataclasses.replace(CFG, storage=s3)
 
-        # back within the retry window: the job goes on and ends complete
-        events: list[str] = []
-        out = "s3://faults/restarted"
-        watcher = _outage_after_first_clip(server, out, s3, 4.0, events)
-        s = run_ingest(sources, out, cfg, log=lambda _m: None)
-        watcher.join()
-        assert len(events) == 2, events
-        assert s["this_run"]["clips"] == s["clips"]
-        assert _frames(out, s3).equals(full)
+    # back within the retry window: the job goes on and ends complete
+    events: list[str] = []
+    out = "s3://faults/restarted"
+    watcher = _outage_after_first(server, f"{out}/frames", s3, 4.0, events)
+    s = run_ingest(sources, out, cfg, log=lambda _m: None)
+    watcher.join()
+    assert len(events) == 2 and _written(events[0]) < s["clips"], events
+    assert s["this_run"]["clips"] == s["clips"]
+    assert _frames(out, s3).equals(full)
 
-        # down for good: one error naming the endpoint; what was written stays, and resumes
-        out = "s3://faults/down"
-        short = dataclasses.replace(cfg, storage=dataclasses.replace(s3, outage_s=3))
-        watcher = _outage_after_first_clip(server, out, s3, None, events)
-        t0 = time.time()
-        with pytest.raises(StorageUnreachableError) as e:
-            run_ingest(sources, out, short, log=lambda _m: None)
-        watcher.join()
-        assert server.endpoint_url in str(e.value) and "storage.outage_s" in str(e.value)
-        assert "Traceback" not in str(e.value) and time.time() - t0 < 90
-        server.resume()
-        done = storage.list_files(f"{out}/frames", s3)
-        assert done, "the clips finished before the outage are kept"
-        s = run_ingest(sources, out, short, log=lambda _m: None)
-        assert s["this_run"]["skipped"] == len(done)
-        assert _frames(out, s3).equals(full)
+    # down for good: one error naming the endpoint; what was written stays, and resumes
+    out = "s3://faults/down"
+    short = dataclasses.replace(cfg, storage=dataclasses.replace(s3, outage_s=3))
+    watcher = _outage_after_first(server, f"{out}/frames", s3, None, events)
+    t0 = time.time()
+    with pytest.raises(StorageUnreachableError) as e:
+        run_ingest(sources, out, short, log=lambda _m: None)
+    watcher.join()
+    assert server.endpoint_url in str(e.value) and "storage.outage_s" in str(e.value)
+    assert "Traceback" not in str(e.value) and time.time() - t0 < 90
+    server.resume()
+    done = storage.list_files(f"{out}/frames", s3)
+    assert done, "the clips finished before the outage are kept"
+    s = run_ingest(sources, out, short, log=lambda _m: None)
+    assert s["this_run"]["skipped"] == len(done)
+    assert _frames(out, s3).equals(full)
+
+
+def _written(event: str) -> int:
+    return int(event.split()[2])
+
+
+@pytest.mark.faults
+def test_pseudo_gt_and_deblur_outlast_an_s3_restart(ray_cluster, own_s3, tiny_frames,
+                                                    tiny_data, tmp_path):
+    """S3 stopped once the first shard (pseudo-GT: frames table and shards on S3) or the first
+    image (deblur: outputs on S3) is written, started again 4 s later: both jobs end with the
+    output of an uninterrupted local run, row for row and byte for byte."""
+    from bluref_ray.config import DeblurConfig, PseudoGTConfig
+    from bluref_ray.models import PRESETS, build_model, save_checkpoint
+    from bluref_ray.pipeline.deblur import run_deblur
+    from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
+
+    server, s3 = own_s3
+    pg = Config(ray=RayConfig(progress_bars=False),
+                pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=4, targets_per_shard=1))
+    run_pseudo_gt(tiny_frames, str(tmp_path / "pg"), pg, log=lambda _m: None)
+    for name in os.listdir(f"{tiny_frames}/frames"):
+        storage.upload_file(f"{tiny_frames}/frames/{name}", f"s3://faults/frames/frames/{name}", s3)
+    events: list[str] = []
+    watcher = _outage_after_first(server, "s3://faults/pg/shards", s3, 4.0, events)
+    s = run_pseudo_gt("s3://faults/frames", "s3://faults/pg", dataclasses.replace(pg, storage=s3),
+                      log=lambda _m: None)
+    watcher.join()
+    assert len(events) == 2 and _written(events[0]) < s.this_run.shards, events
+    got = schema.read_table("s3://faults/pg/shards", schema.PSEUDO_PAIRS, s3).sort_by("row_id")
+    want = schema.read_table(str(tmp_path / "pg" / "shards"), schema.PSEUDO_PAIRS)
+    assert got.equals(want.sort_by("row_id"))
+
+    arch, kwargs = PRESETS["nafnet-tiny"]
+    ckpt = str(tmp_path / "model.pt")
+    save_checkpoint(build_model(arch, **kwargs), ckpt, arch, kwargs)
+    src = f"{tiny_data}/train/clip_0000/blur"
+    db = Config(ray=RayConfig(progress_bars=False),
+                deblur=DeblurConfig(tile=32, tile_overlap=8, batch_size=1))
+    run_deblur(ckpt, [src], str(tmp_path / "db"), db, log=lambda _m: None)
+    events.clear()
+    watcher = _outage_after_first(server, "s3://faults/db", s3, 4.0, events)
+    d = run_deblur(ckpt, [src], "s3://faults/db", dataclasses.replace(db, storage=s3),
+                   log=lambda _m: None)
+    watcher.join()
+    assert len(events) == 2 and _written(events[0]) < d["files"], events
+    assert d["failed"] == [] and d["done"] == d["files"]
+    for name in os.listdir(tmp_path / "db"):
+        if name.endswith(".png"):
+            local = (tmp_path / "db" / name).read_bytes()
+            assert storage.read_bytes(f"s3://faults/db/{name}", s3) == local, name
+
+
+@pytest.mark.faults
+def test_a_read_only_output_location_is_one_clear_error_and_nothing_is_lost(
+        ray_cluster, s3_server, s3_cfg, s3_bucket, tiny_data, capsys):
+    """Keys that may read but not write: the command stops at once with one line naming the
+    output and the refusal, exit code 2, and what the folder held stays as it was."""
+    from bluref_ray.cli import main
+
+    out = f"{s3_bucket}/ingest"
+    src = [f"{tiny_data}/test"]
+    run_ingest(src, out, dataclasses.replace(CFG, storage=s3_cfg), log=lambda _m: None)
+    before = {f: storage.read_bytes(f, s3_cfg) for f in storage.list_files(out, s3_cfg)}
+    capsys.readouterr()
+    rc = main(["ingest", *src, "--out", out, "--max-refs", "4", "--delta", "5", "--overwrite",
+               "--endpoint-url", s3_server.endpoint_url, "--access-key",
+               s3_server.read_only_key, "--secret-key", s3_server.read_only_secret,
+               "--region", "us-east-1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"write {out}/" in err and "access denied" in err and "Traceback" not in err
+    assert {f: storage.read_bytes(f, s3_cfg) for f in storage.list_files(out, s3_cfg)} == before
+
+
+@pytest.mark.faults
+def test_a_full_output_location_is_one_clear_error_and_the_run_resumes(tiny_data, tmp_path):
+    """Writes that the file system refuses (a file size limit: EFBIG, the path a full disk's
+    ENOSPC takes too) stop `bluref eval` with one line naming the file; the same command, once
+    there is room, finishes with the results of an uninterrupted run."""
+    import resource
+    import subprocess
+    import sys
+
+    from bluref_ray.config import Config
+    from bluref_ray.evaluation import evaluate
+    from bluref_ray.models import PRESETS, build_model, save_checkpoint
+
+    arch, kwargs = PRESETS["nafnet-tiny"]
+    ckpt = str(tmp_path / "model.pt")
+    save_checkpoint(build_model(arch, **kwargs), ckpt, arch, kwargs)
+    data, out = f"{tiny_data}/test", tmp_path / "out"
+    evaluate({"m": ckpt}, [data], str(tmp_path / "full"), Config(), max_frames=8,
+             log=lambda _m: None)
+    command = [sys.executable, "-m", "bluref_ray.cli", "eval", data, "--model", f"m={ckpt}",
+               "--max-frames", "8", "--out", str(out), "--quiet"]
+
+    def small_files() -> None:  # in the child: files up to 32 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, 32 << 10))
+
+    full = subprocess.run(command, capture_output=True, text=True, preexec_fn=small_files)
+    assert full.returncode == 2, full.stderr[-2000:]
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "File too large" in lines[0], lines
+    assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".")]
+    room = subprocess.run(command, capture_output=True, text=True)
+    assert room.returncode == 0, room.stderr[-2000:]
+    assert (out / "eval.json").read_text() == (tmp_path / "full" / "eval.json").read_text()

@@ -94,6 +94,7 @@ def _run_counts(cache: Path) -> dict[str, list[int]]:
             for d in cache.iterdir()}
 
 
+@pytest.mark.faults
 def test_tiny_sweep_stops_trials_early_shares_pseudo_gt_and_resumes(ray_cluster, tiny_data,
                                                                     tmp_path):
     """The CI sweep, killed (SIGKILL) once its first trial is done, then started again."""

@@ -54,6 +54,7 @@ def test_compaction_keeps_every_row_once_and_every_unit_done(tmp_path):
     assert tables.finished(str(folder)) == units and _read(folder).equals(full)
 
 
+@pytest.mark.faults
 def test_a_killed_compaction_leaves_no_duplicate_and_the_next_one_cleans_up(tmp_path):
     folder, saved = tmp_path / "table", tmp_path / "saved"
     full = _write_units(folder, 4)
@@ -69,6 +70,7 @@ def test_a_killed_compaction_leaves_no_duplicate_and_the_next_one_cleans_up(tmp_
     assert r.leftovers_deleted == 2 and r.files_after == 1 and _read(folder).equals(full)
 
 
+@pytest.mark.faults
 def test_two_parts_holding_one_unit_and_a_vanished_file_are_errors(tmp_path):
     folder = tmp_path / "table"
     _write_units(folder, 3)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import kill_after_checkpoint
+from conftest import kill_at_seeded_events
 
 from bluref_ray.config import Config, ConfigError, RayConfig, RefineConfig, TrainConfig
 from bluref_ray.data.images import encode_png
@@ -98,29 +99,14 @@ def test_supervised_mode_trains_on_ground_truth(ray_cluster, tiny_pairs, tmp_pat
     assert read_checkpoint(s.model)["train_config"]["supervised"] is True
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(ray_cluster, tiny_pairs, tmp_path):
-    """A `bluref train` process is killed mid-way (SIGKILL); the same command resumes."""
-
-    out = tmp_path / "killed"
-    args = [tiny_pairs, "--out", str(out), "--steps", "400", "--batch-size", "2", "--crop", "32",
-            "--checkpoint-every", "2", "--val-every", "1000", "--cpus-per-worker", "0.5",
-            "--no-ray-progress-bars"]
-    kill_after_checkpoint(["train", *args], out)
-    assert not (out / "model.pt").exists()
-    stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
-    assert 4 <= stopped < 400
-    logs: list[str] = []
-    cfg = _cfg(steps=stopped + 2, checkpoint_every=2, val_every=1000)
-    s = train_deblurrer(tiny_pairs, str(out), cfg, log=logs.append)
-    assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs)
-    assert read_checkpoint(s.model)["step"] == stopped + 2
-
-
-def test_a_killed_training_worker_is_replaced_and_training_goes_on(ray_cluster, tiny_pairs,
-                                                                   tmp_path):
-    """Ray Train's fault tolerance: the worker process is SIGKILLed mid-run; the run replaces it,
-    goes on from its last checkpoint and finishes; only the newest checkpoints stay."""
-    import os
+@pytest.mark.faults
+def test_a_killed_worker_is_replaced_and_a_killed_run_resumes_from_its_newest_checkpoint(
+        ray_cluster, tiny_pairs, tmp_path):
+    """Ray Train's fault tolerance, then a kill of the whole command, in one run: the training
+    worker's process is SIGKILLed after the checkpoint of step 4 (the worker group is replaced
+    and goes on from that checkpoint, not from step 0); after a later checkpoint the `bluref
+    train` process group is SIGKILLed; the same training started again resumes from the newest
+    checkpoint and ends at its last step, keeping only the newest checkpoints."""
     import signal
     import subprocess
     import sys
@@ -128,34 +114,51 @@ def test_a_killed_training_worker_is_replaced_and_training_goes_on(ray_cluster, 
 
     from ray.util.state import list_actors
 
-    out = tmp_path / "worker-killed"
+    out = tmp_path / "killed"
+    ckpts = out / "ray-train"
     gcs = ray_cluster.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_ADDRESS": gcs}
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bluref_ray.cli", "train", tiny_pairs, "--out", str(out),
-         "--steps", "40", "--batch-size", "2", "--crop", "32", "--checkpoint-every", "2",
+         "--steps", "400", "--batch-size", "2", "--crop", "32", "--checkpoint-every", "2",
          "--val-every", "1000", "--cpus-per-worker", "0.5", "--max-failures", "2",
          "--keep-checkpoints", "2", "--no-ray-progress-bars"],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+        env={**os.environ, "RAY_ADDRESS": gcs}, stdout=log.open("w"),
+        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_for(ready, what: str) -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.1)
+        assert ready(), f"{what} did not happen (exit {proc.poll()}): {log.read_text()[-2000:]}"
+
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "ray-train" / "step_000004").is_dir():
-            time.sleep(0.2)
+        wait_for((ckpts / "step_000004").is_dir, "the checkpoint of step 4")
         workers = [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")])
                    if a.class_name == "RayTrainWorker"]
         assert len(workers) == 1, workers
         os.kill(workers[0].pid, signal.SIGKILL)
-        proc.wait(timeout=400)
+        wait_for(lambda: "going on from the checkpoint of step" in log.read_text(),
+                 "the replaced worker group going on")
+        went_on = int(log.read_text().split("going on from the checkpoint of step ")[1].split()[0])
+        assert went_on >= 4  # not from scratch
+        wait_for(lambda: (ckpts / f"step_{went_on + 4:06d}").is_dir(),
+                 "a checkpoint of the replaced worker group")
     finally:
-        proc.kill()
-        printed = log.read_text()
-    assert proc.returncode == 0, printed[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "model.pt").exists()
+    stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
+    assert went_on + 4 <= stopped < 400
+    logs: list[str] = []
+    cfg = _cfg(steps=stopped + 2, checkpoint_every=2, val_every=1000, keep_checkpoints=2)
+    s = train_deblurrer(tiny_pairs, str(out), cfg, log=logs.append)
+    assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs)
+    assert read_checkpoint(s.model)["step"] == stopped + 2
     final = json.loads((out / "final.json").read_text())
-    assert final["step"] == 40 and final["start_step"] >= 4, final  # not from scratch
-    assert "going on from the checkpoint of step" in printed
-    kept = sorted(p.name for p in (out / "ray-train").glob("step_*"))
-    assert kept == ["step_000038", "step_000040"]
+    assert final["step"] == stopped + 2 and final["start_step"] == stopped, final
+    kept = sorted(p.name for p in ckpts.glob("step_*"))
+    assert kept == [f"step_{stopped:06d}", f"step_{stopped + 2:06d}"], kept
 
 
 def test_resources_asked_for_are_awaited_and_never_replaced_by_cpus(ray_cluster, tiny_pairs,
@@ -217,27 +220,54 @@ def test_gpu_workers_fit_the_clusters_gpus():
         gpu_workers(dataclasses.replace(tc, use_gpu=True), {"CPU": 16, "GPU": 1})
 
 
-def test_refinement_rounds_match_the_previous_models_output(ray_cluster, tiny_frames,
-                                                           tiny_data, tmp_path):
+@pytest.mark.faults
+def test_killed_refinement_resumes_and_rounds_match_the_previous_models_output(
+        ray_cluster, tiny_frames, tiny_pairs, tiny_data, tmp_path):
+    """`bluref refine` SIGKILLed at two seeded points among its stages, then the same run goes
+    on: finished stages are not redone, round 1's pseudo-GT equals an uninterrupted pseudo-GT
+    run's (``tiny_pairs``), and round 2 matches the output of round 1's model."""
+    from bluref_ray import schema
     from bluref_ray.config import PseudoGTConfig
     from bluref_ray.refine import run_refine
 
+    out = tmp_path / "refine"
     cfg = dataclasses.replace(
-        _cfg(steps=2, val=f"{tiny_data}/test"), refine=RefineConfig(rounds=2, steps_later=1),
-        pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=3))
+        _cfg(steps=4, val=f"{tiny_data}/test", checkpoint_every=2),
+        refine=RefineConfig(rounds=2, steps_later=1),
+        pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=6))
+    r1, r2 = out / "round_1", out / "round_2"
+    events = [("a round-1 shard", lambda: any((r1 / "pseudo_gt/shards").glob("*.parquet"))),
+              ("round 1's checkpoint of step 2", (r1 / "train/ray-train/step_000002").is_dir),
+              ("round 1's model", (r1 / "train/model.pt").is_file),
+              ("a round-2 shard", lambda: any((r2 / "pseudo_gt/shards").glob("*.parquet")))]
+    kill_at_seeded_events(
+        ["refine", tiny_frames, "--out", str(out), "--rounds", "2", "--steps-later", "1",
+         "--max-refs", "2", "--concurrency", "1", "--limit", "6", "--train-steps", "4",
+         "--train-batch-size", "2", "--train-crop", "32", "--train-crops-per-frame", "2",
+         "--train-cpus-per-worker", "0.5", "--train-val", f"{tiny_data}/test",
+         "--train-val-frames", "2", "--train-val-every", "3", "--train-checkpoint-every", "2",
+         "--train-log-every", "1", "--no-ray-progress-bars"], events)
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("round_*/pseudo_gt/shards/*.parquet")}
     logs: list[str] = []
-    r = run_refine(tiny_frames, str(tmp_path / "refine"), cfg, log=logs.append)
+    r = run_refine(tiny_frames, str(out), cfg, log=logs.append)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished shards not redone
     rows = r["rounds"]
     assert [row["round"] for row in rows] == [1, 2]
     assert all(row["pairs"] > 0 and row["val_psnr"] is not None for row in rows)
+    first = schema.read_table(f"{r1}/pseudo_gt/shards", schema.PSEUDO_PAIRS).sort_by("row_id")
+    assert first.equals(schema.read_table(f"{tiny_pairs}/shards",
+                                          schema.PSEUDO_PAIRS).sort_by("row_id"))
     assert r["model"].endswith("round_2/train/model.pt")
     assert any("matching the output of" in m and "round_1/train/model.pt" in m for m in logs)
+    assert read_checkpoint(f"{r1}/train/model.pt")["step"] == 4
     assert read_checkpoint(r["model"])["step"] == 1  # round 2: warm start, its own schedule
-    lrs = [json.loads((tmp_path / "refine" / f"round_{k}" / "train" / "train.json").read_text())
+    lrs = [json.loads((r1.parent / f"round_{k}" / "train" / "train.json").read_text())
            ["config"]["lr"] for k in (1, 2)]
     assert lrs[1] == pytest.approx(lrs[0] * cfg.refine.lr_later)  # round 2 fine-tunes
     for name in ("refine.json", "refine.md", "refine.png"):
-        assert (tmp_path / "refine" / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0
+    assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".") and
+                n.endswith(".tmp")]
 
 
 def test_validation_without_ground_truth_scores_niqe(tmp_path):

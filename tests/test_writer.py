@@ -30,6 +30,7 @@ def other_process():
     proc.wait()
 
 
+@pytest.mark.faults
 def test_a_second_writer_is_refused_until_the_first_ends(tmp_path):
     out = str(tmp_path / "out")
     with exclusive_output(out, command="bluref ingest a"):
@@ -45,6 +46,7 @@ def test_a_second_writer_is_refused_until_the_first_ends(tmp_path):
     assert _claim_copy["pid"] > 0
 
 
+@pytest.mark.faults
 def test_a_live_writer_is_named_and_a_dead_one_is_taken_over(tmp_path, other_process):
     out = tmp_path / "out"
     _claim(out, other_process)
@@ -66,6 +68,7 @@ def test_a_live_writer_is_named_and_a_dead_one_is_taken_over(tmp_path, other_pro
         pass
 
 
+@pytest.mark.faults
 def test_the_heartbeat_keeps_a_long_claim_alive(tmp_path):
     out = str(tmp_path / "out")
     with exclusive_output(out, ttl_s=0.4):
@@ -74,6 +77,7 @@ def test_the_heartbeat_keeps_a_long_claim_alive(tmp_path):
         assert json.loads((tmp_path / "out" / LOCK).read_text())["heartbeat"] > first
 
 
+@pytest.mark.faults
 def test_two_writers_on_s3(s3_cfg, s3_bucket):
     out = f"{s3_bucket}/out"
     with exclusive_output(out, s3_cfg, command="bluref pseudo-gt x", settle_s=0.2):
@@ -90,6 +94,7 @@ def test_two_writers_on_s3(s3_cfg, s3_bucket):
     assert not storage.exists(f"{out}/{LOCK}", s3_cfg)
 
 
+@pytest.mark.faults
 def test_a_command_on_a_busy_folder_exits_2_and_touches_nothing(tmp_path, other_process,
                                                                  capsys):
     out = tmp_path / "out"

@@ -28,8 +28,7 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
     if storage.exists(marker_uri, storage_cfg):
         have = json.loads(storage.read_text(marker_uri, storage_cfg))
         if have == want and not overwrite:
-            gone = sum(storage.delete_temporaries(storage.join(out, p), storage_cfg)
-                       for p in parts)
+            gone = delete_leftovers(out, parts, storage_cfg)
             if gone:
                 log(f"[{what}] resuming: deleted {gone} unfinished file(s) of the run before")
             return
@@ -44,6 +43,12 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
             storage.delete(storage.join(out, part), storage_cfg)
     storage.makedirs(out, storage_cfg)
     storage.write_text(marker_uri, json.dumps(want, indent=1), storage_cfg)
+
+
+def delete_leftovers(out: str, parts: tuple[str, ...], storage_cfg: StorageConfig) -> int:
+    """Delete the temporary files that writes cut short (a killed run, task or actor) left in
+    ``out``'s ``parts``; for a folder only this run writes (:mod:`bluref_ray.writer`)."""
+    return sum(storage.delete_temporaries(storage.join(out, p), storage_cfg) for p in parts)
 
 
 def await_pool(section: str, ray_cfg, concurrency: int | None, cpus_per_actor: float,

@@ -22,7 +22,9 @@ Stages (each with its resources):
 3. **write** (same actor): an image's PNG atomically; a video is encoded to a local temporary
    file at the source frame rate (audio is not kept) and uploaded whole once it is complete.
    A bad file (unreadable, empty, corrupt, breaking mid-way) becomes a failed entry that names
-   the file and the reason, leaves no output behind and does not stop the other files.
+   the file and the reason, leaves no output behind and does not stop the other files. What a
+   killed run or actor leaves (hidden ``.NAME.XXXXXXXX.tmp`` files under ``OUT``, local encoding
+   folders) is deleted by the next run, and by a run's end.
 4. **summarize** (driver): ``OUT/deblur_summary.json`` with files done, skipped and failed (with
    the errors), frames, seconds and frames per second; a progress line every few seconds.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -62,6 +65,35 @@ VIDEO_OUT_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
 #: Video frames deblurred per model call (tiles of one frame are batched by tiled_forward).
 FRAMES_PER_BATCH = 4
 SUMMARY = "deblur_summary.json"
+#: Local folders of videos being encoded: ``<tmp>/bluref-deblur-<pid>-XXXX`` (see
+#: :func:`delete_stale_encodes`).
+TMP_PREFIX = "bluref-deblur-"
+
+
+def delete_stale_encodes() -> int:
+    """Delete the local encoding folders of deblur processes that no longer run (a killed
+    actor's); those of live processes are kept. Returns how many were deleted."""
+    import shutil
+
+    gone = 0
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        m = re.fullmatch(re.escape(TMP_PREFIX) + r"(\d+)-\w+", name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        gone += 1
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _split_ext(name: str) -> tuple[str, str]:
@@ -285,7 +317,7 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
     given = None
     if reference and reference != "auto":
         given = decode_image(storage.read_bytes(reference, storage_cfg), reference)[0]
-    with tempfile.TemporaryDirectory(prefix="bluref-deblur-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-") as tmp:
         local = os.path.join(tmp, "out" + _split_ext(dst)[1])
         decoded = decode_frames(src, storage_cfg, threads=threads)
         if reference == "auto":
@@ -340,6 +372,7 @@ class DeblurWorker:
 
         self.cfg, self.storage_cfg = cfg, storage_cfg
         self.device, self.threads = actor_setup()
+        delete_stale_encodes()
         model, _ = load_checkpoint(checkpoint, storage_cfg, map_location="cpu")
         self.model = model.to(self.device).eval()
         self.takes_reference = getattr(model, "takes_reference", False)
@@ -461,6 +494,9 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     if not storage.is_file(checkpoint, storage_cfg):  # fail here, not in every actor
         raise storage.StorageNotFoundError(f"deblur checkpoint {checkpoint}: not found")
     model, ckpt = load_image_model(checkpoint, storage_cfg)
+    gone = storage.delete_temporaries(out, storage_cfg)  # a killed run's (one writer: ours)
+    if gone:
+        log(f"[deblur] deleted {gone} unfinished file(s) of a run before")
     have = set() if dc.overwrite else _existing(out, storage_cfg)
     todo = [r for r in rows if r["dst"] not in have]
     if getattr(model, "takes_reference", False):
@@ -497,6 +533,7 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
                             f"{len(failed)} failed",
                             f"{r['name']}: FAILED: {r['error']}" if r["error"] else "")
     seconds = time.time() - t_run
+    storage.delete_temporaries(out, storage_cfg)  # what an actor killed mid-write left
     summary = {
         "checkpoint": checkpoint, "inputs": list(inputs), "out": out,
         "files": len(rows), "done": done, "skipped": skipped, "failed": failed,

@@ -49,7 +49,7 @@ from bluref_ray.data.sharpness import (
     to_gray,
 )
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
-from bluref_ray.pipeline.common import Progress, prepare_out
+from bluref_ray.pipeline.common import Progress, delete_leftovers, prepare_out
 from bluref_ray.storage import StorageConfig
 
 
@@ -255,6 +255,7 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
         from bluref_ray.ray_utils import init_ray
 
         init_ray(cfg.ray)
+    delete_leftovers(out, ("frames", "rejects"), storage_cfg)  # a killed task's
     summary = _summarize(out, storage_cfg, sources, len(clips), time.time() - t0)
     summary["this_run"] = {"clips": ingested, "skipped": len(clips) - len(todo)}
     storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=1),

@@ -43,6 +43,7 @@ from bluref_ray.pipeline.common import (
     actor_pool,
     actor_setup,
     await_pool,
+    delete_leftovers,
     pool_size,
     pool_strategy,
     prepare_out,
@@ -239,6 +240,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
                         f"{r['shard']}: {r['reason']}" if r["reason"] else "")
 
     # Stage 4: summarize (driver)
+    delete_leftovers(out, ("shards", "rejects"), storage_cfg)  # a killed actor's
     summary = dataclasses.replace(
         summarize(out, storage_cfg), frames=p.src, out=out, config_hash=p.chash,
         settings=dataclasses.asdict(pg), seconds=round(time.time() - t0, 2),
