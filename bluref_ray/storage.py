@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import pyarrow.fs as pafs
 
@@ -193,7 +193,7 @@ _UNREACHABLE = re.compile(
 #: Errors of a server that is up but failing for now (restarting, overloaded): retried as outages.
 _TRANSIENT = re.compile(
     r"INTERNAL_FAILURE|SERVICE_UNAVAILABLE|SLOW_DOWN|SlowDown|ServiceUnavailable|InternalError|"
-    r"please try again|Throttl|HTTP response code: 50[0234]", re.I)
+    r"please try again|Throttl|HTTP (response code|status):? 50[0234]", re.I)
 
 
 @contextlib.contextmanager
@@ -234,31 +234,41 @@ def raise_if_unreachable(e: BaseException, op: str, uri: str,
             f"({msg.strip()})") from e
 
 
+T = TypeVar("T")
+
+
+def retry_while_unreachable(fn: Callable[[], T], cfg: StorageConfig | None) -> T:
+    """``fn()``, started again while it raises :class:`StorageUnreachableError`, with backoff
+    from 0.5 s to 10 s, for up to ``storage.outage_s``; then one error that says so. For work
+    that can be repeated whole (a read, a whole-object write, a clip, a file)."""
+    limit = (cfg or DEFAULT).resolved().outage_s
+    t0, delay = time.monotonic(), 0.5
+    while True:
+        try:
+            return fn()
+        except StorageUnreachableError as e:
+            waited = time.monotonic() - t0
+            if "(storage.outage_s)" in str(e):
+                raise  # retried already, within fn
+            if waited + delay > limit:
+                raise StorageUnreachableError(
+                    f"{e} Still unreachable after {waited:.0f} s of retries "
+                    "(storage.outage_s); start the job again once it is up") from None
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+
 def outlasts_outages(fn: Callable) -> Callable:
-    """Retry an S3 operation (``fn(uri, ..., cfg)``) while its endpoint cannot be reached, with
-    backoff from 0.5 s to 10 s, for up to ``storage.outage_s``. For operations that can be
-    repeated whole: reads, whole-object writes, listings, deletes."""
+    """Decorate an S3 operation ``fn(uri, ..., cfg)`` so that it is repeated while its endpoint
+    cannot be reached (:func:`retry_while_unreachable`). For operations that can be repeated
+    whole: reads, whole-object writes, listings, deletes."""
 
     @functools.wraps(fn)
     def retried(uri, *args, **kwargs):
         if not is_s3(str(uri)):
             return fn(uri, *args, **kwargs)
         cfg = kwargs.get("cfg", next((a for a in args if isinstance(a, StorageConfig)), None))
-        limit = (cfg or DEFAULT).resolved().outage_s
-        t0, delay = time.monotonic(), 0.5
-        while True:
-            try:
-                return fn(uri, *args, **kwargs)
-            except StorageUnreachableError as e:
-                waited = time.monotonic() - t0
-                if waited + delay > limit:
-                    if not waited:
-                        raise
-                    raise StorageUnreachableError(
-                        f"{e} Still unreachable after {waited:.0f} s of retries "
-                        "(storage.outage_s); start the job again once it is up") from None
-                time.sleep(delay)
-                delay = min(2 * delay, 10.0)
+        return retry_while_unreachable(lambda: fn(uri, *args, **kwargs), cfg)
 
     return retried
 
@@ -432,6 +442,10 @@ def list_files(uri: str, cfg: StorageConfig | None = None, recursive: bool = Tru
                   if i.type == pafs.FileType.File and not i.base_name.startswith("."))
 
 
+#: The name :func:`open_atomic` gives a temporary file: ``.NAME.XXXXXXXX.tmp`` (8 hex digits).
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 @outlasts_outages
 def delete_temporaries(uri: str, cfg: StorageConfig | None = None) -> int:
     """Delete the hidden temporary files (``.NAME.XXXXXXXX.tmp``) of :func:`open_atomic` below
@@ -444,7 +458,7 @@ def delete_temporaries(uri: str, cfg: StorageConfig | None = None) -> int:
             return 0
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     tmp = [i.path for i in infos if i.type == pafs.FileType.File
-           and i.base_name.startswith(".") and i.base_name.endswith(".tmp")]
+           and _TEMPORARY.fullmatch(i.base_name)]
     with errors("delete", uri, cfg):
         for p in tmp:
             fs.delete_file(p)

@@ -24,6 +24,11 @@ def _frames(out: str, cfg: StorageConfig | None = None):
     return schema.sort_frames(schema.read_table(f"{out}/frames", schema.FRAMES, cfg))
 
 
+def _content(frames):
+    """A frames table without the sources' paths (local here, on S3 there)."""
+    return frames.drop_columns(["source_uri", "gt_uri"])
+
+
 def _outage_after_first(server, folder: str, cfg: StorageConfig, seconds: float | None,
                         log: list[str]) -> threading.Thread:
     """Stop the server once ``folder`` holds a file (log: how many); start it again after
@@ -64,10 +69,17 @@ def own_s3(tmp_path_factory):
 def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(ray_cluster,
                                                                            own_s3, tiny_data,
                                                                            tmp_path):
-    sources = [f"{tiny_data}/videos", f"{tiny_data}/train"]
-    run_ingest(sources, str(tmp_path / "local"), CFG, log=lambda _m: None)
-    full = _frames(str(tmp_path / "local"))
+    """Sources (videos, read as streams, and frame trees) and output on S3."""
+    run_ingest([f"{tiny_data}/videos", f"{tiny_data}/train"], str(tmp_path / "local"), CFG,
+               log=lambda _m: None)
+    full = _content(_frames(str(tmp_path / "local")))
     server, s3 = own_s3
+    for root, _, files in os.walk(tiny_data):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), tiny_data)
+            if rel.startswith(("videos", "train")):
+                storage.upload_file(os.path.join(root, name), f"s3://faults/src/{rel}", s3)
+    sources = ["s3://faults/src/videos", "s3://faults/src/train"]
     cfg = dataclasses.replace(CFG, storage=s3)
 
     # back within the retry window: the job goes on and ends complete
@@ -78,7 +90,7 @@ def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(ray_
     watcher.join()
     assert len(events) == 2 and _written(events[0]) < s["clips"], events
     assert s["this_run"]["clips"] == s["clips"]
-    assert _frames(out, s3).equals(full)
+    assert _content(_frames(out, s3)).equals(full)
 
     # down for good: one error naming the endpoint; what was written stays, and resumes
     out = "s3://faults/down"
@@ -95,7 +107,7 @@ def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(ray_
     assert done, "the clips finished before the outage are kept"
     s = run_ingest(sources, out, short, log=lambda _m: None)
     assert s["this_run"]["skipped"] == len(done)
-    assert _frames(out, s3).equals(full)
+    assert _content(_frames(out, s3)).equals(full)
 
 
 def _written(event: str) -> int:

@@ -57,6 +57,7 @@ def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
         try:
             container = av.open(f, mode="r")
         except (av.FFmpegError, ValueError, OSError) as e:
+            _raise_if_outage(e, uri, storage_cfg)
             size = _size(f)
             why = "empty file" if size == 0 else f"not a readable video ({e})"
             raise VideoError(f"{uri}: {why}") from None
@@ -81,11 +82,20 @@ def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
                     if max_frames is not None and n >= max_frames:
                         return
             except (av.FFmpegError, ValueError, OSError) as e:
+                _raise_if_outage(e, uri, storage_cfg)
                 raise VideoError(f"{uri}: decoding failed after {n} frames ({e})", n) from None
         if n == 0:
             raise VideoError(f"{uri}: the video holds no frames")
     finally:
         f.close()
+
+
+def _raise_if_outage(e: BaseException, uri: str, storage_cfg: StorageConfig | None) -> None:
+    """Raise :class:`storage.StorageUnreachableError` if a failed read of the S3 video ``uri``
+    came from the endpoint (down or failing for now), not from the file."""
+    storage.raise_if_unreachable(e, "read", uri, storage_cfg)
+    if storage.is_s3(uri):
+        storage.check_reachable(uri, storage_cfg)
 
 
 def _size(f) -> int:

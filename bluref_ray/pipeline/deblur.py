@@ -388,9 +388,10 @@ class DeblurWorker:
             if kind == "image":
                 frames = deblur_image(self.model, src, dst, self.cfg, self.device,
                                       self.storage_cfg, "" if reference == "auto" else reference)
-            else:
-                frames = deblur_video(self.model, src, dst, self.cfg, self.device,
-                                      self.storage_cfg, self.threads, reference)
+            else:  # S3 down or failing mid-video: the video again, from the start
+                frames = storage.retry_while_unreachable(lambda: deblur_video(
+                    self.model, src, dst, self.cfg, self.device, self.storage_cfg,
+                    self.threads, reference), self.storage_cfg)
         except (ImageError, VideoError, StorageError) as e:
             error = str(e) if src in str(e) else f"{src}: {e}"
         except (ValueError, OSError, torch.cuda.OutOfMemoryError) as e:

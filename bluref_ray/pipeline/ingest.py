@@ -210,7 +210,10 @@ def _ingest_row(row: dict, out: str, cfg: IngestConfig, storage_cfg: StorageConf
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     threads = max(1, int(cpus))
     cv2.setNumThreads(threads)
-    return ingest_and_write(Clip.from_json(row["clip"]), out, cfg, storage_cfg, threads)
+    clip = Clip.from_json(row["clip"])
+    # S3 down or failing mid-clip (a video read as a stream too): the clip again, from the start
+    return storage.retry_while_unreachable(
+        lambda: ingest_and_write(clip, out, cfg, storage_cfg, threads), storage_cfg)
 
 
 def run_ingest(sources: list[str], out: str, cfg: Config,
