@@ -79,17 +79,25 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-@torch.no_grad()
 def _grid_name(n: int) -> str:
     return f"grid_{n:02d}.png"
 
 
-def _run_key(models: dict[str, str], frames: list[dict], refs: dict, cfg: Config,
-             pairs: str | None, grids: int) -> str:
+def _first(part: str) -> int:
+    """The first frame of a part ``<key>-<first>.json``."""
+    return int(storage.basename(part).rsplit("-", 1)[1].removesuffix(".json"))
+
+
+def _run_key(models: dict[str, str], nets: dict, frames: list[dict], refs: dict, cfg: Config,
+             pairs: str | None, grids: int, device: torch.device) -> str:
     """What the scores and grids of a run depend on (a resumed run reuses only parts of the
-    same key)."""
-    what = {"models": models, "frames": frames, "refs": refs, "tile": cfg.deblur.tile,
-            "overlap": cfg.deblur.tile_overlap, "pairs": pairs, "grids": grids}
+    same key): the models (by their weights too, so a checkpoint retrained in place counts as
+    another), frames, references, tiling, pseudo-GT, grids and the device (bfloat16 on CUDA)."""
+    weights = {k: float(sum(p.detach().double().sum() for p in n.parameters()))
+               for k, n in nets.items()}
+    what = {"models": models, "weights": weights, "frames": frames, "refs": refs,
+            "tile": cfg.deblur.tile, "overlap": cfg.deblur.tile_overlap, "pairs": pairs,
+            "grids": grids, "device": device.type}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -97,7 +105,8 @@ def _resume(out: str, key: str, sc: StorageConfig, log: Callable[[str], None]) -
     """The parts of ``OUT/eval_frames`` scored by a run of the same key; parts of other runs
     and what a killed run left (temporary files) are deleted (one writer: this run)."""
     folder = storage.join(out, PARTS)
-    gone = storage.delete_temporaries(out, sc)
+    gone = storage.delete_temporaries(out, sc, recursive=False) + \
+        storage.delete_temporaries(folder, sc, recursive=False)
     try:
         files = storage.list_files(folder, sc, recursive=False)
     except storage.StorageNotFoundError:
@@ -149,6 +158,7 @@ def _score_frame(f: dict, nets: dict, refs: dict, metrics, cfg: Config,
     return row, outputs, blurry, gt
 
 
+@torch.no_grad()
 def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
              pairs: str | None = None, max_frames: int | None = 32, grids: int = 4,
              reference: str = "sharpest", delta: int = 30,
@@ -191,12 +201,13 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
             f"({sum(r is None for r in refs.values())} frame(s) without one use themselves)")
     metrics = ImageMetrics(device)
     methods = ["blurry", *nets]
-    key = _run_key(models, frames, refs, cfg, pairs, grids)
+    key = _run_key(models, nets, frames, refs, cfg, pairs, grids, device)
     parts = _resume(out, key, sc, log)
     per_frame: list[dict] = []
     t0 = time.time()
     log(f"[eval] {len(frames)} frames, methods: {', '.join(methods)}"
-        + (f"; {len(parts) * CHUNK} already scored (resuming)" if parts else ""))
+        + (f"; {sum(min(CHUNK, len(frames) - _first(p)) for p in parts)} already scored "
+           "(resuming)" if parts else ""))
     for first in range(0, len(frames), CHUNK):
         part = storage.join(out, PARTS, f"{key}-{first:06d}.json")
         if part in parts:

@@ -242,11 +242,12 @@ def retry_while_unreachable(fn: Callable[[], T], cfg: StorageConfig | None) -> T
     from 0.5 s to 10 s, for up to ``storage.outage_s``; then one error that says so. For work
     that can be repeated whole (a read, a whole-object write, a clip, a file)."""
     limit = (cfg or DEFAULT).resolved().outage_s
-    t0, delay = time.monotonic(), 0.5
+    t0, delay = None, 0.5
     while True:
         try:
             return fn()
         except StorageUnreachableError as e:
+            t0 = t0 if t0 is not None else time.monotonic()  # the outage's start, not fn's
             waited = time.monotonic() - t0
             if "(storage.outage_s)" in str(e):
                 raise  # retried already, within fn
@@ -447,16 +448,19 @@ _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 @outlasts_outages
-def delete_temporaries(uri: str, cfg: StorageConfig | None = None) -> int:
-    """Delete the hidden temporary files (``.NAME.XXXXXXXX.tmp``) of :func:`open_atomic` below
-    ``uri``: what writes cut short by a kill leave. Only for a folder that no one else writes
-    (see :mod:`bluref_ray.writer`). Returns how many were deleted."""
+def delete_temporaries(uri: str, cfg: StorageConfig | None = None,
+                       recursive: bool = True) -> int:
+    """Delete the hidden temporary files (``.NAME.XXXXXXXX.tmp``) of :func:`open_atomic` in
+    ``uri`` (and below it, if ``recursive``): what writes cut short by a kill leave. Only for a
+    folder that no one else writes (see :mod:`bluref_ray.writer`). Returns how many were
+    deleted."""
     uri = normalize(uri)
     fs, path = resolve(uri, cfg)
     with errors("list", uri, cfg):
         if fs.get_file_info(path).type == pafs.FileType.File:
             return 0
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive,
+                                                   allow_not_found=True))
     tmp = [i.path for i in infos if i.type == pafs.FileType.File
            and _TEMPORARY.fullmatch(i.base_name)]
     with errors("delete", uri, cfg):

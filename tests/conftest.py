@@ -163,16 +163,23 @@ def kill_at_seeded_events(command: list[str], events: list, seed: int = 25) -> l
 
 
 def _task_pids(name: str) -> list[int]:
-    """PIDs of the processes running a Ray task or actor method whose name holds ``name``
-    (a Ray worker's process title is ``ray::<task name>`` while it runs one)."""
+    """PIDs of this test cluster's workers running a Ray task or actor whose name holds
+    ``name`` (a Ray worker's process title is ``ray::<task name>`` while it runs one; the
+    cluster's workers are children of its raylet)."""
+    import ray
+
+    raylets = {p.process.pid for p in ray._private.worker._global_node.all_processes["raylet"]}
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 title = f.read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = int(next(ln for ln in f if ln.startswith("PPid:")).split()[1])
+        except (OSError, StopIteration, ValueError):
             continue
-        if title.startswith("ray::") and name in title and "IDLE" not in title:
+        if title.startswith("ray::") and name in title and "IDLE" not in title \
+                and ppid in raylets:
             pids.append(int(pid))
     return pids
 

@@ -139,3 +139,50 @@ def test_wrong_s3_keys_are_refused(s3_server, s3_bucket, s3_cfg):
                         secret_key="wrong", region="us-east-1", max_attempts=1)
     with pytest.raises(StorageError, match=s3_bucket):
         storage.read_bytes(storage.join(s3_bucket, "x"), bad)
+
+
+def test_outage_retries_count_from_the_first_failure_and_give_up_once():
+    """A long piece of work that meets an outage near its end still gets the whole window; a
+    retry inside a retry does not wait again; the window's end is one error that says so."""
+    import time
+
+    cfg = StorageConfig(outage_s=1.0)
+    calls = []
+
+    def slow_then_down_once():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(1.2)  # longer than outage_s, before the outage
+            raise storage.StorageUnreachableError("s3://b/k: down")
+        return "done"
+
+    assert storage.retry_while_unreachable(slow_then_down_once, cfg) == "done"
+    assert len(calls) == 2
+
+    def always_down():
+        raise storage.StorageUnreachableError("s3://b/k: down")
+
+    t0 = time.monotonic()
+    with pytest.raises(storage.StorageUnreachableError, match=r"storage\.outage_s") as e:
+        storage.retry_while_unreachable(always_down, cfg)
+    assert time.monotonic() - t0 < 3
+
+    def given_up_within():
+        raise e.value
+
+    t0 = time.monotonic()
+    with pytest.raises(storage.StorageUnreachableError):
+        storage.retry_while_unreachable(given_up_within, cfg)
+    assert time.monotonic() - t0 < 0.1  # not waited for twice
+
+
+def test_only_temporaries_of_atomic_writes_are_deleted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in (".a.parquet.0123abcd.tmp", "sub/.b.png.89abcdef.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    for name in (".users-own.tmp", "notes.tmp", ".a.parquet.XYZ.tmp"):
+        (tmp_path / name).write_bytes(b"keep")
+    assert storage.delete_temporaries(str(tmp_path), recursive=False) == 1
+    assert storage.delete_temporaries(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        ".a.parquet.XYZ.tmp", ".users-own.tmp", "notes.tmp"]

@@ -58,7 +58,7 @@ from bluref_ray.pipeline.common import (
     pool_size,
     pool_strategy,
 )
-from bluref_ray.storage import StorageConfig, StorageError
+from bluref_ray.storage import StorageConfig, StorageError, StorageUnreachableError
 
 #: Containers an output video keeps; other video inputs are written as mp4.
 VIDEO_OUT_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
@@ -236,6 +236,8 @@ def _score_file(uri: str, storage_cfg: StorageConfig) -> float:
     deblurring then reports why)."""
     try:
         return _score(decode_image(storage.read_bytes(uri, storage_cfg), uri)[0])
+    except StorageUnreachableError:
+        raise  # an outage, not a bad image
     except (ImageError, StorageError):
         return -1.0
 
@@ -392,6 +394,8 @@ class DeblurWorker:
                 frames = storage.retry_while_unreachable(lambda: deblur_video(
                     self.model, src, dst, self.cfg, self.device, self.storage_cfg,
                     self.threads, reference), self.storage_cfg)
+        except StorageUnreachableError:
+            raise  # S3 down past storage.outage_s: the job stops (it resumes when run again)
         except (ImageError, VideoError, StorageError) as e:
             error = str(e) if src in str(e) else f"{src}: {e}"
         except (ValueError, OSError, torch.cuda.OutOfMemoryError) as e:

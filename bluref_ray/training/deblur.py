@@ -305,7 +305,7 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     storage.check_reachable(out, storage_cfg)
     storage.check_reachable(pairs, storage_cfg)
     storage.makedirs(out, storage_cfg)
-    storage.delete_temporaries(out, storage_cfg)  # a killed run's cut-short writes
+    storage.delete_temporaries(out, storage_cfg, recursive=False)  # a killed run's writes
     resume = latest_checkpoint(out, storage_cfg)
     if resume and checkpoint_step(resume) >= tc.steps:
         log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
