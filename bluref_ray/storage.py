@@ -68,9 +68,10 @@ class StorageConfig:
         default=3, metadata={"help": "attempts per S3 request before giving up"})
     outage_s: float = field(
         default=60.0,
-        metadata={"help": "seconds a read, write, listing or delete keeps retrying while the S3 "
-                          "endpoint cannot be reached (a restart, a network outage) before the "
-                          "job stops (it resumes when started again)"})
+        metadata={"help": "seconds a read, write, listing or delete (or an S3 video's clip, "
+                          "started again) keeps retrying from the first failure while the S3 "
+                          "endpoint cannot be reached or answers 5xx (a restart, a network "
+                          "outage) before the job stops (it resumes when started again)"})
 
     def resolved(self) -> StorageConfig:
         """This config with every unset field filled from the environment."""
