@@ -115,9 +115,9 @@ def main() -> int:
             s = train_deblurrer(f"{work}/pairs", f"{work}/gpu", gcfg, log=lambda _m: None)
             bare = _model_alone("nafnet-width32", 16, 256)
             print(f"  GPU ({torch.cuda.get_device_name()}): NAFNet-width32 at 256×256, "
-                  f"batch 16: {s['crops_per_s']:.1f} crops/s through the pipeline; the bare "
+                  f"batch 16: {s.crops_per_s:.1f} crops/s through the pipeline; the bare "
                   f"training step alone: {bare:.1f} crops/s (pipeline / bare: "
-                  f"{s['crops_per_s'] / bare:.2f})")
+                  f"{s.crops_per_s / bare:.2f})")
         else:
             print("  no CUDA GPU here: the NAFNet-width32 GPU figure was not measured")
     finally:

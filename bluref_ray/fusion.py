@@ -2,8 +2,8 @@
 
 All work on batches: B queries, each with up to N references (missing ones flagged in
 ``available``). ``align(query, reference)`` matches and warps: it returns the reference in the
-query's frame and its confidence (0 where the match leaves the frame); :func:`aligner` builds
-it from any :class:`~bluref_ray.matching.Matcher`.
+query's frame, its confidence (0 where the match leaves the frame) and the flow; :func:`aligner`
+builds it from any :class:`~bluref_ray.matching.Matcher`.
 
 * :func:`weighted_average`: match every reference to the blurry frame independently; average
   the aligned references per pixel, weighted by confidence (only matches ≥ τ count).
@@ -15,7 +15,9 @@ it from any :class:`~bluref_ray.matching.Matcher`.
 * :func:`reblur_average` (ours): match every reference to the blurry frame, estimate the frame's
   blur kernel from these rough alignments (:mod:`bluref_ray.matching.kernel`), blur every
   reference by it and match again, blurry frame to equally blurred reference, which is far more
-  precise; warp the sharp references by these flows and average them by confidence.
+  precise; warp the sharp references by these flows and average them by confidence. The second
+  match is DIS on the CPU (:func:`dis_rematch`) or TV-L1 in PyTorch on the tensors' device
+  (:func:`torch_rematch`, the GPU path).
 
 Each returns a :class:`Fusion`: the pseudo-sharp image (the blurry frame where nothing matched),
 the confidence map (best confidence per pixel), the coverage (share of pixels with confidence
@@ -28,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bluref_ray.config import STRATEGIES
 from bluref_ray.matching.base import Matcher
@@ -36,17 +37,22 @@ from bluref_ray.matching.kernel import (
     GAMMA,
     centre_on,
     estimate_kernel,
+    forward_differences,
     linear_luma,
     midpoint,
     reblur,
 )
+from bluref_ray.matching.refine import TVL1, fb_confidence, gaussian_blur, gray
 from bluref_ray.matching.warp import warp
 
-#: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
-Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-#: ``rematch(query, blurred reference, sharp reference) -> (aligned sharp reference,
-#: confidence)``: match the query to the blurred reference, warp the sharp one.
-Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W],
+#: flow [b,2,H,W])``
+Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: ``rematch(query, blurred reference, sharp reference, first flow, first confidence) ->
+#: (aligned sharp reference, confidence)``: match the query to the blurred reference (from the
+#: first match's flow and confidence, if it uses them), warp the sharp one.
+Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                   tuple[torch.Tensor, torch.Tensor]]
 
 
 
@@ -70,18 +76,20 @@ class Fusion:
 def aligner(matcher: Matcher) -> Align:
     """Match, then warp the reference into the query's frame; invalid pixels get confidence 0."""
 
-    def align(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def align(query: torch.Tensor, reference: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = matcher(query, reference)
         aligned, valid = warp(reference, m.flow)
-        return aligned, m.confidence * valid
+        return aligned, m.confidence * valid, m.flow
 
     return align
 
 
 def rematcher(matcher: Matcher) -> Rematch:
-    """Match the query to a blurred reference, warp the sharp one by that flow."""
+    """Match the query to a blurred reference (afresh), warp the sharp one by that flow."""
 
-    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
+    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
+                flow: torch.Tensor | None = None, conf: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         m = matcher(query, blurred)
         aligned, valid = warp(sharp, m.flow)
@@ -97,6 +105,25 @@ def dis_rematch(preset: str = "medium") -> Rematch:
     from bluref_ray.matching import build_matcher
 
     return rematcher(build_matcher("dis", preset=preset, ref_blur=0.0))
+
+
+def torch_rematch(tvl1: TVL1 | None = None, sigma_px: float = 1.0) -> Rematch:
+    """The ``reblur`` strategy's second matching in PyTorch, on the tensors' device (the GPU
+    path): TV-L1 (:class:`~bluref_ray.matching.refine.TVL1`, no reference blur) from the first
+    match's flow, blurry frame to blurred reference and back; the confidence is their
+    forward–backward consistency (σ = ``sigma_px``), as :func:`dis_rematch`'s."""
+    tvl1 = tvl1 or TVL1(ref_blur=0.0)
+
+    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
+                first: torch.Tensor, _conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, r = gray(query), gray(blurred)
+        fwd = tvl1.refine_gray(q, r, first)
+        back, _ = warp(fwd, -fwd)  # the backward flow starts as the forward one, reversed
+        bwd = tvl1.refine_gray(r, q, -back)
+        aligned, valid = warp(sharp, fwd)
+        return aligned, fb_confidence(fwd, bwd, sigma_px).to(sharp.dtype) * valid
+
+    return rematch
 
 
 class _Accumulator:
@@ -151,7 +178,7 @@ def _every_reference(query: torch.Tensor, refs: torch.Tensor, align: Align, tau:
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
             source = acc.image() if running else query
-            aligned, conf = align(source[idx], refs[idx, k])
+            aligned, conf, _ = align(source[idx], refs[idx, k])
             acc.add(aligned, conf, idx)
     return acc.result(avail.sum(1))
 
@@ -193,7 +220,7 @@ def progressive_average(query: torch.Tensor, refs: torch.Tensor, align: Align,
         idx = (avail[:, k] & uncovered.flatten(1).any(1)).nonzero(as_tuple=True)[0]
         if not len(idx):
             continue
-        aligned, conf = align(query[idx], refs[idx, k])
+        aligned, conf, _ = align(query[idx], refs[idx, k])
         acc.add(aligned, conf, idx, only=uncovered[idx])
         used[idx] += 1
     return acc.result(used)
@@ -221,13 +248,7 @@ def local_mean(x: torch.Tensor, sigma: float) -> torch.Tensor:
     Shape:
         ``[B, C, H, W]`` → ``[B, C, H, W]``.
     """
-    r = max(1, int(3 * sigma))
-    g = torch.exp(-torch.arange(-r, r + 1, device=x.device, dtype=x.dtype) ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    c = x.shape[1]
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return gaussian_blur(x, sigma)
 
 
 def _gradient_energy(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -236,8 +257,7 @@ def _gradient_energy(x: torch.Tensor, sigma: float) -> torch.Tensor:
     Shape:
         ``[B, 3, H, W]`` → ``[B, 1, H, W]``.
     """
-    gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
-    gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    gx, gy = forward_differences(x)
     return local_mean((gx.square() + gy.square()).mean(1, keepdim=True), sigma) + (1 / 255) ** 2
 
 
@@ -322,9 +342,9 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
        output of it in later refinement rounds).
     2. One blur kernel per frame: ``blurry ≈ k ⊛ aligned`` over all aligned references, centred
        on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
-    3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` and warps the sharp
-       reference by that flow; :func:`match_light` gives it the blurry frame's exposure and
-       white balance.
+    3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` (it may start from
+       step 1's flow and confidence) and warps the sharp reference by that flow;
+       :func:`match_light` gives it the blurry frame's exposure and white balance.
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
        vouch for; without it, the references are averaged by confidence (matches ≥ τ only).
@@ -337,10 +357,12 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     blurry = query if blurry is None else blurry
     b, n = refs.shape[:2]
     views = torch.zeros(b, n, *query.shape[-2:], device=query.device)
+    flows = torch.zeros(b, n, 2, *query.shape[-2:], device=query.device)
+    confs = torch.zeros(b, n, 1, *query.shape[-2:], device=query.device)
     for k in range(n):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
-            aligned, _ = align(query[idx], refs[idx, k])
+            aligned, confs[idx, k], flows[idx, k] = align(query[idx], refs[idx, k])
             views[idx, k] = linear_luma(aligned).float()
     side = min(kernel_size, (min(query.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
     kernel = estimate_kernel(views, linear_luma(blurry).float(), side, avail)
@@ -352,8 +374,8 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
             sharp = refs[idx, k]
-            aligned_all[idx, k], conf_all[idx, k] = rematch(blurry[idx], reblur(sharp, kernel[idx]),
-                                                            sharp)
+            aligned_all[idx, k], conf_all[idx, k] = rematch(
+                blurry[idx], reblur(sharp, kernel[idx]), sharp, flows[idx, k], confs[idx, k])
     aligned_all = match_light(aligned_all, blurry, conf_all >= tau)
     if check is None:
         acc = _Accumulator(blurry, tau)

@@ -27,9 +27,14 @@ def _photo(h=48, w=64, seed=0):
     return torch.from_numpy(img).permute(2, 0, 1).clamp(0, 1)
 
 
+def _zero_rematch(query, blurred, sharp, *_first):
+    return _zero_flow_full_confidence(query, sharp)[:2]
+
+
 def _zero_flow_full_confidence(query, reference):
-    aligned, valid = warp(reference, torch.zeros_like(reference[:, :2]))
-    return aligned, valid
+    flow = torch.zeros_like(reference[:, :2])
+    aligned, valid = warp(reference, flow)
+    return aligned, valid, flow
 
 
 def test_zero_flow_warp_and_fusion_reproduce_the_reference_exactly():
@@ -40,7 +45,7 @@ def test_zero_flow_warp_and_fusion_reproduce_the_reference_exactly():
     query = torch.roll(ref, shifts=(17, 23), dims=(-2, -1))
     for strategy in STRATEGIES:  # reblur without its physical check: query is unrelated
         f = fuse(strategy, query, ref[:, None], _zero_flow_full_confidence,
-                 rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp),
+                 rematch=_zero_rematch,
                  check=None)
         if strategy == "reblur":
             torch.testing.assert_close(f.image, ref, atol=1e-5, rtol=0)
@@ -227,7 +232,7 @@ def test_reblur_fits_its_kernel_to_small_frames_and_skips_missing_references():
     refs = torch.stack([other] * 2)[None].repeat(2, 1, 1, 1, 1)
     available = torch.tensor([[True, False], [False, False]])
     f = fuse("reblur", query, refs, _zero_flow_full_confidence, available=available,
-             rematch=lambda t, blurred, sharp: _zero_flow_full_confidence(t, sharp), check=None)
+             rematch=_zero_rematch, check=None)
     torch.testing.assert_close(f.image[0], refs[0, 0], atol=1e-5, rtol=0)
     assert torch.equal(f.image[1], query[1])
     assert f.refs_used.tolist() == [1, 0]

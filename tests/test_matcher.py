@@ -132,6 +132,42 @@ def test_dis_refinement_starts_from_the_learned_flow():
     assert (err * valid).sum() / valid.sum() < 1.0
 
 
+def test_tvl1_refinement_corrects_a_flow_pixels_off_like_dis_does():
+    from bluref_ray.matching.refine import TVL1
+
+    query, ref, flow, valid = _homography_pair()
+    tvl1 = TVL1(ref_blur=0.0)
+    for off in (3.0, -2.5):  # started pixels off everywhere, it comes back within a pixel
+        out = tvl1.refine(query, ref, flow + off)
+        err = (out - flow).norm(dim=1, keepdim=True)
+        assert (err * valid).sum() / valid.sum() < 0.5, off
+    # batched pairs give each pair's own result
+    both = tvl1.refine(torch.cat([query, ref]), torch.cat([ref, query]),
+                       torch.cat([flow + 3.0, torch.zeros_like(flow)]))
+    torch.testing.assert_close(both[:1], tvl1.refine(query, ref, flow + 3.0), atol=1e-3,
+                               rtol=0)
+    plain = build_matcher("learned")(query, ref)
+    refined = build_matcher("learned", refine=tvl1)(query, ref)
+    assert torch.equal(refined.confidence, plain.confidence)  # the network's, unchanged
+    err = (refined.flow - flow).norm(dim=1, keepdim=True)
+    assert (err * valid).sum() / valid.sum() < 0.5
+
+
+def test_median_and_forward_backward_confidence_of_the_torch_path():
+    from bluref_ray.matching.refine import _median3, fb_confidence
+
+    x = torch.rand(2, 2, 9, 11, generator=torch.Generator().manual_seed(0))
+    patches = torch.nn.functional.unfold(torch.nn.functional.pad(x, (1, 1, 1, 1),
+                                                                 mode="replicate"), 3)
+    assert torch.equal(_median3(x), patches.view(2, 2, 9, -1).median(2).values.view_as(x))
+    fwd = torch.zeros(1, 2, 8, 10)
+    fwd[:, 0] = 2.0  # 2 px right; the backward flow brings every pixel back
+    conf = fb_confidence(fwd, -fwd)
+    assert torch.equal(conf[..., :8], torch.ones(1, 1, 8, 8))
+    assert not conf[..., 8:].any()  # matched outside the frame
+    assert fb_confidence(fwd, torch.zeros_like(fwd))[..., :8].max() < 0.2  # 2 px apart
+
+
 def test_shipped_confidence_falls_where_images_disagree():
     photos = load_photos(HELD_OUT_PHOTOS)
     m = build_matcher("learned")

@@ -34,6 +34,8 @@ STRATEGIES = ("weighted", "sequential", "progressive", "reblur")
 LOSSES = ("l1", "l2", "psnr", "charbonnier")
 #: The matchers (:func:`bluref_ray.matching.build_matcher` builds each by name).
 MATCHER_NAMES = ("learned", "dis")
+#: where the sub-pixel matching of pseudo-GT runs
+REFINERS = ("dis", "torch")
 #: The scikit-image sample photos the synthesizer may use (they ship with scikit-image).
 PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
           "colorwheel", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon",

@@ -8,6 +8,7 @@ from typing import Any
 from bluref_ray.config.core import (
     LOSSES,
     MATCHER_NAMES,
+    REFINERS,
     STRATEGIES,
     ConfigError,
     _help,
@@ -81,8 +82,15 @@ class PseudoGTConfig:
                           "the best pseudo-GT (none: the checkpoint's own)"))
     dis_refine: bool = field(
         default=True,
-        metadata=matching("learned matcher: refine its flow with DIS started from it (sub-pixel "
-                          "precision; on the CPU); the confidence stays the network's"))
+        metadata=matching("learned matcher: refine its flow, started from it (DIS or TV-L1: "
+                          "see refiner); the confidence stays the network's"))
+    refiner: str = field(
+        default="dis",
+        metadata=matching("what refines the learned matcher's flow (dis_refine) and makes "
+                          "reblur's second match: 'dis' (OpenCV DIS, on the CPU, pair by pair) "
+                          "or 'torch' (TV-L1 optical flow in PyTorch on the actor's device, "
+                          "batched: the GPU path; its pseudo-GT is not yet as good as dis's, "
+                          "see docs/results.md)"))
     dis_preset: str = field(
         default="medium", metadata=matching("DIS preset: ultrafast, fast or medium"))
     dis_ref_blur: float = field(
@@ -131,6 +139,9 @@ class PseudoGTConfig:
         if self.matcher not in MATCHER_NAMES:
             raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use one of "
                               f"{', '.join(MATCHER_NAMES)}")
+        if self.refiner not in REFINERS:
+            raise ConfigError(f"pseudo_gt.refiner={self.refiner!r}: use one of "
+                              f"{', '.join(REFINERS)}")
         if self.matcher_radius not in (None, 1.0, 2.0, 4.0):
             raise ConfigError(f"pseudo_gt.matcher_radius={self.matcher_radius}: use 1, 2 or 4")
         check_pool("pseudo_gt", self.concurrency, self.max_concurrency)

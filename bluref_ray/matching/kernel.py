@@ -36,7 +36,8 @@ def linear_luma(image: torch.Tensor) -> torch.Tensor:
     return 0.299 * lin[..., 0, :, :] + 0.587 * lin[..., 1, :, :] + 0.114 * lin[..., 2, :, :]
 
 
-def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x[i+1] − x[i]`` along width and height, 0 at the last column and row."""
     gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
     gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
     return gx, gy
@@ -70,7 +71,7 @@ def estimate_kernel(sharp: torch.Tensor, blurry: torch.Tensor, size: int = 41,
     wt = torch.ones(b, n, device=dev, dtype=dt) if weight is None else weight.to(dt)
     num = torch.zeros(b, h, w // 2 + 1, device=dev, dtype=torch.complex64)
     den = torch.zeros(b, h, w // 2 + 1, device=dev, dtype=dt)
-    for gs, gb in zip(_gradients(sharp.to(dt)), _gradients(blurry.to(dt))):
+    for gs, gb in zip(forward_differences(sharp.to(dt)), forward_differences(blurry.to(dt))):
         fs = torch.fft.rfft2(gs * window)  # [B, N, h, w']
         fb = torch.fft.rfft2(gb * window)[:, None]
         num += (wt[..., None, None] * fs.conj() * fb).sum(1)

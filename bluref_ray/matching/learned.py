@@ -15,6 +15,7 @@ from bluref_ray import storage
 from bluref_ray.matching.base import MatchResult
 from bluref_ray.matching.classical import DISMatcher
 from bluref_ray.matching.network import DenseMatcherNet
+from bluref_ray.matching.refine import TVL1
 from bluref_ray.models import checkpoint_from_bytes
 from bluref_ray.storage import StorageConfig
 
@@ -52,14 +53,17 @@ class LearnedMatcher:
         radius_px: which calibrated confidence to return, P(|error| < R): 1, 2 or 4 pixels
             (default: the checkpoint's).
         storage_cfg: storage settings for ``checkpoint``.
-        refine: a :class:`~bluref_ray.matching.classical.DISMatcher` to refine the network's
-            flow with (DIS started from it, on the CPU); the confidence stays the network's.
+        refine: what refines the network's flow, started from it: a
+            :class:`~bluref_ray.matching.classical.DISMatcher` (on the CPU) or a
+            :class:`~bluref_ray.matching.refine.TVL1` (on the flow's device); the
+            confidence stays the network's.
     """
 
     name = "learned"
 
     def __init__(self, checkpoint: str = SHIPPED, radius_px: float | None = None,
-                 storage_cfg: StorageConfig | None = None, refine: DISMatcher | None = None
+                 storage_cfg: StorageConfig | None = None,
+                 refine: DISMatcher | TVL1 | None = None
                  ) -> None:
         self.refine = refine
         ckpt = read_matcher_checkpoint(checkpoint, storage_cfg)

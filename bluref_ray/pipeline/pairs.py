@@ -17,7 +17,7 @@ from bluref_ray import schema, storage
 from bluref_ray.config import PseudoGTConfig
 from bluref_ray.data.images import decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.windows import BlurryFrame, Window
-from bluref_ray.fusion import Align, Check, aligner, dis_rematch, fuse
+from bluref_ray.fusion import Align, Check, aligner, dis_rematch, fuse, torch_rematch
 from bluref_ray.losses import confidence_level
 from bluref_ray.matching import matcher_from_config
 from bluref_ray.metrics import masked_psnr
@@ -56,7 +56,9 @@ class PairMaker:
                  storage_cfg: StorageConfig | None = None) -> None:
         self.pg, self.chash, self.device, self.storage_cfg = pg, chash, device, storage_cfg
         self.align = build_align(pg, device, storage_cfg)
-        self.rematch = dis_rematch(pg.dis_preset) if pg.strategy == "reblur" else None
+        self.rematch = None
+        if pg.strategy == "reblur":
+            self.rematch = torch_rematch() if pg.refiner == "torch" else dis_rematch(pg.dis_preset)
         self.check = Check(pg.check_gain, pg.check_noise) if pg.check else None
         self.deblurrer = None
         if pg.deblurrer:

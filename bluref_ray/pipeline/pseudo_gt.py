@@ -258,9 +258,10 @@ def describe(pg: PseudoGTConfig) -> str:
     matcher = pg.matcher
     if matcher == "learned":
         r = f"R={pg.matcher_radius:g}" if pg.matcher_radius else "R of the checkpoint"
-        matcher += f" ({r}{', refined by DIS' if pg.dis_refine else ''})"
+        by = "TV-L1" if pg.refiner == "torch" else "DIS"
+        matcher += f" ({r}{f', refined by {by}' if pg.dis_refine else ''})"
     return (f"matcher={matcher} strategy={pg.strategy} N={pg.max_refs} "
-            f"Δ={pg.delta or 'ingest'} τ={pg.tau}")
+            f"Δ={pg.delta or 'ingest'} τ={pg.tau} refiner={pg.refiner}")
 
 
 class NoPairsError(ConfigError):

@@ -1,0 +1,197 @@
+"""The prepared GPU benchmark: pseudo-GT and training throughput on one GPU, in a few minutes.
+
+    python benchmarks/gpu.py [--out gpu.json] [--smoke]
+
+Run it whenever a machine with a CUDA GPU is at hand; it prints one table and writes it as JSON:
+
+1. **pseudo-GT pairs/s** at 1280×720, N = 6: the pipeline with its defaults (learned matcher,
+   ``reblur``, ``refiner=dis``: OpenCV DIS on the actor's CPU), one actor with the GPU, after an
+   untimed warm-up run that starts the actor;
+2. the same with ``refiner=torch``: every step in PyTorch on the GPU (TV-L1 for DIS);
+3. **the bare matcher** of each (the learned network and its refinement, N references per frame
+   on tensors already on the device, nothing else): pairs/s, the ceiling of 1 and 2;
+4. **training crops/s** of NAFNet-width32 at 256², batch 16, bfloat16, through Ray Data
+   (``bluref train``'s code, one GPU worker), against the bare training step on random tensors
+   already on the GPU; the ratio is the data path's efficiency;
+5. the GPU's mean **utilisation** (``nvidia-smi``, sampled every 0.2 s) during 1, 2 and 4.
+
+Data: one synthesized clip at 1280×720 (nothing is downloaded). ``--smoke`` runs every step at
+a tiny size, on the CPU when there is no GPU: a check that the script works, not a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+from bluref_ray.config import (
+    Config,
+    IngestConfig,
+    PseudoGTConfig,
+    RayConfig,
+    SynthConfig,
+    TrainConfig,
+)
+from bluref_ray.data.synth import synthesize
+from bluref_ray.pipeline.ingest import run_ingest
+from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
+from bluref_ray.training.deblur import train_deblurrer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train import _model_alone  # noqa: E402
+
+
+class GPUUse:
+    """Mean GPU utilisation (%) over a block, sampled with nvidia-smi (None without it)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.samples, self._stop = interval, [], threading.Event()
+
+    def _query(self) -> float | None:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                  "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True, timeout=5)
+            return float(out.stdout.strip().splitlines()[0])
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            v = self._query()
+            if v is not None:
+                self.samples.append(v)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> GPUUse:
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def bare_matcher(pg: PseudoGTConfig, device: torch.device, h: int, w: int, n: int,
+                 repeats: int = 5) -> float:
+    """Pairs/s of the matcher alone: N references matched to one frame per pair."""
+    from bluref_ray.matching import matcher_from_config
+
+    m = matcher_from_config(pg, pg.matcher).to(device)
+    q, r = (torch.rand(n, 3, h, w, device=device) for _ in range(2))
+    m(q, r)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        m(q, r)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return repeats / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default="gpu.json", help="where the figures go (JSON)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes; runs without a GPU")
+    ap.add_argument("--workdir", default=None, help="keep the data here (default: a temp dir)")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        print("no CUDA GPU on this machine: nothing measured (--smoke checks the script on "
+              "CPUs)", file=sys.stderr)
+        return 2
+    h, w, frames, limit = (720, 1280, 40, 24) if not args.smoke else (72, 128, 12, 2)
+    n = 6
+    model, crop, batch, steps = (("nafnet-width32", 256, 16, 300) if not args.smoke
+                                 else ("nafnet-tiny", 32, 2, 8))
+    device = torch.device("cuda" if cuda else "cpu")
+    work = args.workdir or tempfile.mkdtemp(prefix="bluref-bench-gpu-")
+    import ray
+
+    ray.init(include_dashboard=False, logging_level="ERROR",
+             num_cpus=None if cuda else max(2, os.cpu_count() or 2))
+    rows: dict[str, object] = {"gpu": torch.cuda.get_device_name() if cuda else "none (smoke)",
+                               "size": f"{w}x{h}", "N": n}
+    quiet = lambda _m: None  # noqa: E731
+    try:
+        t0 = time.perf_counter()
+        data, ingest = os.path.join(work, "data"), os.path.join(work, "ingest")
+        if not os.path.exists(os.path.join(ingest, "summary.json")):
+            synthesize(data, SynthConfig(seed=3, train_clips=1, test_clips=0, frames=frames,
+                                         height=h, width=w, write_videos=False), log=quiet)
+            run_ingest([os.path.join(data, "train")], ingest,
+                       Config(ray=RayConfig(progress_bars=False),
+                              ingest=IngestConfig(max_refs=n, delta=10)), log=quiet)
+        rows["data_s"] = round(time.perf_counter() - t0, 1)
+
+        def pseudo_gt(name: str, pg: PseudoGTConfig) -> None:
+            cfg = Config(ray=RayConfig(progress_bars=False), pseudo_gt=pg)
+            warm = dataclasses.replace(cfg, pseudo_gt=dataclasses.replace(pg, limit=1))
+            run_pseudo_gt(ingest, os.path.join(work, f"warm-{name}"), warm, log=quiet)
+            out = os.path.join(work, f"pg-{name}")
+            shutil.rmtree(out, ignore_errors=True)
+            with GPUUse() as use:
+                t = time.perf_counter()
+                s = run_pseudo_gt(ingest, out, cfg, log=quiet)
+                dt = time.perf_counter() - t
+            rows[f"pseudo_gt_{name}_pairs_per_s"] = round(s.rows / dt, 3)
+            rows[f"pseudo_gt_{name}_pairs"] = s.rows
+            rows[f"pseudo_gt_{name}_gpu_util"] = use.mean
+            print(f"pseudo-GT ({name}): {s.rows} pairs in {dt:.1f}s, {s.rows / dt:.2f} pairs/s, "
+                  f"GPU busy {use.mean if use.mean is not None else '-'}%", flush=True)
+
+        pg = PseudoGTConfig(max_refs=n, limit=limit, concurrency=1,
+                            gpus_per_actor=1.0 if cuda else 0.0)
+        for refiner in ("dis", "torch"):
+            pgr = dataclasses.replace(pg, refiner=refiner)
+            pseudo_gt(refiner, pgr)
+            rows[f"bare_matcher_{refiner}_pairs_per_s"] = round(bare_matcher(pgr, device, h, w,
+                                                                             n), 3)
+            print(f"bare matcher ({refiner}): {rows[f'bare_matcher_{refiner}_pairs_per_s']} "
+                  "pairs/s", flush=True)
+
+        tc = TrainConfig(model=model, steps=steps, batch_size=batch, crop=crop, workers=1,
+                         use_gpu=cuda, checkpoint_every=steps, val_every=steps, log_every=steps)
+        cfg = Config(ray=RayConfig(progress_bars=False), train=tc)
+        with GPUUse() as use:
+            s = train_deblurrer(os.path.join(work, "pg-dis"), os.path.join(work, "train"),
+                                cfg, log=quiet)
+        rows["train_crops_per_s"] = s.crops_per_s
+        rows["train_gpu_util"] = use.mean
+        if cuda:
+            bare = _model_alone(model, batch, crop)
+            rows["bare_step_crops_per_s"] = round(bare, 1)
+            rows["train_vs_bare"] = round(s.crops_per_s / bare, 3)
+        print(f"training {model} {crop}² batch {batch}: {s.crops_per_s:.1f} crops/s through "
+              f"Ray Data" + (f", bare step {rows['bare_step_crops_per_s']} crops/s, ratio "
+                             f"{rows['train_vs_bare']}" if cuda else ""), flush=True)
+    finally:
+        ray.shutdown()
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    rows["date"] = time.strftime("%Y-%m-%d")
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    raise SystemExit(main())
