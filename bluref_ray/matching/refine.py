@@ -102,7 +102,7 @@ class TVL1:
     by the primal–dual scheme of Sánchez, Meinhardt-Llopis and Facciolo (IPOL 2013): at each of
     ``scales`` pyramid levels (factor 2), ``warps`` linearisations of the data term, each solved
     by ``iters`` iterations of a point-wise thresholding step and a dual projection step; a 3×3
-    median filter of the flow after each warp (Wedel et al. 2009). All of it is element-wise
+    median filter of the flow before each warp (Wedel et al. 2009). All of it is element-wise
     work and small convolutions on the tensors' device, batched over pairs.
 
     Args:
