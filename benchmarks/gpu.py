@@ -6,7 +6,8 @@ Run it whenever a machine with a CUDA GPU is at hand; it prints one table and wr
 
 1. **pseudo-GT pairs/s** at 1280×720, N = 6: the pipeline with its defaults (learned matcher,
    ``reblur``, ``refiner=dis``: OpenCV DIS on the actor's CPU), one actor with the GPU, after an
-   untimed warm-up run that starts the actor;
+   untimed run of one frame per clip (imports, caches, CUDA kernels); the timed run includes
+   starting its own actor and loading the matcher, as a job's does;
 2. the same with ``refiner=torch``: every step in PyTorch on the GPU (TV-L1 for DIS);
 3. **the bare matcher** of each (the learned network and its refinement, N references per frame
    on tensors already on the device, nothing else): pairs/s, the ceiling of 1 and 2;
@@ -124,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="bluref-bench-gpu-")
     import ray
 
-    ray.init(include_dashboard=False, logging_level="ERROR",
-             num_cpus=None if cuda else max(2, os.cpu_count() or 2))
+    from bluref_ray.ray_utils import init_ray
+
+    init_ray(RayConfig(num_cpus=None if cuda else max(2, os.cpu_count() or 2),
+                       progress_bars=False, quiet=True))
     rows: dict[str, object] = {"gpu": torch.cuda.get_device_name() if cuda else "none (smoke)",
                                "size": f"{w}x{h}", "N": n}
     quiet = lambda _m: None  # noqa: E731
@@ -169,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         tc = TrainConfig(model=model, steps=steps, batch_size=batch, crop=crop, workers=1,
                          use_gpu=cuda, checkpoint_every=steps, val_every=steps, log_every=steps)
         cfg = Config(ray=RayConfig(progress_bars=False), train=tc)
+        shutil.rmtree(os.path.join(work, "train"), ignore_errors=True)
         with GPUUse() as use:
             s = train_deblurrer(os.path.join(work, "pg-dis"), os.path.join(work, "train"),
                                 cfg, log=quiet)

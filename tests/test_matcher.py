@@ -123,13 +123,20 @@ def test_dis_refinement_starts_from_the_learned_flow():
     # started 3 px off everywhere, DIS brings the flow back to within a pixel
     off = dis.refine(query, ref, flow + 3.0)
     assert torch.equal(dis(query, ref).flow, before)  # plain calls are not changed by it
-    err = (off - flow).norm(dim=1, keepdim=True)
-    assert (err * valid).sum() / valid.sum() < 1.0
+    assert _mean_error(off, flow, valid) < 1.0
+    _check_refined_learned_matcher(dis, query, ref, flow, valid, 1.0)
+
+
+def _mean_error(estimate, flow, valid):
+    return float(((estimate - flow).norm(dim=1, keepdim=True) * valid).sum() / valid.sum())
+
+
+def _check_refined_learned_matcher(refine, query, ref, flow, valid, tolerance_px):
+    """The learned matcher refined by ``refine``: the network's confidence, a closer flow."""
     plain = build_matcher("learned")(query, ref)
-    refined = build_matcher("learned", refine=dis)(query, ref)
+    refined = build_matcher("learned", refine=refine)(query, ref)
     assert torch.equal(refined.confidence, plain.confidence)  # the network's, unchanged
-    err = (refined.flow - flow).norm(dim=1, keepdim=True)
-    assert (err * valid).sum() / valid.sum() < 1.0
+    assert _mean_error(refined.flow, flow, valid) < tolerance_px
 
 
 def test_tvl1_refinement_corrects_a_flow_pixels_off_like_dis_does():
@@ -138,19 +145,13 @@ def test_tvl1_refinement_corrects_a_flow_pixels_off_like_dis_does():
     query, ref, flow, valid = _homography_pair()
     tvl1 = TVL1(ref_blur=0.0)
     for off in (3.0, -2.5):  # started pixels off everywhere, it comes back within a pixel
-        out = tvl1.refine(query, ref, flow + off)
-        err = (out - flow).norm(dim=1, keepdim=True)
-        assert (err * valid).sum() / valid.sum() < 0.5, off
+        assert _mean_error(tvl1.refine(query, ref, flow + off), flow, valid) < 0.5, off
     # batched pairs give each pair's own result
     both = tvl1.refine(torch.cat([query, ref]), torch.cat([ref, query]),
                        torch.cat([flow + 3.0, torch.zeros_like(flow)]))
     torch.testing.assert_close(both[:1], tvl1.refine(query, ref, flow + 3.0), atol=1e-3,
                                rtol=0)
-    plain = build_matcher("learned")(query, ref)
-    refined = build_matcher("learned", refine=tvl1)(query, ref)
-    assert torch.equal(refined.confidence, plain.confidence)  # the network's, unchanged
-    err = (refined.flow - flow).norm(dim=1, keepdim=True)
-    assert (err * valid).sum() / valid.sum() < 0.5
+    _check_refined_learned_matcher(tvl1, query, ref, flow, valid, 0.5)
 
 
 def test_median_and_forward_backward_confidence_of_the_torch_path():

@@ -306,8 +306,9 @@ def test_a_run_that_makes_no_pair_fails_with_what_to_change(ray_cluster, tiny_da
 def test_the_torch_path_runs_on_the_cpu_and_comes_close_to_the_dis_path(tiny_frames):
     """The GPU path (refiner=torch: TV-L1 in PyTorch), run on the CPU, against the CPU path
     (DIS) on the same windows. Both correct the blur where they are confident; the torch path's
-    gain is lower on these strongly blurred synthetic frames (4.6 against 2.9 dB when written:
-    see docs/results.md), so this bounds the gap rather than claiming parity."""
+    gain is lower on these strongly blurred synthetic frames (4.6 against 2.9 dB here when
+    written; 8.8 against 6.6 dB on the demo's clips in docs/results.md), so this bounds the gap
+    rather than claiming parity."""
     from bluref_ray.data.windows import load_windows
     from bluref_ray.pipeline.pairs import PairMaker
 

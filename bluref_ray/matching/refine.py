@@ -164,14 +164,10 @@ class TVL1:
                                       align_corners=False), size))
         u = None
         for a, b, size in reversed(pyr):
-            if u is None:
-                u = F.interpolate(flow.float(), size=size, mode="bilinear", align_corners=False)
-                u = u * torch.tensor([size[1] / w, size[0] / h], device=u.device).view(1, 2, 1, 1)
-            else:
-                prev = u.shape[-2:]
-                u = F.interpolate(u, size=size, mode="bilinear", align_corners=False)
-                u = u * torch.tensor([size[1] / prev[1], size[0] / prev[0]],
-                                     device=u.device).view(1, 2, 1, 1)
+            prev = (h, w) if u is None else u.shape[-2:]
+            u = F.interpolate(flow.float() if u is None else u, size=size, mode="bilinear",
+                              align_corners=False)
+            u = torch.cat([u[:, :1] * (size[1] / prev[1]), u[:, 1:] * (size[0] / prev[0])], 1)
             u = self._level(a, b, u)
         return u
 
