@@ -48,10 +48,10 @@ from bluref_ray.matching.warp import warp
 #: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W],
 #: flow [b,2,H,W])``
 Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-#: ``rematch(query, blurred reference, sharp reference, first flow, first confidence) ->
-#: (aligned sharp reference, confidence)``: match the query to the blurred reference (from the
-#: first match's flow and confidence, if it uses them), warp the sharp one.
-Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+#: ``rematch(query, blurred reference, sharp reference, first flow) -> (aligned sharp reference,
+#: confidence)``: match the query to the blurred reference (from the first match's flow, if it
+#: uses it), warp the sharp one.
+Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                    tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -89,8 +89,7 @@ def rematcher(matcher: Matcher) -> Rematch:
     """Match the query to a blurred reference (afresh), warp the sharp one by that flow."""
 
     def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
-                flow: torch.Tensor | None = None, conf: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                _first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         m = matcher(query, blurred)
         aligned, valid = warp(sharp, m.flow)
         return aligned, m.confidence * valid
@@ -115,7 +114,7 @@ def torch_rematch(tvl1: TVL1 | None = None, sigma_px: float = 1.0) -> Rematch:
     tvl1 = tvl1 or TVL1(ref_blur=0.0)
 
     def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
-                first: torch.Tensor, _conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, r = gray(query), gray(blurred)
         fwd = tvl1.refine_gray(q, r, first)
         back, _ = warp(fwd, -fwd)  # the backward flow starts as the forward one, reversed
@@ -343,7 +342,7 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     2. One blur kernel per frame: ``blurry ≈ k ⊛ aligned`` over all aligned references, centred
        on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
     3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` (it may start from
-       step 1's flow and confidence) and warps the sharp reference by that flow;
+       step 1's flow) and warps the sharp reference by that flow;
        :func:`match_light` gives it the blurry frame's exposure and white balance.
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
@@ -358,11 +357,10 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     b, n = refs.shape[:2]
     views = torch.zeros(b, n, *query.shape[-2:], device=query.device)
     flows = torch.zeros(b, n, 2, *query.shape[-2:], device=query.device)
-    confs = torch.zeros(b, n, 1, *query.shape[-2:], device=query.device)
     for k in range(n):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
-            aligned, confs[idx, k], flows[idx, k] = align(query[idx], refs[idx, k])
+            aligned, _, flows[idx, k] = align(query[idx], refs[idx, k])
             views[idx, k] = linear_luma(aligned).float()
     side = min(kernel_size, (min(query.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
     kernel = estimate_kernel(views, linear_luma(blurry).float(), side, avail)
@@ -375,7 +373,7 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
         if len(idx):
             sharp = refs[idx, k]
             aligned_all[idx, k], conf_all[idx, k] = rematch(
-                blurry[idx], reblur(sharp, kernel[idx]), sharp, flows[idx, k], confs[idx, k])
+                blurry[idx], reblur(sharp, kernel[idx]), sharp, flows[idx, k])
     aligned_all = match_light(aligned_all, blurry, conf_all >= tau)
     if check is None:
         acc = _Accumulator(blurry, tau)

@@ -27,7 +27,7 @@ def _photo(h=48, w=64, seed=0):
     return torch.from_numpy(img).permute(2, 0, 1).clamp(0, 1)
 
 
-def _zero_rematch(query, blurred, sharp, *_first):
+def _zero_rematch(query, blurred, sharp, _first):
     return _zero_flow_full_confidence(query, sharp)[:2]
 
 

@@ -10,11 +10,7 @@ A matcher maps each pixel of a query to a reference::
 """
 
 from bluref_ray.matching.base import Matcher, MatchResult
-from bluref_ray.matching.build import (
-    MATCHERS,
-    build_matcher,
-    matcher_from_config,
-)
+from bluref_ray.matching.build import MATCHERS, build_matcher, matcher_from_config
 from bluref_ray.matching.warp import Warp, warp
 
 __all__ = ["MATCHERS", "MatchResult", "Matcher", "Warp", "build_matcher", "matcher_from_config",
