@@ -35,24 +35,35 @@ from bluref_ray.config import Config, IngestConfig, PseudoGTConfig, RayConfig, S
 from bluref_ray.data.synth import synthesize
 from bluref_ray.data.windows import load_windows
 from bluref_ray.pipeline.ingest import run_ingest
-from bluref_ray.pipeline.pairs import PairMaker, write_window
+from bluref_ray.pipeline.pairs import PairMaker, encode_pairs, write_window
 from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt, settings_hash
 
 
-def _loop(frames_dir: str, out: str, pg: PseudoGTConfig) -> int:
-    """The single-process baseline: the pipeline's two stages, one after the other."""
+def _loop(frames_dir: str, out: str, pg: PseudoGTConfig) -> tuple[int, dict[str, float]]:
+    """The single-process baseline: the pipeline's two stages, one after the other. Returns the
+    pairs made and the seconds spent loading windows, making pairs and writing shards."""
     import torch
 
     make = PairMaker(pg, settings_hash(pg), torch.device("cpu"))
-    n = 0
+    n, phases = 0, dict.fromkeys(("load", "make", "write"), 0.0)
     for f in storage.list_files(frames_dir):
         frames = schema.read_table(f, schema.FRAMES)
-        for window, pixels in load_windows(frames, pg.targets_per_shard, pg.max_refs,
-                                           limit=pg.limit):
-            rows, rejects = make(window, pixels)
+        windows = load_windows(frames, pg.targets_per_shard, pg.max_refs, limit=pg.limit)
+        while True:
+            t0 = time.perf_counter()
+            window, pixels = next(windows, (None, None))
+            t1 = time.perf_counter()
+            phases["load"] += t1 - t0
+            if window is None:
+                break
+            made = make.make(window, pixels)
+            t2 = time.perf_counter()
+            rows, rejects = encode_pairs(made, pg, make.chash)
             write_window(out, window.name, rows, rejects, None)
+            phases["write"] += time.perf_counter() - t2
+            phases["make"] += t2 - t1
             n += len(rows)
-    return n
+    return n, phases
 
 
 def _prepare(work: str, args: argparse.Namespace, num_cpus: int) -> str:
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     out_loop = os.path.join(work, "out-loop")
     shutil.rmtree(out_loop, ignore_errors=True)
     with Usage() as u_loop:
-        n_loop = _loop(frames, out_loop, pg)
+        n_loop, phases = _loop(frames, out_loop, pg)
 
     import ray
 
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         with Usage() as u:
             s = run_pseudo_gt(frames, out, cfg, log=lambda _m: None)
-        runs[actors] = (s.rows, u, cpus)
+        runs[actors] = (s.rows, u, cpus, s.this_run.busy_seconds, s.this_run.write_seconds)
     ray.shutdown()
 
     fps_loop = n_loop / u_loop.wall
@@ -146,11 +157,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{'cores busy':>10} {'peak mem':>9}")
     print(f"{'single-process loop':<34} {n_loop:>6} {u_loop.wall:>8.2f} {fps_loop:>8.2f} "
           f"{1.0:>7.2f}× {u_loop.cores:>10.2f} {gib(u_loop.peak):>9}")
-    for actors, (n, u, cpus) in runs.items():
+    for actors, (n, u, cpus, *_) in runs.items():
         name = f"Ray, {actors} actor(s) × {cpus:g} CPU"
         print(f"{name:<34} {n:>6} {u.wall:>8.2f} {n / u.wall:>8.2f} "
               f"{n / u.wall / fps_loop:>7.2f}× {u.cores:>10.2f} {gib(u.peak):>9}")
-    (n1, u1, _), (n2, u2, _) = runs[1], runs[2]
+    print("loop: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+          + " (load: decoding windows; make: matching and fusing; write: PNG, PSNR and "
+          "Parquet)")
+    for actors, (n, u, _, busy, write) in runs.items():
+        print(f"Ray, {actors} actor(s): making {busy:.1f} actor-s ({busy / n:.2f} s per pair), "
+              f"actors busy {busy / (actors * u.wall):.0%} of the run; writing {write:.1f} s")
+    (n1, u1, *_), (n2, u2, *_) = runs[1], runs[2]
     print(f"2 actors / 1 actor: {(n2 / u2.wall) / (n1 / u1.wall):.2f}×")
     print(_gpu_figure(work))
     if not args.workdir:

@@ -238,7 +238,10 @@ def test_matchers_are_compared_at_equal_coverage():
 
 def test_actor_resources():
     pg = PseudoGTConfig()
-    assert actor_resources(pg, {"CPU": 2}) == (0.0, 1, 1.0)
+    # on CPUs: one CPU left to the loading tasks, at least two actors on two CPUs
+    assert actor_resources(pg, {"CPU": 2}) == (0.0, 2, 0.5)
+    assert actor_resources(pg, {"CPU": 3}) == (0.0, 2, 1.0)
+    assert actor_resources(pg, {"CPU": 16}) == (0.0, 15, 1.0)
     assert actor_resources(pg, {"CPU": 16, "GPU": 4}) == (1.0, 4, 1.0)
     assert actor_resources(pg, {"CPU": 1}) == (0.0, 1, 0.5)
     assert actor_resources(dataclasses.replace(pg, cpus_per_actor=0.5), {"CPU": 2}) == (0.0, 2,

@@ -107,7 +107,8 @@ class PseudoGTConfig:
         default=16, metadata=execution("blurry frames per shard (consecutive frames of one clip)"))
     concurrency: int | None = field(
         default=None,
-        metadata=execution("matching actors (default: one per GPU, else half the CPUs)"))
+        metadata=execution("matching actors (default: one per GPU, else the CPUs but one "
+                           "for loading, at least two)"))
     max_concurrency: int | None = field(
         default=None,
         metadata=execution("elastic pool: start with --concurrency actors (waited for) and grow "

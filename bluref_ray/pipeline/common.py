@@ -83,9 +83,10 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
     Default: one actor per GPU; ``concurrency`` actors on fewer GPUs share them (a fraction each
     that packs onto whole GPUs; an explicit ``gpus_per_actor`` is kept). Without GPUs: with
     ``loaders`` (a stage that loads data for the actors), as many actors as fit while leaving one
-    CPU to the loading tasks (they would starve otherwise, and the pipeline would stall), and on
-    a cluster of fewer than two CPUs one actor with half of them; without, one actor. Never more
-    than ``max_actors``.
+    CPU to the loading tasks (they would starve otherwise, and the pipeline would stall), at
+    least two on two CPUs or more (sharing the CPUs left: loading needs its CPU only now and
+    then, and one actor of one thread would leave a core idle), and on a cluster of fewer than
+    two CPUs one actor with half of them; without, one actor. Never more than ``max_actors``.
 
     Raises:
         ConfigError: the actors (and the loading tasks) do not fit the cluster; the message
@@ -99,10 +100,11 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
         n = concurrency
     elif gpus:
         n = max(1, int(n_gpus / gpus))
-    elif loaders and cpus - 1 < per_actor:
-        n, per_actor = 1, cpus / 2
+    elif loaders and cpus < 2:
+        n, per_actor = 1, min(per_actor, cpus / 2)
     elif loaders:
-        n = max(1, int((cpus - 1) // per_actor))
+        n = max(2, int((cpus - 1) // per_actor))
+        per_actor = min(per_actor, (cpus - 1) / n)
     else:
         n = 1
     n = max(1, min(n, max_actors or n))

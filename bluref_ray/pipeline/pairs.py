@@ -7,6 +7,7 @@ calls (``benchmarks/pseudo_gt.py``), so the pipeline and its baseline run the sa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from bluref_ray import schema, storage
 from bluref_ray.config import PseudoGTConfig
 from bluref_ray.data.images import decode_image, encode_png, to_float, to_uint8
-from bluref_ray.data.windows import BlurryFrame, Window
+from bluref_ray.data.windows import Window
 from bluref_ray.fusion import Align, Check, aligner, dis_rematch, fuse, torch_rematch
 from bluref_ray.losses import confidence_level
 from bluref_ray.matching import matcher_from_config
@@ -67,9 +68,15 @@ class PairMaker:
             model, _ = load_checkpoint(pg.deblurrer, storage_cfg, map_location=device)
             self.deblurrer = model.to(device).eval()
 
-    @torch.no_grad()
     def __call__(self, window: Window, pixels: np.ndarray) -> tuple[list[dict], list[dict]]:
-        """Rows of :data:`schema.PSEUDO_PAIRS` and of :data:`schema.PSEUDO_REJECTS`.
+        """Rows of :data:`schema.PSEUDO_PAIRS` and of :data:`schema.PSEUDO_REJECTS`: the window's
+        pairs made (:meth:`make`) and encoded (:func:`encode_pairs`), as a plain loop does."""
+        return encode_pairs(self.make(window, pixels), self.pg, self.chash, self.storage_cfg)
+
+    @torch.no_grad()
+    def make(self, window: Window, pixels: np.ndarray) -> WindowPairs:
+        """The window's pseudo-pairs as pixels: matched and fused on the device, copied back as
+        uint8 (what is stored), not yet encoded.
 
         Args:
             window: the window's blurry frames, with the pool indices of their pixels and of
@@ -77,10 +84,9 @@ class PairMaker:
             pixels: the window's frame pool, ``[F, H, W, 3]`` uint8.
         """
         pg = self.pg
-        rejects = [{"clip_id": window.clip_id, **r.row()} for r in window.rejects]
-        rows: list[dict] = []
+        made = WindowPairs(window, pixels[[f.pool for f in window.frames]])
         if not window.frames:
-            return rows, rejects
+            return made
         pool = to_float(pixels, self.device)
         for start in range(0, len(window.frames), pg.batch_size):
             batch = window.frames[start:start + pg.batch_size]
@@ -92,12 +98,14 @@ class PairMaker:
             blurry = pool[[f.pool for f in batch]]
             fused = fuse(pg.strategy, self._match_input(blurry), pool[ref_idx], self.align,
                          pg.tau, available, self.rematch, blurry, pg.kernel_size, self.check)
-            pseudo = to_uint8(fused.image)
-            for i, f in enumerate(batch):
-                rows.append(self._row(f, window.clip_id, pixels[f.pool], pseudo[i],
-                                      fused.confidence[i, 0], float(fused.coverage[i]),
-                                      int(fused.refs_used[i])))
-        return rows, rejects
+            made.pseudo.append(to_uint8(fused.image))
+            conf = fused.confidence[:, 0]
+            made.confidence.append(to_uint8(conf[:, None])[..., 0])  # as stored
+            made.confidence_hist += [np.histogram(c, bins=HIST_BINS, range=(0.0, 1.0))[0]
+                                     .tolist() for c in conf.float().cpu().numpy()]
+            made.coverage += fused.coverage.float().cpu().tolist()
+            made.refs_used += [int(r) for r in fused.refs_used.cpu().tolist()]
+        return made
 
     def _match_input(self, blurry: torch.Tensor) -> torch.Tensor:
         """What the references are matched to: the blurry frames, or the deblurrer's output."""
@@ -109,32 +117,62 @@ class PairMaker:
                             enabled=self.device.type == "cuda"):
             return tiled_forward(self.deblurrer, blurry, tile=512, overlap=32).float()
 
-    def _row(self, f: BlurryFrame, clip_id: str, blurry: np.ndarray, pseudo: np.ndarray,
-             conf: torch.Tensor, coverage: float, refs_used: int) -> dict:
-        pg = self.pg
-        conf_np = conf.float().cpu().numpy()
-        conf_u8 = to_uint8(conf[None])[..., 0]  # as stored
-        hist = np.histogram(conf_np, bins=HIST_BINS, range=(0.0, 1.0))[0]
+
+@dataclasses.dataclass
+class WindowPairs:
+    """A window's pseudo-pairs as uint8 pixels (:meth:`PairMaker.make`), before encoding: what
+    a matching actor hands to the tasks that encode and write shards (:func:`encode_pairs`)."""
+
+    window: Window
+    blurry: np.ndarray  #: ``[B, H, W, 3]``, the window's blurry frames in order
+    pseudo: list[np.ndarray] = dataclasses.field(default_factory=list)  #: ``[b, H, W, 3]`` each
+    confidence: list[np.ndarray] = dataclasses.field(default_factory=list)  #: ``[b, H, W]``
+    confidence_hist: list[list[int]] = dataclasses.field(default_factory=list)
+    coverage: list[float] = dataclasses.field(default_factory=list)
+    refs_used: list[int] = dataclasses.field(default_factory=list)
+
+
+def encode_pairs(made: WindowPairs, pg: PseudoGTConfig, chash: str,
+                 storage_cfg: StorageConfig | None = None) -> tuple[list[dict], list[dict]]:
+    """Rows of :data:`schema.PSEUDO_PAIRS` (PNG bytes; PSNR against the ground truth where a
+    frame has one) and of :data:`schema.PSEUDO_REJECTS` of a window's pairs."""
+    w = made.window
+    rejects = [{"clip_id": w.clip_id, **r.row()} for r in w.rejects]
+    pseudo = np.concatenate(made.pseudo) if made.pseudo else made.blurry[:0]
+    conf = np.concatenate(made.confidence) if made.confidence else made.blurry[:0, ..., 0]
+    rows = []
+    for i, f in enumerate(w.frames):
         psnr_pseudo = psnr_blurry = None
         if f.gt_uri:
-            gt, _ = decode_image(storage.read_bytes(f.gt_uri, self.storage_cfg), f.gt_uri)
-            if gt.shape == blurry.shape:
-                images = to_float(np.stack([pseudo, blurry]))
-                truth = to_float(gt).expand(2, -1, -1, -1)
-                mask = torch.from_numpy(conf_u8 >= confidence_level(pg.tau)).expand(2, -1, -1)
-                if mask.any():
-                    psnr_pseudo, psnr_blurry = masked_psnr(images, truth, mask).tolist()
-        return {
-            "row_id": row_id(clip_id, f.frame_index, self.chash), "clip_id": clip_id,
+            psnr_pseudo, psnr_blurry = _psnr_on_confident(f.gt_uri, made.blurry[i], pseudo[i],
+                                                          conf[i], pg.tau, storage_cfg)
+        rows.append({
+            "row_id": row_id(w.clip_id, f.frame_index, chash), "clip_id": w.clip_id,
             "frame_id": f.frame_id, "frame_index": f.frame_index, "round": pg.round,
             "matcher": pg.matcher, "strategy": pg.strategy, "tau": pg.tau,
-            "config_hash": self.chash, "height": blurry.shape[0], "width": blurry.shape[1],
-            "blurry_png": encode_png(blurry), "pseudo_png": encode_png(pseudo),
-            "confidence_png": encode_png(conf_u8),
-            "coverage": coverage, "confidence_hist": hist.tolist(), "refs_used": refs_used,
-            "reference_ids": f.ref_ids, "source_uri": f.source_uri, "gt_uri": f.gt_uri,
+            "config_hash": chash, "height": pseudo.shape[1], "width": pseudo.shape[2],
+            "blurry_png": encode_png(made.blurry[i]), "pseudo_png": encode_png(pseudo[i]),
+            "confidence_png": encode_png(conf[i]),
+            "coverage": made.coverage[i], "confidence_hist": made.confidence_hist[i],
+            "refs_used": made.refs_used[i], "reference_ids": f.ref_ids,
+            "source_uri": f.source_uri, "gt_uri": f.gt_uri,
             "psnr_pseudo": psnr_pseudo, "psnr_blurry": psnr_blurry,
-        }
+        })
+    return rows, rejects
+
+
+def _psnr_on_confident(gt_uri: str, blurry: np.ndarray, pseudo: np.ndarray, conf_u8: np.ndarray,
+                       tau: float, storage_cfg: StorageConfig | None
+                       ) -> tuple[float | None, float | None]:
+    """PSNR of the pseudo-sharp image and of the blurry frame against the ground truth, over
+    the pixels stored as confident; ``None`` where the truth has another size or no pixel is."""
+    gt, _ = decode_image(storage.read_bytes(gt_uri, storage_cfg), gt_uri)
+    mask = torch.from_numpy(conf_u8 >= confidence_level(tau))
+    if gt.shape != blurry.shape or not mask.any():
+        return None, None
+    images = to_float(np.stack([pseudo, blurry]))
+    return tuple(masked_psnr(images, to_float(gt).expand(2, -1, -1, -1),
+                             mask.expand(2, -1, -1)).tolist())
 
 
 def shard_uri(out: str, name: str) -> str:

@@ -10,12 +10,15 @@
    (``targets_per_shard``) and loads every frame a window needs once, a video decoded front to
    back a single time; each window travels as a typed :class:`~bluref_ray.data.windows.Window`
    beside its frame pool.
-3. **match, fuse and write** (actor pool: ``concurrency`` actors, or from there up to
+3. **match and fuse** (actor pool: ``concurrency`` actors, or from there up to
    ``max_concurrency``; 1 GPU each when the cluster has GPUs, CPUs otherwise, 1 → 1):
-   :class:`PseudoGTActor` builds a :class:`~bluref_ray.pipeline.pairs.PairMaker` once, makes
-   each window's pairs and writes ``OUT/rejects/<shard>.parquet`` if any, then
-   ``OUT/shards/<shard>.parquet`` atomically; a finished shard is skipped by a resumed run.
-4. **summarize** (driver; each shard file summed by a task): ``OUT/summary.json`` with
+   :class:`PseudoGTActor` builds a :class:`~bluref_ray.pipeline.pairs.PairMaker` once and
+   makes each window's pairs as uint8 pixels (:class:`~bluref_ray.pipeline.pairs.WindowPairs`).
+4. **encode and write** (Ray Data tasks, up to 1 CPU each, 1 → 1): :func:`write_task` encodes
+   the PNGs, scores the pairs against ground truth where a frame has one, and writes
+   ``OUT/rejects/<shard>.parquet`` if any, then ``OUT/shards/<shard>.parquet`` atomically; a
+   finished shard is skipped by a resumed run. The actors' device never waits for this.
+5. **summarize** (driver; each shard file summed by a task): ``OUT/summary.json`` with
    coverage and confidence histograms, rows written and rejected (with reasons), quality against
    ground truth when known, and timings.
 
@@ -48,7 +51,7 @@ from bluref_ray.pipeline.common import (
     pool_strategy,
     prepare_out,
 )
-from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, write_window
+from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, encode_pairs, write_window
 from bluref_ray.storage import StorageConfig
 
 
@@ -158,33 +161,43 @@ def load_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, done: frozenset,
 
 class PseudoGTActor:
     """Stage 3 (Ray Data actor): builds its :class:`PairMaker` on the device Ray assigned,
-    then makes and writes the pairs of each window it gets."""
+    then makes the pairs of each window it gets, as pixels for stage 4."""
 
-    def __init__(self, pg: PseudoGTConfig, out: str, storage_cfg: StorageConfig,
-                 chash: str) -> None:
+    def __init__(self, pg: PseudoGTConfig, chash: str, storage_cfg: StorageConfig) -> None:
         import ray
 
-        self.out, self.storage_cfg = out, storage_cfg
         self.actor = ray.get_runtime_context().get_actor_id() or ""
         device, _ = actor_setup()
         self.make = PairMaker(pg, chash, device, storage_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = {"shard": [], "rows": [], "rejects": [], "reason": [],
-                                "coverage": [], "seconds": [], "actor": []}
+        out: dict[str, list] = {"pairs": [], "seconds": [], "actor": []}
         for window, pixels in zip(batch["window"], batch["pixels"]):
             t0 = time.perf_counter()
-            rows, rejects = self.make(window, np.asarray(pixels))
-            write_window(self.out, window.name, rows, rejects, self.storage_cfg)
-            out["shard"].append(window.name)
-            out["rows"].append(len(rows))
-            out["rejects"].append(len(rejects))
-            out["reason"].append(rejects[0]["reason"] if rejects else "")
-            out["coverage"].append(float(np.mean([r["coverage"] for r in rows])) if rows
-                                   else float("nan"))
+            out["pairs"].append(self.make.make(window, np.asarray(pixels)))
             out["seconds"].append(time.perf_counter() - t0)
             out["actor"].append(self.actor)
         return out
+
+
+def write_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, chash: str, out: str,
+               storage_cfg: StorageConfig) -> dict[str, list]:
+    """Stage 4 (Ray task): encode each window's pairs and write its shard (and rejects)."""
+    res: dict[str, list] = {"shard": [], "rows": [], "rejects": [], "reason": [],
+                            "coverage": [], "seconds": [], "write_seconds": [], "actor": []}
+    for made, seconds, actor in zip(batch["pairs"], batch["seconds"], batch["actor"]):
+        t0 = time.perf_counter()
+        rows, rejects = encode_pairs(made, pg, chash, storage_cfg)
+        write_window(out, made.window.name, rows, rejects, storage_cfg)
+        res["shard"].append(made.window.name)
+        res["rows"].append(len(rows))
+        res["rejects"].append(len(rejects))
+        res["reason"].append(rejects[0]["reason"] if rejects else "")
+        res["coverage"].append(float(np.mean(made.coverage)) if rows else float("nan"))
+        res["seconds"].append(float(seconds))
+        res["write_seconds"].append(time.perf_counter() - t0)
+        res["actor"].append(actor)
+    return res
 
 
 def run_pseudo_gt(frames: str, out: str, cfg: Config,
@@ -220,32 +233,42 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     # block, for a single actor (Ray Data packs rows into blocks of up to 128 MiB otherwise).
     ds.context.target_max_block_size = 1
 
-    # Stage 2: load windows (tasks, loader_cpus each; one clip → its windows)
+    # Stage 2: load windows (tasks, loader_cpus each; one clip → its windows). Their own
+    # max_retries (Ray's default, made explicit) keeps Ray Data from fusing them into the actors
+    # when both ask for as many CPUs: a fused actor would decode while its device waits, and
+    # make every window of a clip itself.
     ds = ds.map_batches(functools.partial(load_task, pg=pg, done=p.done,
                                           storage_cfg=storage_cfg),
-                        batch_size=1, num_cpus=loader_cpus)
+                        batch_size=1, num_cpus=loader_cpus, max_retries=3)
 
-    # Stage 3: match, fuse and write (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU))
+    # Stage 3: match and fuse (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU))
     ds = ds.map_batches(PseudoGTActor, fn_constructor_kwargs={
-        "pg": pg, "out": out, "storage_cfg": storage_cfg, "chash": p.chash},
+        "pg": pg, "chash": p.chash, "storage_cfg": storage_cfg},
         batch_size=1, compute=pool_strategy(concurrency, pg.max_concurrency),
         num_cpus=cpus_per_actor, num_gpus=gpus)
+
+    # Stage 4: encode and write (tasks, loader_cpus each; off the actors' critical path)
+    ds = ds.map_batches(functools.partial(write_task, pg=pg, chash=p.chash, out=out,
+                                          storage_cfg=storage_cfg),
+                        batch_size=1, num_cpus=loader_cpus)
     progress = Progress("pseudo-gt", p.windows, "windows", log)
     rows = rejects = 0
+    busy = writing = 0.0
     actors: set[str] = set()
     for r in iter_rows(ds):
         rows, rejects = rows + r["rows"], rejects + r["rejects"]
+        busy, writing = busy + r["seconds"], writing + r["write_seconds"]
         actors.add(r["actor"])
         progress.update(f"{rows} pairs, {rejects} rejected",
                         f"{r['shard']}: {r['reason']}" if r["reason"] else "")
 
-    # Stage 4: summarize (driver)
+    # Stage 5: summarize (driver)
     delete_leftovers(out, ("shards", "rejects"), storage_cfg)  # a killed actor's
     summary = dataclasses.replace(
         summarize(out, storage_cfg), frames=p.src, out=out, config_hash=p.chash,
         settings=dataclasses.asdict(pg), seconds=round(time.time() - t0, 2),
         this_run=ThisRun(progress.done, len(p.done), rows, rejects, round(progress.seconds, 2),
-                         len(actors)),
+                         len(actors), round(busy, 2), round(writing, 2)),
         protocols=p.protocols)
     storage.write_text(storage.join(out, "summary.json"), summary.to_json(), storage_cfg)
     if summary.rows == 0:
@@ -305,6 +328,8 @@ class ThisRun:
     rejects: int
     seconds: float
     actors: int = 0  #: actors that made windows (an elastic pool's grow as nodes join)
+    busy_seconds: float = 0.0  #: time the actors spent making pairs, summed
+    write_seconds: float = 0.0  #: time the writing tasks spent encoding and writing, summed
 
 
 @dataclasses.dataclass
