@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         with Usage() as u:
             s = run_pseudo_gt(frames, out, cfg, log=lambda _m: None)
-        runs[actors] = (s.rows, u, cpus, s.this_run.busy_seconds, s.this_run.write_seconds)
+        runs[actors] = (s.rows, u, cpus, s.this_run)
     ray.shutdown()
 
     fps_loop = n_loop / u_loop.wall
@@ -164,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     print("loop: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
           + " (load: decoding windows; make: matching and fusing; write: PNG, PSNR and "
           "Parquet)")
-    for actors, (n, u, _, busy, write) in runs.items():
-        print(f"Ray, {actors} actor(s): making {busy:.1f} actor-s ({busy / n:.2f} s per pair), "
-              f"actors busy {busy / (actors * u.wall):.0%} of the run; writing {write:.1f} s")
+    for actors, (n, u, _, t) in runs.items():
+        after = n / (u.wall - t.startup_seconds)
+        print(f"Ray, {actors} actor(s): start-up {t.startup_seconds:.1f} s, after it "
+              f"{after:.2f} pairs/s ({after / fps_loop:.2f}× the loop); making "
+              f"{t.busy_seconds:.1f} actor-s ({t.busy_seconds / n:.2f} s per pair), actors busy "
+              f"{t.busy_seconds / (actors * u.wall):.0%} of the run; writing "
+              f"{t.write_seconds:.1f} s")
     (n1, u1, *_), (n2, u2, *_) = runs[1], runs[2]
     print(f"2 actors / 1 actor: {(n2 / u2.wall) / (n1 / u1.wall):.2f}×")
     print(_gpu_figure(work))

@@ -171,8 +171,9 @@ class PseudoGTActor:
         self.make = PairMaker(pg, chash, device, storage_cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = {"pairs": [], "seconds": [], "actor": []}
+        out: dict[str, list] = {"pairs": [], "started": [], "seconds": [], "actor": []}
         for window, pixels in zip(batch["window"], batch["pixels"]):
+            out["started"].append(time.time())
             t0 = time.perf_counter()
             out["pairs"].append(self.make.make(window, np.asarray(pixels)))
             out["seconds"].append(time.perf_counter() - t0)
@@ -184,8 +185,10 @@ def write_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, chash: str, out
                storage_cfg: StorageConfig) -> dict[str, list]:
     """Stage 4 (Ray task): encode each window's pairs and write its shard (and rejects)."""
     res: dict[str, list] = {"shard": [], "rows": [], "rejects": [], "reason": [],
-                            "coverage": [], "seconds": [], "write_seconds": [], "actor": []}
-    for made, seconds, actor in zip(batch["pairs"], batch["seconds"], batch["actor"]):
+                            "coverage": [], "started": [], "seconds": [], "write_seconds": [],
+                            "actor": []}
+    for made, started, seconds, actor in zip(batch["pairs"], batch["started"], batch["seconds"],
+                                             batch["actor"]):
         t0 = time.perf_counter()
         rows, rejects = encode_pairs(made, pg, chash, storage_cfg)
         write_window(out, made.window.name, rows, rejects, storage_cfg)
@@ -194,6 +197,7 @@ def write_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, chash: str, out
         res["rejects"].append(len(rejects))
         res["reason"].append(rejects[0]["reason"] if rejects else "")
         res["coverage"].append(float(np.mean(made.coverage)) if rows else float("nan"))
+        res["started"].append(float(started))
         res["seconds"].append(float(seconds))
         res["write_seconds"].append(time.perf_counter() - t0)
         res["actor"].append(actor)
@@ -254,9 +258,11 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     progress = Progress("pseudo-gt", p.windows, "windows", log)
     rows = rejects = 0
     busy = writing = 0.0
+    first = float("inf")
     actors: set[str] = set()
     for r in iter_rows(ds):
         rows, rejects = rows + r["rows"], rejects + r["rejects"]
+        first = min(first, r["started"])
         busy, writing = busy + r["seconds"], writing + r["write_seconds"]
         actors.add(r["actor"])
         progress.update(f"{rows} pairs, {rejects} rejected",
@@ -268,7 +274,8 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
         summarize(out, storage_cfg), frames=p.src, out=out, config_hash=p.chash,
         settings=dataclasses.asdict(pg), seconds=round(time.time() - t0, 2),
         this_run=ThisRun(progress.done, len(p.done), rows, rejects, round(progress.seconds, 2),
-                         len(actors), round(busy, 2), round(writing, 2)),
+                         len(actors), round(busy, 2), round(writing, 2),
+                         round(max(0.0, first - t0), 2) if actors else None),
         protocols=p.protocols)
     storage.write_text(storage.join(out, "summary.json"), summary.to_json(), storage_cfg)
     if summary.rows == 0:
@@ -330,6 +337,9 @@ class ThisRun:
     actors: int = 0  #: actors that made windows (an elastic pool's grow as nodes join)
     busy_seconds: float = 0.0  #: time the actors spent making pairs, summed
     write_seconds: float = 0.0  #: time the writing tasks spent encoding and writing, summed
+    #: from the run's start until an actor began its first window (planning, actors starting,
+    #: the first window loaded): what a run pays once
+    startup_seconds: float | None = None
 
 
 @dataclasses.dataclass
