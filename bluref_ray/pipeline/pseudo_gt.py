@@ -54,6 +54,10 @@ from bluref_ray.pipeline.common import (
 from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, encode_pairs, write_window
 from bluref_ray.storage import StorageConfig
 
+#: memory reserved by each loading task (stage 2), which holds one window's frames at a time:
+#: 16 blurry frames and their references at 1280×720 are about 200 MB
+LOADER_MEMORY = 512 * 2**20
+
 
 def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, float]:
     """GPUs per actor, number of actors and CPUs per actor of stage 3 (see
@@ -237,13 +241,13 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     # block, for a single actor (Ray Data packs rows into blocks of up to 128 MiB otherwise).
     ds.context.target_max_block_size = 1
 
-    # Stage 2: load windows (tasks, loader_cpus each; one clip → its windows). Their own
-    # max_retries (Ray's default, made explicit) keeps Ray Data from fusing them into the actors
-    # when both ask for as many CPUs: a fused actor would decode while its device waits, and
-    # make every window of a clip itself.
+    # Stage 2: load windows (tasks, loader_cpus and LOADER_MEMORY each; one clip → its
+    # windows). Their memory request also keeps Ray Data from fusing them into the actors when
+    # both ask for as many CPUs: a fused actor would decode while its device waits, and make
+    # every window of a clip itself.
     ds = ds.map_batches(functools.partial(load_task, pg=pg, done=p.done,
                                           storage_cfg=storage_cfg),
-                        batch_size=1, num_cpus=loader_cpus, max_retries=3)
+                        batch_size=1, num_cpus=loader_cpus, memory=LOADER_MEMORY)
 
     # Stage 3: match and fuse (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU))
     ds = ds.map_batches(PseudoGTActor, fn_constructor_kwargs={
