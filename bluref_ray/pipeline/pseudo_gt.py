@@ -54,9 +54,10 @@ from bluref_ray.pipeline.common import (
 from bluref_ray.pipeline.pairs import HIST_BINS, PairMaker, encode_pairs, write_window
 from bluref_ray.storage import StorageConfig
 
-#: memory reserved by each loading task (stage 2), which holds one window's frames at a time:
-#: 16 blurry frames and their references at 1280×720 are about 200 MB
-LOADER_MEMORY = 512 * 2**20
+#: memory reserved by each loading task (stage 2): its worker process with the libraries it
+#: imports (about 0.45 GiB) and one window's frames at a time (16 blurry frames and their
+#: references at 1280×720: about 0.2 GiB)
+LOADER_MEMORY = 2**30
 
 
 def actor_resources(pg: PseudoGTConfig, resources: dict) -> tuple[float, int, float]:
