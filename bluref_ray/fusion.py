@@ -43,6 +43,7 @@ from bluref_ray.matching.kernel import (
     reblur,
 )
 from bluref_ray.matching.refine import TVL1, fb_confidence, gaussian_blur, gray
+from bluref_ray.matching.torch_dis import TorchDIS
 from bluref_ray.matching.warp import warp
 
 #: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W],
@@ -106,19 +107,20 @@ def dis_rematch(preset: str = "medium") -> Rematch:
     return rematcher(build_matcher("dis", preset=preset, ref_blur=0.0))
 
 
-def torch_rematch(tvl1: TVL1 | None = None, sigma_px: float = 1.0) -> Rematch:
+def torch_rematch(flow: TorchDIS | TVL1 | None = None, sigma_px: float = 1.0) -> Rematch:
     """The ``reblur`` strategy's second matching in PyTorch, on the tensors' device (the GPU
-    path): TV-L1 (:class:`~bluref_ray.matching.refine.TVL1`, no reference blur) from the first
-    match's flow, blurry frame to blurred reference and back; the confidence is their
-    forward–backward consistency (σ = ``sigma_px``), as :func:`dis_rematch`'s."""
-    tvl1 = tvl1 or TVL1(ref_blur=0.0)
+    path): DIS in PyTorch (``flow``, by default a
+    :class:`~bluref_ray.matching.torch_dis.TorchDIS` with no reference blur) with the first
+    match's flow as its initial flow, blurry frame to blurred reference and back; the confidence
+    is their forward–backward consistency (σ = ``sigma_px``), as :func:`dis_rematch`'s."""
+    flow = flow or TorchDIS(ref_blur=0.0)
 
     def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
                 first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, r = gray(query), gray(blurred)
-        fwd = tvl1.refine_gray(q, r, first)
+        fwd = flow.refine_gray(q, r, first)
         back, _ = warp(fwd, -fwd)  # the backward flow starts as the forward one, reversed
-        bwd = tvl1.refine_gray(r, q, -back)
+        bwd = flow.refine_gray(r, q, -back)
         aligned, valid = warp(sharp, fwd)
         return aligned, fb_confidence(fwd, bwd, sigma_px).to(sharp.dtype) * valid
 

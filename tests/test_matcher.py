@@ -154,6 +154,25 @@ def test_tvl1_refinement_corrects_a_flow_pixels_off_like_dis_does():
     _check_refined_learned_matcher(tvl1, query, ref, flow, valid, 0.5)
 
 
+def test_torch_dis_corrects_a_flow_and_replaces_a_wrong_one_like_opencv_dis():
+    from bluref_ray.matching.refine import gray
+    from bluref_ray.matching.torch_dis import TorchDIS
+
+    query, ref, flow, valid = _homography_pair()
+    dis = TorchDIS(ref_blur=0.0)
+    for off in (3.0, -2.5):  # started pixels off everywhere, it comes back within half a pixel
+        assert _mean_error(dis.refine(query, ref, flow + off), flow, valid) < 0.5, off
+    # a given flow 15 px off is outmatched, patch by patch, by its own coarse-to-fine search;
+    # from no flow at all it finds the ~9 px motion alone (OpenCV's DIS: 0.53 and 0.33 px)
+    assert _mean_error(dis.refine(query, ref, flow + 15.0), flow, valid) < 1.0
+    assert _mean_error(dis.refine_gray(gray(query), gray(ref)), flow, valid) < 0.5
+    # batched pairs give each pair's own result (up to patch choices that float rounding flips)
+    both = dis.refine(torch.cat([query, ref]), torch.cat([ref, query]),
+                      torch.cat([flow + 3.0, torch.zeros_like(flow)]))
+    assert float((both[:1] - dis.refine(query, ref, flow + 3.0)).abs().mean()) < 0.05
+    _check_refined_learned_matcher(dis, query, ref, flow, valid, 0.5)
+
+
 def test_median_and_forward_backward_confidence_of_the_torch_path():
     from bluref_ray.matching.refine import _median3, fb_confidence
 

@@ -120,7 +120,9 @@ class TVL1:
         self.scales, self.warps, self.iters = scales, warps, iters
         self.lam, self.theta, self.tau, self.ref_blur = lam, theta, tau, ref_blur
 
-    def _level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``warps`` linearisations of ``iters`` iterations on one pyramid level, from ``u``
+        (intensities in 0…255, flow in the level's pixels)."""
         lt = self.lam * self.theta
         gx1, gy1 = _gradients(i1)
         grads = torch.cat([gx1, gy1], 1)
@@ -168,7 +170,7 @@ class TVL1:
             u = F.interpolate(flow.float() if u is None else u, size=size, mode="bilinear",
                               align_corners=False)
             u = torch.cat([u[:, :1] * (size[1] / prev[1]), u[:, 1:] * (size[0] / prev[0])], 1)
-            u = self._level(a, b, u)
+            u = self.level(a, b, u)
         return u
 
     def refine(self, query: torch.Tensor, reference: torch.Tensor,
