@@ -207,12 +207,14 @@ def cmd_eval_matcher(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     pg = cfg.pseudo_gt
-    # the pairs table measures the network alone, and refined (by DIS or TV-L1) when that is on
+    # the pairs table measures the network alone, and refined (by DIS, on the CPU or in PyTorch)
+    # when that is on
     net = dataclasses.replace(pg, matcher_radius=args.pairs_radius, dis_refine=False)
     matchers = {"learned": matcher_from_config(net, "learned", cfg.storage)}
     if pg.dis_refine:
-        matchers["learned+tvl1" if pg.refiner == "torch" else "learned+dis"] = matcher_from_config(
-            dataclasses.replace(net, dis_refine=True), "learned", cfg.storage)
+        name = "learned+torch-dis" if pg.refiner == "torch" else "learned+dis"
+        matchers[name] = matcher_from_config(dataclasses.replace(net, dis_refine=True),
+                                             "learned", cfg.storage)
     matchers["dis"] = matcher_from_config(pg, "dis", cfg.storage)
     radius = matchers["learned"].net.radius_px
     log = _log(args)

@@ -16,8 +16,8 @@ builds it from any :class:`~bluref_ray.matching.Matcher`.
   blur kernel from these rough alignments (:mod:`bluref_ray.matching.kernel`), blur every
   reference by it and match again, blurry frame to equally blurred reference, which is far more
   precise; warp the sharp references by these flows and average them by confidence. The second
-  match is DIS on the CPU (:func:`dis_rematch`) or TV-L1 in PyTorch on the tensors' device
-  (:func:`torch_rematch`, the GPU path).
+  match is OpenCV's DIS on the CPU (:func:`dis_rematch`) or DIS in PyTorch on the tensors'
+  device (:func:`torch_rematch`, the GPU path).
 
 Each returns a :class:`Fusion`: the pseudo-sharp image (the blurry frame where nothing matched),
 the confidence map (best confidence per pixel), the coverage (share of pixels with confidence
@@ -107,20 +107,20 @@ def dis_rematch(preset: str = "medium") -> Rematch:
     return rematcher(build_matcher("dis", preset=preset, ref_blur=0.0))
 
 
-def torch_rematch(flow: TorchDIS | TVL1 | None = None, sigma_px: float = 1.0) -> Rematch:
+def torch_rematch(flow: TorchDIS | None = None, sigma_px: float = 1.5) -> Rematch:
     """The ``reblur`` strategy's second matching in PyTorch, on the tensors' device (the GPU
-    path): DIS in PyTorch (``flow``, by default a
-    :class:`~bluref_ray.matching.torch_dis.TorchDIS` with no reference blur) with the first
-    match's flow as its initial flow, blurry frame to blurred reference and back; the confidence
-    is their forward–backward consistency (σ = ``sigma_px``), as :func:`dis_rematch`'s."""
-    flow = flow or TorchDIS(ref_blur=0.0)
+    path), as :func:`dis_rematch` does it: DIS in PyTorch (``flow``, by default a
+    :class:`~bluref_ray.matching.torch_dis.TorchDIS` with no reference blur and no smoothing)
+    from no flow, blurry frame to blurred reference and back, each direction on its own; the
+    confidence is their forward–backward consistency (σ = ``sigma_px``: 1.5 px brings its
+    coverage near that of DIS's σ = 1). Started from the first match's flow, or smoothed, the
+    two directions agreed also where both were wrong (0.3 to 0.5 dB less gain on real footage)."""
+    flow = flow or TorchDIS(ref_blur=0.0, smooth=TVL1(warps=0))
 
     def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
-                first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                _first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         q, r = gray(query), gray(blurred)
-        fwd = flow.refine_gray(q, r, first)
-        back, _ = warp(fwd, -fwd)  # the backward flow starts as the forward one, reversed
-        bwd = flow.refine_gray(r, q, -back)
+        fwd, bwd = flow.refine_gray(q, r), flow.refine_gray(r, q)
         aligned, valid = warp(sharp, fwd)
         return aligned, fb_confidence(fwd, bwd, sigma_px).to(sharp.dtype) * valid
 

@@ -82,15 +82,14 @@ class PseudoGTConfig:
                           "the best pseudo-GT (none: the checkpoint's own)"))
     dis_refine: bool = field(
         default=True,
-        metadata=matching("learned matcher: refine its flow, started from it (DIS or TV-L1: "
-                          "see refiner); the confidence stays the network's"))
+        metadata=matching("learned matcher: refine its flow, started from it (by DIS: see "
+                          "refiner); the confidence stays the network's"))
     refiner: str = field(
         default="dis",
         metadata=matching("what refines the learned matcher's flow (dis_refine) and makes "
                           "reblur's second match: 'dis' (OpenCV DIS, on the CPU, pair by pair) "
-                          "or 'torch' (TV-L1 optical flow in PyTorch on the actor's device, "
-                          "batched: the GPU path; its pseudo-GT is not yet as good as dis's, "
-                          "see docs/results.md)"))
+                          "or 'torch' (DIS in PyTorch on the actor's device, batched: the GPU "
+                          "path; see docs/results.md for its pseudo-GT beside dis's)"))
     dis_preset: str = field(
         default="medium", metadata=matching("DIS preset: ultrafast, fast or medium"))
     dis_ref_blur: float = field(

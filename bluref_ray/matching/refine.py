@@ -1,13 +1,14 @@
-"""Dense flow refinement in PyTorch: the GPU path's stand-in for DIS.
+"""Dense flow in PyTorch: the GPU path's building blocks besides DIS.
 
 DIS (:mod:`bluref_ray.matching.classical`) runs on the CPU, one pair at a time. On a GPU actor
 that leaves the GPU idle twice per reference: when DIS refines the learned matcher's flow, and
-when the ``reblur`` strategy matches the blurry frame to each blurred reference. This module does
-both in PyTorch, batched, on the tensors' device:
+when the ``reblur`` strategy matches the blurry frame to each blurred reference. The GPU path
+does both with :class:`~bluref_ray.matching.torch_dis.TorchDIS`, batched on the tensors'
+device; this module holds what it is made of and what goes with it:
 
-* :class:`TVL1` refines a flow from an initial one (the learned matcher's, or the first match's)
-  by TV-L1 optical flow, coarse to fine: like DIS started from a flow, it re-estimates the flow
-  from a coarse level, so it corrects errors of several pixels as well as sub-pixel ones.
+* :class:`TVL1`: TV-L1 optical flow, coarse to fine from an initial flow; one level of it is
+  TorchDIS's smoothing step (where OpenCV's DIS runs its variational refinement);
+* :func:`gray`, :func:`gaussian_blur`: the images DIS sees;
 * :func:`fb_confidence` turns a forward and a backward flow into a confidence, as DIS's
   forward–backward check does.
 """

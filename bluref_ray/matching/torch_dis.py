@@ -37,9 +37,21 @@ import torch
 import torch.nn.functional as F
 
 from bluref_ray.matching.refine import TVL1, gaussian_blur, gray
-from bluref_ray.matching.warp import bilinear_sample
 
 _EPS = 1e-3
+
+
+def _sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a one-channel image at real positions, clamped to the border (one
+    ``grid_sample``; faster than four gathers on a CPU).
+
+    Shape:
+        image ``[B, 1, H, W]``, x and y ``[B, P, K]`` → ``[B, P, K]``.
+    """
+    h, w = image.shape[-2:]
+    grid = torch.stack([x * (2.0 / max(w - 1, 1)) - 1.0, y * (2.0 / max(h - 1, 1)) - 1.0], -1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
+                         align_corners=True)[:, 0]
 
 
 def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +157,7 @@ class TorchDIS:
             return f[:, :, cy, cx]
 
         def diff(s: torch.Tensor) -> torch.Tensor:  # I1 at each patch moved by s, minus I0
-            return bilinear_sample(i1, px[None] + s[:, 0, :, None],
-                                   py[None] + s[:, 1, :, None])[:, 0] - tmpl
+            return _sample(i1, px[None] + s[:, 0, :, None], py[None] + s[:, 1, :, None]) - tmpl
 
         def ssd(s: torch.Tensor) -> torch.Tensor:
             d = diff(s)
@@ -199,7 +210,7 @@ class TorchDIS:
         """Dense flow: each pixel's covering patches' flows, weighted by how well each fits it."""
         b, _, h, w = i0.shape
         ps, st = self.patch, self.stride
-        d = bilinear_sample(i1, px[None] + s[:, 0, :, None], py[None] + s[:, 1, :, None])[:, 0]
+        d = _sample(i1, px[None] + s[:, 0, :, None], py[None] + s[:, 1, :, None])
         coef = 1.0 / (d - tmpl).abs().clamp_min(1.0)  # [B, P, ps²]
         out = ((grid[0] - 1) * st + ps, (grid[1] - 1) * st + ps)
         num = torch.cat([coef * s[:, 0, :, None], coef * s[:, 1, :, None], coef], 2)

@@ -293,7 +293,7 @@ def describe(pg: PseudoGTConfig) -> str:
     matcher = pg.matcher
     if matcher == "learned":
         r = f"R={pg.matcher_radius:g}" if pg.matcher_radius else "R of the checkpoint"
-        by = "TV-L1" if pg.refiner == "torch" else "DIS"
+        by = "DIS in PyTorch" if pg.refiner == "torch" else "DIS"
         matcher += f" ({r}{f', refined by {by}' if pg.dis_refine else ''})"
     return (f"matcher={matcher} strategy={pg.strategy} N={pg.max_refs} "
             f"Δ={pg.delta or 'ingest'} τ={pg.tau} refiner={pg.refiner}")
