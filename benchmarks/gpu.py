@@ -8,7 +8,7 @@ Run it whenever a machine with a CUDA GPU is at hand; it prints one table and wr
    ``reblur``, ``refiner=dis``: OpenCV DIS on the actor's CPU), one actor with the GPU, after an
    untimed run of one frame per clip (imports, caches, CUDA kernels); the timed run includes
    starting its own actor and loading the matcher, as a job's does;
-2. the same with ``refiner=torch``: every step in PyTorch on the GPU (TV-L1 for DIS);
+2. the same with ``refiner=torch``: every step in PyTorch on the GPU (DIS in PyTorch);
 3. **the bare matcher** of each (the learned network and its refinement, N references per frame
    on tensors already on the device, nothing else): pairs/s, the ceiling of 1 and 2;
 4. **training crops/s** of NAFNet-width32 at 256², batch 16, bfloat16, through Ray Data
