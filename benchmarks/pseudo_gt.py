@@ -40,7 +40,7 @@ from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt, settings_hash
 
 
 def _loop(frames_dir: str, out: str, pg: PseudoGTConfig) -> tuple[int, dict[str, float]]:
-    """The single-process baseline: the pipeline's two stages, one after the other. Returns the
+    """The single-process baseline: the pipeline's stages, one after the other. Returns the
     pairs made and the seconds spent loading windows, making pairs and writing shards."""
     import torch
 

@@ -2,8 +2,8 @@
 
 All work on batches: B queries, each with up to N references (missing ones flagged in
 ``available``). ``align(query, reference)`` matches and warps: it returns the reference in the
-query's frame, its confidence (0 where the match leaves the frame) and the flow; :func:`aligner`
-builds it from any :class:`~bluref_ray.matching.Matcher`.
+query's frame and its confidence (0 where the match leaves the frame); :func:`aligner` builds it
+from any :class:`~bluref_ray.matching.Matcher`.
 
 * :func:`weighted_average`: match every reference to the blurry frame independently; average
   the aligned references per pixel, weighted by confidence (only matches ≥ τ count).
@@ -46,14 +46,11 @@ from bluref_ray.matching.refine import TVL1, fb_confidence, gaussian_blur, gray
 from bluref_ray.matching.torch_dis import TorchDIS
 from bluref_ray.matching.warp import warp
 
-#: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W],
-#: flow [b,2,H,W])``
-Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-#: ``rematch(query, blurred reference, sharp reference, first flow) -> (aligned sharp reference,
-#: confidence)``: match the query to the blurred reference (from the first match's flow, if it
-#: uses it), warp the sharp one.
-Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                   tuple[torch.Tensor, torch.Tensor]]
+#: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
+Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``rematch(query, blurred reference, sharp reference) -> (aligned sharp reference,
+#: confidence)``: match the query to the blurred reference afresh, warp the sharp one.
+Rematch = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 
@@ -77,11 +74,10 @@ class Fusion:
 def aligner(matcher: Matcher) -> Align:
     """Match, then warp the reference into the query's frame; invalid pixels get confidence 0."""
 
-    def align(query: torch.Tensor, reference: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def align(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = matcher(query, reference)
         aligned, valid = warp(reference, m.flow)
-        return aligned, m.confidence * valid, m.flow
+        return aligned, m.confidence * valid
 
     return align
 
@@ -89,8 +85,8 @@ def aligner(matcher: Matcher) -> Align:
 def rematcher(matcher: Matcher) -> Rematch:
     """Match the query to a blurred reference (afresh), warp the sharp one by that flow."""
 
-    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
-                _first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         m = matcher(query, blurred)
         aligned, valid = warp(sharp, m.flow)
         return aligned, m.confidence * valid
@@ -117,10 +113,11 @@ def torch_rematch(flow: TorchDIS | None = None, sigma_px: float = 1.5) -> Rematc
     two directions agreed also where both were wrong (0.3 to 0.5 dB less gain on real footage)."""
     flow = flow or TorchDIS(ref_blur=0.0, smooth=TVL1(warps=0))
 
-    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor,
-                _first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         q, r = gray(query), gray(blurred)
-        fwd, bwd = flow.refine_gray(q, r), flow.refine_gray(r, q)
+        both = flow.refine_gray(torch.cat([q, r]), torch.cat([r, q]))  # one batch, both ways
+        fwd, bwd = both[:len(q)], both[len(q):]
         aligned, valid = warp(sharp, fwd)
         return aligned, fb_confidence(fwd, bwd, sigma_px).to(sharp.dtype) * valid
 
@@ -179,7 +176,7 @@ def _every_reference(query: torch.Tensor, refs: torch.Tensor, align: Align, tau:
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
             source = acc.image() if running else query
-            aligned, conf, _ = align(source[idx], refs[idx, k])
+            aligned, conf = align(source[idx], refs[idx, k])
             acc.add(aligned, conf, idx)
     return acc.result(avail.sum(1))
 
@@ -221,7 +218,7 @@ def progressive_average(query: torch.Tensor, refs: torch.Tensor, align: Align,
         idx = (avail[:, k] & uncovered.flatten(1).any(1)).nonzero(as_tuple=True)[0]
         if not len(idx):
             continue
-        aligned, conf, _ = align(query[idx], refs[idx, k])
+        aligned, conf = align(query[idx], refs[idx, k])
         acc.add(aligned, conf, idx, only=uncovered[idx])
         used[idx] += 1
     return acc.result(used)
@@ -358,11 +355,10 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     blurry = query if blurry is None else blurry
     b, n = refs.shape[:2]
     views = torch.zeros(b, n, *query.shape[-2:], device=query.device)
-    flows = torch.zeros(b, n, 2, *query.shape[-2:], device=query.device)
     for k in range(n):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
-            aligned, _, flows[idx, k] = align(query[idx], refs[idx, k])
+            aligned, _ = align(query[idx], refs[idx, k])
             views[idx, k] = linear_luma(aligned).float()
     side = min(kernel_size, (min(query.shape[-2:]) - 1) // 2 * 2 + 1)  # fits small frames
     kernel = estimate_kernel(views, linear_luma(blurry).float(), side, avail)
@@ -375,7 +371,7 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
         if len(idx):
             sharp = refs[idx, k]
             aligned_all[idx, k], conf_all[idx, k] = rematch(
-                blurry[idx], reblur(sharp, kernel[idx]), sharp, flows[idx, k])
+                blurry[idx], reblur(sharp, kernel[idx]), sharp)
     aligned_all = match_light(aligned_all, blurry, conf_all >= tau)
     if check is None:
         acc = _Accumulator(blurry, tau)

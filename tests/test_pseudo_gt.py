@@ -244,6 +244,8 @@ def test_actor_resources():
     assert actor_resources(pg, {"CPU": 16}) == (0.0, 15, 1.0)
     assert actor_resources(pg, {"CPU": 16, "GPU": 4}) == (1.0, 4, 1.0)
     assert actor_resources(pg, {"CPU": 1}) == (0.0, 1, 0.5)
+    assert actor_resources(dataclasses.replace(pg, max_concurrency=1), {"CPU": 2}) == (0.0, 1,
+                                                                                      1.0)
     assert actor_resources(dataclasses.replace(pg, cpus_per_actor=0.5), {"CPU": 2}) == (0.0, 2,
                                                                                        0.5)
     # more actors than GPUs share them; an explicit share is kept

@@ -107,7 +107,7 @@ class PseudoGTConfig:
     concurrency: int | None = field(
         default=None,
         metadata=execution("matching actors (default: one per GPU, else the CPUs but one "
-                           "for loading, at least two)"))
+                           "for loading and writing, at least two on two CPUs or more)"))
     max_concurrency: int | None = field(
         default=None,
         metadata=execution("elastic pool: start with --concurrency actors (waited for) and grow "

@@ -13,6 +13,11 @@ from bluref_ray import storage
 from bluref_ray.config import ConfigError
 from bluref_ray.storage import StorageConfig
 
+#: of the CPU that a pipeline's actor pool leaves to its tasks (:func:`actor_pool`), what its
+#: writing tasks ask for each (PNG encoding and a Parquet write per window: light next to
+#: matching); its loading tasks ask for the rest, so that neither waits for the other
+WRITE_CPUS = 0.25
+
 
 def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple[str, ...],
                 storage_cfg: StorageConfig, log: Callable[[str], None], what: str) -> None:
@@ -82,8 +87,9 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
 
     Default: one actor per GPU; ``concurrency`` actors on fewer GPUs share them (a fraction each
     that packs onto whole GPUs; an explicit ``gpus_per_actor`` is kept). Without GPUs: with
-    ``loaders`` (a stage that loads data for the actors), as many actors as fit while leaving one
-    CPU to the loading tasks (they would starve otherwise, and the pipeline would stall), at
+    ``loaders`` (tasks that load data for the actors and write what they make), as many actors as
+    fit while leaving one CPU to those tasks (they would starve otherwise, and the pipeline would
+    stall), at
     least two on two CPUs or more (sharing the CPUs left: loading needs its CPU only now and
     then, and one actor of one thread would leave a core idle), and on a cluster of fewer than
     two CPUs one actor with half of them; without, one actor. Never more than ``max_actors``.
@@ -104,6 +110,7 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
         n, per_actor = 1, min(per_actor, cpus / 2)
     elif loaders:
         n = max(2, int((cpus - 1) // per_actor))
+        n = min(n, max_actors or n)  # before the CPUs are shared out
         per_actor = min(per_actor, (cpus - 1) / n)
     else:
         n = 1

@@ -1,8 +1,9 @@
 """The pseudo-pairs of one window: match each blurry frame's references, fuse them, make rows.
 
-:class:`PairMaker` is the work of stage 3 of :mod:`bluref_ray.pipeline.pseudo_gt`, built once
-per actor (on the device Ray assigned) and called once per window. It is also what a plain loop
-calls (``benchmarks/pseudo_gt.py``), so the pipeline and its baseline run the same code.
+:meth:`PairMaker.make` is the work of stage 3 of :mod:`bluref_ray.pipeline.pseudo_gt` (built
+once per actor, on the device Ray assigned, and called once per window), :func:`encode_pairs`
+and :func:`write_window` that of stage 4. A plain loop calls the same functions
+(``benchmarks/pseudo_gt.py``), so the pipeline and its baseline run the same code.
 """
 
 from __future__ import annotations

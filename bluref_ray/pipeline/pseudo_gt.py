@@ -14,7 +14,7 @@
    ``max_concurrency``; 1 GPU each when the cluster has GPUs, CPUs otherwise, 1 → 1):
    :class:`PseudoGTActor` builds a :class:`~bluref_ray.pipeline.pairs.PairMaker` once and
    makes each window's pairs as uint8 pixels (:class:`~bluref_ray.pipeline.pairs.WindowPairs`).
-4. **encode and write** (Ray Data tasks, up to 1 CPU each, 1 → 1): :func:`write_task` encodes
+4. **encode and write** (Ray Data tasks, a quarter of a CPU each, 1 → 1): :func:`write_task` encodes
    the PNGs, scores the pairs against ground truth where a frame has one, and writes
    ``OUT/rejects/<shard>.parquet`` if any, then ``OUT/shards/<shard>.parquet`` atomically; a
    finished shard is skipped by a resumed run. The actors' device never waits for this.
@@ -42,6 +42,7 @@ from bluref_ray import schema, storage, tables
 from bluref_ray.config import Config, ConfigError, PseudoGTConfig, settings_hash
 from bluref_ray.data.windows import load_windows
 from bluref_ray.pipeline.common import (
+    WRITE_CPUS,
     Progress,
     actor_pool,
     actor_setup,
@@ -190,8 +191,7 @@ def write_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, chash: str, out
                storage_cfg: StorageConfig) -> dict[str, list]:
     """Stage 4 (Ray task): encode each window's pairs and write its shard (and rejects)."""
     res: dict[str, list] = {"shard": [], "rows": [], "rejects": [], "reason": [],
-                            "coverage": [], "started": [], "seconds": [], "write_seconds": [],
-                            "actor": []}
+                            "started": [], "seconds": [], "write_seconds": [], "actor": []}
     for made, started, seconds, actor in zip(batch["pairs"], batch["started"], batch["seconds"],
                                              batch["actor"]):
         t0 = time.perf_counter()
@@ -201,7 +201,6 @@ def write_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, chash: str, out
         res["rows"].append(len(rows))
         res["rejects"].append(len(rejects))
         res["reason"].append(rejects[0]["reason"] if rejects else "")
-        res["coverage"].append(float(np.mean(made.coverage)) if rows else float("nan"))
         res["started"].append(float(started))
         res["seconds"].append(float(seconds))
         res["write_seconds"].append(time.perf_counter() - t0)
@@ -233,7 +232,9 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     resources = await_pool("pseudo_gt", cfg.ray, pg.concurrency, pg.cpus_per_actor,
                            pg.gpus_per_actor, log, loaders=True)
     gpus, concurrency, cpus_per_actor = actor_resources(pg, resources)
-    loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2)
+    loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2) - WRITE_CPUS  # + writing: 1
+    # at most a quarter of the cluster's memory resource, so that a small one can schedule them
+    loader_memory = min(LOADER_MEMORY, float(resources.get("memory", LOADER_MEMORY)) / 4)
     log(f"[pseudo-gt] {len(p.clips)} clips with blurry frames, {p.windows} windows to do, "
         f"from {p.src}; {describe(pg)}; {pool_size(concurrency, pg.max_concurrency)} actor(s) "
         f"with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
@@ -242,13 +243,13 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     # block, for a single actor (Ray Data packs rows into blocks of up to 128 MiB otherwise).
     ds.context.target_max_block_size = 1
 
-    # Stage 2: load windows (tasks, loader_cpus and LOADER_MEMORY each; one clip → its
+    # Stage 2: load windows (tasks, loader_cpus and loader_memory each; one clip → its
     # windows). Their memory request also keeps Ray Data from fusing them into the actors when
     # both ask for as many CPUs: a fused actor would decode while its device waits, and make
     # every window of a clip itself.
     ds = ds.map_batches(functools.partial(load_task, pg=pg, done=p.done,
                                           storage_cfg=storage_cfg),
-                        batch_size=1, num_cpus=loader_cpus, memory=LOADER_MEMORY)
+                        batch_size=1, num_cpus=loader_cpus, memory=loader_memory)
 
     # Stage 3: match and fuse (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU))
     ds = ds.map_batches(PseudoGTActor, fn_constructor_kwargs={
@@ -256,10 +257,11 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
         batch_size=1, compute=pool_strategy(concurrency, pg.max_concurrency),
         num_cpus=cpus_per_actor, num_gpus=gpus)
 
-    # Stage 4: encode and write (tasks, loader_cpus each; off the actors' critical path)
+    # Stage 4: encode and write (tasks, WRITE_CPUS each, beside the loading tasks; off the
+    # actors' critical path)
     ds = ds.map_batches(functools.partial(write_task, pg=pg, chash=p.chash, out=out,
                                           storage_cfg=storage_cfg),
-                        batch_size=1, num_cpus=loader_cpus)
+                        batch_size=1, num_cpus=WRITE_CPUS)
     progress = Progress("pseudo-gt", p.windows, "windows", log)
     rows = rejects = 0
     busy = writing = 0.0
