@@ -5,7 +5,7 @@
 1. **plan** (driver; each frames file counted by a task): the clips with blurry frames and the
    file that holds each (one per clip from ingest, or a part of many after ``bluref
    compact``), the settings hash, and the shards an earlier run finished (:func:`plan`).
-2. **load windows** (Ray Data tasks, up to 1 CPU each, one per clip, 1 → N):
+2. **load windows** (Ray Data tasks, up to ¾ of a CPU each, one per clip, 1 → N):
    :func:`bluref_ray.data.windows.load_windows` cuts each clip's blurry frames into windows
    (``targets_per_shard``) and loads every frame a window needs once, a video decoded front to
    back a single time; each window travels as a typed :class:`~bluref_ray.data.windows.Window`
@@ -14,7 +14,7 @@
    ``max_concurrency``; 1 GPU each when the cluster has GPUs, CPUs otherwise, 1 → 1):
    :class:`PseudoGTActor` builds a :class:`~bluref_ray.pipeline.pairs.PairMaker` once and
    makes each window's pairs as uint8 pixels (:class:`~bluref_ray.pipeline.pairs.WindowPairs`).
-4. **encode and write** (Ray Data tasks, a quarter of a CPU each, 1 → 1): :func:`write_task` encodes
+4. **encode and write** (Ray Data tasks, ¼ of a CPU each, 1 → 1): :func:`write_task` encodes
    the PNGs, scores the pairs against ground truth where a frame has one, and writes
    ``OUT/rejects/<shard>.parquet`` if any, then ``OUT/shards/<shard>.parquet`` atomically; a
    finished shard is skipped by a resumed run. The actors' device never waits for this.
