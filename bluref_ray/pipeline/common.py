@@ -89,10 +89,10 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
     that packs onto whole GPUs; an explicit ``gpus_per_actor`` is kept). Without GPUs: with
     ``loaders`` (tasks that load data for the actors and write what they make), as many actors as
     fit while leaving one CPU to those tasks (they would starve otherwise, and the pipeline would
-    stall), at
-    least two on two CPUs or more (sharing the CPUs left: loading needs its CPU only now and
-    then, and one actor of one thread would leave a core idle), and on a cluster of fewer than
-    two CPUs one actor with half of them; without, one actor. Never more than ``max_actors``.
+    stall), at least two on two CPUs or more (sharing the CPUs left: loading needs its CPU only
+    now and then, and one actor of one thread would leave a core idle), and on a cluster of fewer
+    than two CPUs one actor with half of them; without, one actor. Never more than
+    ``max_actors``.
 
     Raises:
         ConfigError: the actors (and the loading tasks) do not fit the cluster; the message
