@@ -35,11 +35,11 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, overwrite: bo
     """
     import ray
     from ray import tune
-    from ray.tune.schedulers import AsyncHyperBandScheduler
 
     from bluref_ray.pipeline.common import prepare_out
     from bluref_ray.pipeline.ingest import run_ingest
     from bluref_ray.ray_utils import init_ray
+    from bluref_ray.sweep.asha import ResumableASHA
 
     t0 = time.time()
     base = base_config(spec)
@@ -66,7 +66,7 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, overwrite: bo
     key, mode, _ = METRICS[spec.metric]
     grace = int((spec.asha or {}).get("grace_steps", base.train.val_every))
     # No rung at the last step: a trial that got there has spent its budget.
-    scheduler = None if spec.asha is None else AsyncHyperBandScheduler(
+    scheduler = None if spec.asha is None else ResumableASHA(
         time_attr="step", max_t=max(max(steps) - 1, grace), grace_period=grace,
         reduction_factor=float(spec.asha.get("reduction_factor", 2)),
         stop_last_trials=False)  # a trial at its last step finishes: exports its model

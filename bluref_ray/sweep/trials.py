@@ -6,7 +6,6 @@ import hashlib
 import json
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from bluref_ray import storage
@@ -29,16 +28,18 @@ def cache_key(pg, data: tuple[str, ...], ingest) -> str:
 class PseudoGTCache:
     """Makes each pseudo-GT of a sweep once, however many trials ask for it (a named actor).
 
-    Requests for the same key wait for the one run; a finished pseudo-GT (its ``summary.json``
-    exists) is reused at once, also by a later sweep pointed at the same cache. Each run that
+    One pseudo-GT is made at a time: each run sizes its actor pool to the whole cluster, so two
+    at once would gain nothing, and on a small cluster their actors would hold every CPU that
+    their loading tasks wait for (neither run ever finishes). Requests for the same key wait for
+    the one run; a finished pseudo-GT (its ``summary.json`` exists) is reused at once, also by a
+    later sweep pointed at the same cache. Each run that
     starts leaves ``CACHE/<key>/runs/<time>-<trial>.json`` (which trial, how many shards were
     already done), so runs can be counted.
     """
 
     def __init__(self, frames: str, cache: str, data: tuple[str, ...], ingest) -> None:
         self.frames, self.cache, self.data, self.ingest = frames, cache, data, ingest
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._guard = threading.Lock()
+        self._making = threading.Lock()
 
     def get(self, cfg: Config, trial: str) -> dict:
         """``{"uri", "key", "made"}``: the pseudo-GT of ``cfg.pseudo_gt``, made if needed."""
@@ -48,11 +49,17 @@ class PseudoGTCache:
         key = cache_key(cfg.pseudo_gt, self.data, self.ingest)
         uri = storage.join(self.cache, key)
         sc = cfg.storage.resolved()
-        with self._guard:
-            lock = self._locks[key]
-        with lock:
+
+        def made() -> bool:
             if storage.exists(storage.join(uri, "summary.json"), sc):
                 print(f"[sweep] trial {trial}: reusing pseudo-GT {key}", flush=True)
+                return True
+            return False
+
+        if made():  # no need to wait for the run of another pseudo-GT
+            return {"uri": uri, "key": key, "made": False}
+        with self._making:
+            if made():
                 return {"uri": uri, "key": key, "made": False}
             before = len(finished(storage.join(uri, "shards"), sc))
             storage.write_text(
