@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,11 @@ from bluref_ray.config import SynthConfig
 from bluref_ray.storage import StorageConfig
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Fewer processes to start on the test cluster, which is never preempted and whose tables have a
+# few files each: no preemption watcher per training run, one Parquet footer reader per table
+# read instead of two.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 
 #: Small clips so the whole suite runs in minutes on 2 CPU cores.
 TINY = SynthConfig(seed=7, train_clips=2, test_clips=1, frames=24, height=72, width=128,
@@ -94,9 +100,11 @@ def tiny_pairs(ray_cluster, tiny_frames, tmp_path_factory) -> str:
     return out
 
 
-def kill_when(command: list[str], ready, what: str, timeout_s: float = 120) -> None:
+def kill_when(command: list[str], ready, what: str, timeout_s: float = 120,
+              log=None) -> None:
     """Start ``bluref COMMAND`` on the test cluster as its own process group and SIGKILL the
-    group as soon as ``ready()`` is true (which must happen within ``timeout_s``)."""
+    group as soon as ``ready()`` is true (which must happen within ``timeout_s``); its output
+    goes to the file ``log`` if given."""
     import signal
     import subprocess
     import sys
@@ -106,17 +114,21 @@ def kill_when(command: list[str], ready, what: str, timeout_s: float = 120) -> N
 
     env = {**os.environ, **({"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
                             if ray.is_initialized() else {})}
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "bluref_ray.cli", *command], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdout=out, stderr=subprocess.STDOUT if log else out,
                             start_new_session=True)
     try:
         deadline = time.time() + timeout_s
         while time.time() < deadline and not ready() and proc.poll() is None:
             time.sleep(0.05)
-        assert ready(), f"{what} did not happen within {timeout_s:g} s (exit {proc.poll()})"
+        assert ready(), (f"{what} did not happen within {timeout_s:g} s (exit {proc.poll()})"
+                         + (f":\n{Path(log).read_text()[-3000:]}" if log else ""))
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if log:
+            out.close()
 
 
 def settled(count, quiet_s: float = 1.0, timeout_s: float = 15.0) -> int:
@@ -148,18 +160,6 @@ def kill_at_seeded_points(command: list[str], folder, n: int, seed: int = 25,
         kill_when(command, lambda p=point: files() >= p, f"{point} files written to {folder}")
         written.append(settled(files))
     assert written[0] < n, f"the first kill came after the end: {written} of {n}"
-
-
-def kill_at_seeded_events(command: list[str], events: list, seed: int = 25) -> list[str]:
-    """Run ``bluref COMMAND`` twice, SIGKILLed (:func:`kill_when`) at two of ``events``
-    (``(name, ready)`` in the order a run meets them) drawn from ``seed``; returns their
-    names."""
-    import random
-
-    picked = sorted(random.Random(seed).sample(range(len(events)), 2))
-    for i in picked:
-        kill_when(command, events[i][1], events[i][0], timeout_s=300)
-    return [events[i][0] for i in picked]
 
 
 def _task_pids(name: str) -> list[int]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -162,9 +159,8 @@ def test_kernel_training_and_two_worker_gan_training_stay_in_sync(ray_cluster, t
 @pytest.mark.faults
 def test_killed_blur2blur_resumes_from_its_last_checkpoint(ray_cluster, tiny_frames, tiny_data,
                                                           tmp_path):
-    """`bluref blur2blur` is SIGKILLed mid-way; the same command resumes from its checkpoint."""
-    import ray
-
+    """`bluref blur2blur` is SIGKILLed mid-way; the same training resumes from its checkpoint."""
+    from bluref_ray.training.blur2blur import train_blur2blur
     from bluref_ray.training.common import latest_checkpoint
 
     kernel, _ = _fixtures(tmp_path)
@@ -176,12 +172,13 @@ def test_killed_blur2blur_resumes_from_its_last_checkpoint(ray_cluster, tiny_fra
     assert not (out / "translator.pt").exists()
     stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
     assert 4 <= stopped < 400
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    done = subprocess.run([sys.executable, "-m", "bluref_ray.cli", "blur2blur", *args,
-                           "--steps", str(stopped + 2)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"step_{stopped:06d}" in done.stdout  # "resuming from …/step_NNNNNN"
+    settings = [f"known={tiny_data}/train", f"kernel={kernel}", "batch_size=2",
+                "checkpoint_every=2", "log_every=1", "cpus_per_worker=0.5",
+                f"steps={stopped + 2}"]
+    logs: list[str] = []
+    train_blur2blur(tiny_frames, str(out), load_config(None, [
+        "ray.progress_bars=false", *(f"blur2blur.{s}" for s in settings)]), log=logs.append)
+    assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs), logs
     assert read_checkpoint(str(out / "translator.pt"))["step"] == stopped + 2
 
 

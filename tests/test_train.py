@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import kill_at_seeded_events
+from conftest import kill_when, kill_worker_when
 
 from bluref_ray.config import Config, ConfigError, RayConfig, RefineConfig, TrainConfig
 from bluref_ray.data.images import encode_png
@@ -99,70 +99,6 @@ def test_supervised_mode_trains_on_ground_truth(ray_cluster, tiny_pairs, tmp_pat
     assert read_checkpoint(s.model)["train_config"]["supervised"] is True
 
 
-@pytest.mark.faults
-def test_a_killed_worker_is_replaced_and_a_killed_run_resumes_from_its_newest_checkpoint(
-        ray_cluster, tiny_pairs, tmp_path):
-    """Ray Train's fault tolerance, then a kill of the whole command, in one run: the training
-    worker's process is SIGKILLed after the checkpoint of step 4 (the worker group is replaced
-    and goes on from that checkpoint, not from step 0); after a later checkpoint the `bluref
-    train` process group is SIGKILLed; the same training started again resumes from the newest
-    checkpoint and ends at its last step; older checkpoints stay only if Ray Train lists them."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from ray.util.state import list_actors
-
-    out = tmp_path / "killed"
-    ckpts = out / "ray-train"
-    gcs = ray_cluster.get_runtime_context().gcs_address
-    log = tmp_path / "train.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bluref_ray.cli", "train", tiny_pairs, "--out", str(out),
-         "--steps", "400", "--batch-size", "2", "--crop", "32", "--checkpoint-every", "2",
-         "--val-every", "1000", "--cpus-per-worker", "0.5", "--max-failures", "2",
-         "--keep-checkpoints", "2", "--no-ray-progress-bars"],
-        env={**os.environ, "RAY_ADDRESS": gcs}, stdout=log.open("w"),
-        stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_for(ready, what: str) -> None:
-        deadline = time.time() + 180
-        while time.time() < deadline and not ready() and proc.poll() is None:
-            time.sleep(0.1)
-        assert ready(), f"{what} did not happen (exit {proc.poll()}): {log.read_text()[-2000:]}"
-
-    try:
-        wait_for((ckpts / "step_000004").is_dir, "the checkpoint of step 4")
-        workers = [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")])
-                   if a.class_name == "RayTrainWorker"]
-        assert len(workers) == 1, workers
-        os.kill(workers[0].pid, signal.SIGKILL)
-        wait_for(lambda: "going on from the checkpoint of step" in log.read_text(),
-                 "the replaced worker group going on")
-        went_on = int(log.read_text().split("going on from the checkpoint of step ")[1].split()[0])
-        assert went_on >= 4  # not from scratch
-        wait_for(lambda: (ckpts / f"step_{went_on + 4:06d}").is_dir(),
-                 "a checkpoint of the replaced worker group")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert not (out / "model.pt").exists()
-    stopped = int(latest_checkpoint(str(out), None).rsplit("_", 1)[1])
-    assert went_on + 4 <= stopped < 400
-    logs: list[str] = []
-    cfg = _cfg(steps=stopped + 2, checkpoint_every=2, val_every=1000, keep_checkpoints=2)
-    s = train_deblurrer(tiny_pairs, str(out), cfg, log=logs.append)
-    assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs)
-    assert read_checkpoint(s.model)["step"] == stopped + 2
-    final = json.loads((out / "final.json").read_text())
-    assert final["step"] == stopped + 2 and final["start_step"] == stopped, final
-    kept = sorted(p.name for p in ckpts.glob("step_*"))
-    assert kept[-2:] == [f"step_{stopped:06d}", f"step_{stopped + 2:06d}"], kept
-    listed = (ckpts / "checkpoint_manager_snapshot.json").read_text()  # Ray Train's own record
-    assert all(k in listed for k in kept[:-2]), kept  # older ones stay only if Ray Train lists them
-
-
 def test_resources_asked_for_are_awaited_and_never_replaced_by_cpus(ray_cluster, tiny_pairs,
                                                                     tiny_frames, tmp_path):
     """GPUs asked for on a cluster without any: the command asks the autoscaler, says what it
@@ -223,33 +159,61 @@ def test_gpu_workers_fit_the_clusters_gpus():
 
 
 @pytest.mark.faults
-def test_killed_refinement_resumes_and_rounds_match_the_previous_models_output(
+def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previous_models_output(
         ray_cluster, tiny_frames, tiny_pairs, tiny_data, tmp_path):
-    """`bluref refine` SIGKILLed at two seeded points among its stages (in round 1's training,
-    then in round 2's pseudo-GT), then the same run goes on: finished stages are not redone,
-    round 1's pseudo-GT equals an uninterrupted pseudo-GT run's (``tiny_pairs``), and round 2
-    matches the output of round 1's model."""
+    """`bluref refine` through every interruption it can meet, one after the other:
+
+    1. in round 1's training, the Ray Train worker's process is SIGKILLed after the checkpoint
+       of step 2: Ray Train replaces the worker group, which goes on from a checkpoint (not from
+       step 0); after its next checkpoint the `bluref refine` process group is SIGKILLed;
+    2. the same command resumes round 1's training from its newest checkpoint and is SIGKILLed
+       once round 2's pseudo-GT has written a shard;
+    3. the same run goes on to the end: finished stages are not redone, round 1's pseudo-GT
+       equals an uninterrupted pseudo-GT run's (``tiny_pairs``), round 2 matches the output of
+       round 1's model, and older checkpoints stay only if Ray Train still lists them."""
     from bluref_ray import schema
     from bluref_ray.config import PseudoGTConfig
     from bluref_ray.refine import run_refine
 
     out = tmp_path / "refine"
+    steps = 12
     cfg = dataclasses.replace(
-        _cfg(steps=4, val=f"{tiny_data}/test", checkpoint_every=2),
+        _cfg(steps=steps, val=f"{tiny_data}/test", checkpoint_every=2, max_failures=2,
+             keep_checkpoints=2),
         refine=RefineConfig(rounds=2, steps_later=1),
         pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=6))
     r1, r2 = out / "round_1", out / "round_2"
-    events = [("round 1's checkpoint of step 2", (r1 / "train/ray-train/step_000002").is_dir),
-              ("a round-2 shard", lambda: any((r2 / "pseudo_gt/shards").glob("*.parquet"))),
-              ("round 2's model", (r2 / "train/model.pt").is_file)]
-    killed_at = kill_at_seeded_events(
-        ["refine", tiny_frames, "--out", str(out), "--rounds", "2", "--steps-later", "1",
-         "--max-refs", "2", "--concurrency", "1", "--limit", "6", "--train-steps", "4",
-         "--train-batch-size", "2", "--train-crop", "32", "--train-crops-per-frame", "2",
-         "--train-cpus-per-worker", "0.5", "--train-val", f"{tiny_data}/test",
-         "--train-val-frames", "2", "--train-val-every", "3", "--train-checkpoint-every", "2",
-         "--train-log-every", "1", "--no-ray-progress-bars"], events)
-    assert killed_at == ["round 1's checkpoint of step 2", "a round-2 shard"]  # seed 25
+    ckpts = r1 / "train" / "ray-train"
+    command = [
+        "refine", tiny_frames, "--out", str(out), "--rounds", "2", "--steps-later", "1",
+        "--max-refs", "2", "--concurrency", "1", "--limit", "6", "--train-steps", str(steps),
+        "--train-batch-size", "2", "--train-crop", "32", "--train-crops-per-frame", "2",
+        "--train-cpus-per-worker", "0.5", "--train-val", f"{tiny_data}/test",
+        "--train-val-frames", "2", "--train-val-every", "3", "--train-checkpoint-every", "2",
+        "--train-max-failures", "2", "--train-keep-checkpoints", "2", "--train-log-every", "1",
+        "--no-ray-progress-bars"]
+    log1, log2 = tmp_path / "refine-1.log", tmp_path / "refine-2.log"
+    marker = "going on from the checkpoint of step "
+
+    def went_on() -> int | None:
+        text = log1.read_text() if log1.exists() else ""
+        return int(text.split(marker)[1].split()[0]) if marker in text else None
+
+    def next_checkpoint() -> bool:  # one the replaced worker group wrote
+        step = went_on()
+        return step is not None and (ckpts / f"step_{step + 2:06d}").is_dir()
+
+    with kill_worker_when("RayTrainWorker", (ckpts / "step_000002").is_dir) as killed:
+        kill_when(command, next_checkpoint, "a checkpoint of the replaced worker group",
+                  timeout_s=300, log=log1)
+    assert len(killed) == 1 and went_on() >= 2  # replaced, and not from scratch
+    assert not (r1 / "train" / "model.pt").exists()
+    stopped = int(latest_checkpoint(str(r1 / "train"), None).rsplit("_", 1)[1])
+    assert went_on() + 2 <= stopped < steps
+    kill_when(command, lambda: any((r2 / "pseudo_gt/shards").glob("*.parquet")),
+              "a round-2 shard", timeout_s=300, log=log2)
+    assert any("resuming from" in line and f"step_{stopped:06d}" in line
+               for line in log2.read_text().splitlines())
     kept = {p: p.stat().st_mtime_ns for p in out.glob("round_*/pseudo_gt/shards/*.parquet")}
     logs: list[str] = []
     r = run_refine(tiny_frames, str(out), cfg, log=logs.append)
@@ -262,7 +226,13 @@ def test_killed_refinement_resumes_and_rounds_match_the_previous_models_output(
                                           schema.PSEUDO_PAIRS).sort_by("row_id"))
     assert r["model"].endswith("round_2/train/model.pt")
     assert any("matching the output of" in m and "round_1/train/model.pt" in m for m in logs)
-    assert read_checkpoint(f"{r1}/train/model.pt")["step"] == 4
+    assert read_checkpoint(f"{r1}/train/model.pt")["step"] == steps
+    final = json.loads((r1 / "train" / "final.json").read_text())
+    assert final["step"] == steps and final["start_step"] == stopped, final
+    names = sorted(p.name for p in ckpts.glob("step_*"))
+    assert names[-2:] == [f"step_{steps - 2:06d}", f"step_{steps:06d}"], names
+    listed = (ckpts / "checkpoint_manager_snapshot.json").read_text()  # Ray Train's own record
+    assert all(k in listed for k in names[:-2]), names  # older ones only if Ray Train lists them
     assert read_checkpoint(r["model"])["step"] == 1  # round 2: warm start, its own schedule
     lrs = [json.loads((r1.parent / f"round_{k}" / "train" / "train.json").read_text())
            ["config"]["lr"] for k in (1, 2)]
