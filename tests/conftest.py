@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bluref_ray.config import SynthConfig
+from bluref_ray.config import IngestConfig, PseudoGTConfig, SynthConfig
 from bluref_ray.storage import StorageConfig
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -87,17 +87,49 @@ def tiny_frames(ray_cluster, tiny_data, tmp_path_factory) -> str:
     return out
 
 
+#: The settings of ``tiny_table``.
+TINY_TABLE = IngestConfig(max_refs=4, delta=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_table(ray_cluster, tiny_data, tmp_path_factory) -> str:
+    """The tiny dataset's videos and train trees, ingested (local frames table folder): the
+    uninterrupted run that the ingest fault tests compare with."""
+    from bluref_ray.config import Config, RayConfig
+    from bluref_ray.pipeline.ingest import run_ingest
+
+    out = str(tmp_path_factory.mktemp("table") / "ingest")
+    run_ingest([f"{tiny_data}/videos", f"{tiny_data}/train"], out,
+               Config(ray=RayConfig(progress_bars=False), ingest=TINY_TABLE), log=lambda _m: None)
+    return out
+
+
+#: The settings of ``tiny_pairs`` (fault tests that shard finer compare their rows with it).
+TINY_PAIRS = PseudoGTConfig(max_refs=2, concurrency=1, limit=6)
+
+
 @pytest.fixture(scope="session")
 def tiny_pairs(ray_cluster, tiny_frames, tmp_path_factory) -> str:
     """Pseudo-GT of the tiny dataset's train clips (local pseudo-gt output folder)."""
-    from bluref_ray.config import Config, PseudoGTConfig, RayConfig
+    from bluref_ray.config import Config, RayConfig
     from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
 
     out = str(tmp_path_factory.mktemp("pairs") / "pseudo_gt")
-    cfg = Config(ray=RayConfig(progress_bars=False),
-                 pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=6))
-    run_pseudo_gt(tiny_frames, out, cfg, log=lambda _m: None)
+    run_pseudo_gt(tiny_frames, out, Config(ray=RayConfig(progress_bars=False),
+                                           pseudo_gt=TINY_PAIRS), log=lambda _m: None)
     return out
+
+
+def shards_of(pairs: str, targets_per_shard: int) -> int:
+    """How many shards a run of ``pairs``' settings writes with ``targets_per_shard`` (a shard
+    holds the targets of one clip)."""
+    import collections
+
+    from bluref_ray import schema
+
+    clips = schema.read_table(f"{pairs}/shards", schema.PSEUDO_PAIRS).column("clip_id")
+    return sum(-(-n // targets_per_shard)
+               for n in collections.Counter(clips.to_pylist()).values())
 
 
 def kill_when(command: list[str], ready, what: str, timeout_s: float = 120,
@@ -188,20 +220,22 @@ def _task_pids(name: str) -> list[int]:
 def kill_worker_when(name: str, ready, timeout_s: float = 120):
     """While the block runs, SIGKILL one process running a Ray task (or an actor) whose name
     holds ``name``, once ``ready()`` is true; yields the list of killed PIDs (filled by the end
-    of the block)."""
+    of the block). Processes that ran such a task before the block are left alone (an earlier
+    test's workers may still be on their way out)."""
     import signal
     import threading
     import time
 
     killed: list[int] = []
     done = threading.Event()
+    earlier = set(_task_pids(name))
 
     def watch() -> None:
         deadline = time.time() + timeout_s
         while time.time() < deadline and not done.is_set() and not ready():
             time.sleep(0.05)
         while time.time() < deadline and not done.is_set() and not killed:
-            for pid in _task_pids(name)[:1]:
+            for pid in [p for p in _task_pids(name) if p not in earlier][:1]:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.02)

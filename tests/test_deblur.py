@@ -172,23 +172,33 @@ def _outputs(folder) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
+#: The deblur run the fault tests interrupt: one blurry clip, one image per batch.
+ONE_BY_ONE = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, batch_size=1))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, tiny_data, tmp_path_factory) -> tuple[str, str, dict]:
+    """The checkpoint, the source and the outputs of an uninterrupted ``ONE_BY_ONE`` run."""
+    folder = tmp_path_factory.mktemp("deblur-uninterrupted")
+    ckpt = _checkpoint(str(folder / "model.pt"))
+    src = f"{tiny_data}/train/clip_0000/blur"
+    run_deblur(ckpt, [src], str(folder / "out"), ONE_BY_ONE, log=lambda _m: None)
+    return ckpt, src, _outputs(folder / "out")
+
+
 @pytest.mark.faults
-def test_killed_deblur_resumes_and_writes_the_files_of_an_uninterrupted_run(ray_cluster,
-                                                                           tiny_data, tmp_path):
+def test_killed_deblur_resumes_and_writes_the_files_of_an_uninterrupted_run(uninterrupted,
+                                                                           tmp_path):
     """`bluref deblur` SIGKILLed (process group) at two seeded points, then the same command:
     byte for byte the outputs of an uninterrupted run, finished files not redone, no temporary
     file left."""
-    ckpt = _checkpoint(str(tmp_path / "model.pt"))
-    src = f"{tiny_data}/train/clip_0000/blur"
-    full, out = tmp_path / "full", tmp_path / "out"
-    cfg = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, batch_size=1))
-    run_deblur(ckpt, [src], str(full), cfg, log=lambda _m: None)
-    want = _outputs(full)
+    ckpt, src, want = uninterrupted
+    out = tmp_path / "out"
     kill_at_seeded_points(["deblur", ckpt, src, "--out", str(out), "--tile", "32",
                            "--tile-overlap", "8", "--batch-size", "1"], out, len(want),
                           pattern="*.png")
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
-    s = run_deblur(ckpt, [src], str(out), cfg, log=lambda _m: None)
+    s = run_deblur(ckpt, [src], str(out), ONE_BY_ONE, log=lambda _m: None)
     assert (s["skipped"], s["done"], s["failed"]) == (len(kept), len(want) - len(kept), [])
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
     assert _outputs(out) == want
@@ -196,18 +206,14 @@ def test_killed_deblur_resumes_and_writes_the_files_of_an_uninterrupted_run(ray_
 
 
 @pytest.mark.faults
-def test_a_killed_deblur_actor_is_restarted_and_every_file_is_written(ray_cluster, tiny_data,
-                                                                      tmp_path):
+def test_a_killed_deblur_actor_is_restarted_and_every_file_is_written(uninterrupted, tmp_path):
     """The deblur actor SIGKILLed after its first output: Ray restarts it and retries its batch;
     the outputs equal an uninterrupted run's, byte for byte."""
-    ckpt = _checkpoint(str(tmp_path / "model.pt"))
-    src = f"{tiny_data}/train/clip_0000/blur"
-    full, out = tmp_path / "full", tmp_path / "out"
-    cfg = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, batch_size=1))
-    run_deblur(ckpt, [src], str(full), cfg, log=lambda _m: None)
+    ckpt, src, want = uninterrupted
+    out = tmp_path / "out"
     with kill_worker_when("DeblurWorker", lambda: any(out.glob("*.png"))) as killed:
-        s = run_deblur(ckpt, [src], str(out), cfg, log=lambda _m: None)
+        s = run_deblur(ckpt, [src], str(out), ONE_BY_ONE, log=lambda _m: None)
     assert killed, "no actor was killed"
-    assert s["done"] == len(_outputs(full)) and s["failed"] == []
-    assert _outputs(out) == _outputs(full)
+    assert s["done"] == len(want) and s["failed"] == []
+    assert _outputs(out) == want
     assert not [n for n in os.listdir(out) if n.startswith(".")]

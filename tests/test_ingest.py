@@ -95,14 +95,14 @@ def _hidden(folder) -> list[str]:
 
 
 @pytest.mark.faults
-def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data, tmp_path):
+def test_killed_run_resumes_and_ends_with_the_same_table(tiny_data, tiny_table, tmp_path):
     """`bluref ingest` SIGKILLed (process group) at two seeded points, then the same command:
-    the table of an uninterrupted run, every row once, no temporary file left."""
+    the table of an uninterrupted run (``tiny_table``), every row once, no temporary file
+    left."""
     sources = [f"{tiny_data}/videos", f"{tiny_data}/train"]
-    full_out, out = str(tmp_path / "full"), tmp_path / "out"
-    run_ingest(sources, full_out, CFG, log=lambda _m: None)
-    full = _frames(full_out)
-    n = len(os.listdir(f"{full_out}/frames"))
+    out = tmp_path / "out"
+    full = _frames(tiny_table)
+    n = len(os.listdir(f"{tiny_table}/frames"))
     kill_at_seeded_points(["ingest", *sources, "--out", str(out), "--max-refs", "4", "--delta",
                            "5"], out / "frames", n)
     before = set(os.listdir(out / "frames"))
@@ -114,13 +114,12 @@ def test_killed_run_resumes_and_ends_with_the_same_table(ray_cluster, tiny_data,
 
 
 @pytest.mark.faults
-def test_a_killed_ingest_task_is_retried_and_the_table_is_complete(ray_cluster, tiny_data,
+def test_a_killed_ingest_task_is_retried_and_the_table_is_complete(tiny_data, tiny_table,
                                                                    tmp_path):
     """The process of an ingest task SIGKILLed once the first clip is written: Ray runs the task
     again; the table equals an uninterrupted run's, every row once, no temporary file left."""
     sources = [f"{tiny_data}/videos", f"{tiny_data}/train"]
-    full_out, out = str(tmp_path / "full"), tmp_path / "out"
-    run_ingest(sources, full_out, CFG, log=lambda _m: None)
+    full_out, out = tiny_table, tmp_path / "out"
     with kill_worker_when("Map(", lambda: any((out / "frames").glob("*.parquet"))) as killed:
         s = run_ingest(sources, str(out), CFG, log=lambda _m: None)
     assert killed, "no task was killed"

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from conftest import kill_at_seeded_points, kill_worker_when
+from conftest import TINY_PAIRS, kill_at_seeded_points, kill_worker_when, shards_of
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
@@ -108,19 +108,20 @@ def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, t
 
 @pytest.mark.faults
 def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_cluster,
-                                                                        tiny_frames, tmp_path):
+                                                                        tiny_frames, tiny_pairs,
+                                                                        tmp_path):
     """`bluref pseudo-gt` SIGKILLed (process group) at two seeded points, then the same command:
-    the rows of an uninterrupted run, each once, finished shards not redone, no temporary file
-    left."""
-    full_out, out = str(tmp_path / "full"), tmp_path / "resumed"
-    run_pseudo_gt(tiny_frames, full_out, CFG, log=lambda _m: None)
-    full = _shards(full_out)
-    n = len(os.listdir(f"{full_out}/shards"))
-    kill_at_seeded_points(["pseudo-gt", tiny_frames, "--out", str(out), "--max-refs", "3",
-                           "--batch-size", "4", "--targets-per-shard", "3", "--limit", "6"],
+    the rows of an uninterrupted run (``tiny_pairs``, in fewer shards), each once, finished
+    shards not redone, no temporary file left."""
+    out = tmp_path / "resumed"
+    cfg = dataclasses.replace(CFG, pseudo_gt=dataclasses.replace(TINY_PAIRS, targets_per_shard=3))
+    full = _shards(tiny_pairs)
+    n = shards_of(tiny_pairs, 3)
+    kill_at_seeded_points(["pseudo-gt", tiny_frames, "--out", str(out), "--max-refs", "2",
+                           "--concurrency", "1", "--targets-per-shard", "3", "--limit", "6"],
                           out / "shards", n)
     kept = {n: os.stat(out / "shards" / n).st_mtime_ns for n in os.listdir(out / "shards")}
-    s = run_pseudo_gt(tiny_frames, str(out), CFG, log=lambda _m: None)
+    s = run_pseudo_gt(tiny_frames, str(out), cfg, log=lambda _m: None)
     assert (s.this_run.skipped, s.this_run.shards) == (len(kept), n - len(kept))
     assert {n: os.stat(out / "shards" / n).st_mtime_ns for n in kept} == kept
     t = _shards(str(out))
@@ -130,19 +131,19 @@ def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_clus
 
 @pytest.mark.faults
 def test_a_killed_matching_actor_is_restarted_and_the_output_is_complete(ray_cluster,
-                                                                         tiny_frames, tmp_path):
+                                                                         tiny_frames, tiny_pairs,
+                                                                         tmp_path):
     """An actor of the pseudo-GT pool SIGKILLed after its first shard: Ray restarts it and
-    retries its window; the rows equal an uninterrupted run's, each once."""
-    full_out, out = str(tmp_path / "full"), tmp_path / "killed"
-    cfg = _cfg(targets_per_shard=1, limit=4)
-    run_pseudo_gt(tiny_frames, full_out, cfg, log=lambda _m: None)
+    retries its window; the rows equal an uninterrupted run's (``tiny_pairs``), each once."""
+    out = tmp_path / "killed"
+    cfg = dataclasses.replace(CFG, pseudo_gt=dataclasses.replace(TINY_PAIRS, targets_per_shard=2))
     with kill_worker_when("PseudoGTActor", lambda: any((out / "shards").glob("*.parquet"))) \
             as killed:
         s = run_pseudo_gt(tiny_frames, str(out), cfg, log=lambda _m: None)
     assert killed, "no actor was killed"
     t = _shards(str(out))
-    assert t.equals(_shards(full_out)) and len(set(t.column("row_id").to_pylist())) == t.num_rows
-    assert s.this_run.shards == len(os.listdir(f"{full_out}/shards"))
+    assert t.equals(_shards(tiny_pairs)) and len(set(t.column("row_id").to_pylist())) == t.num_rows
+    assert s.this_run.shards == shards_of(tiny_pairs, 2)
     assert not [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".")]
 
 

@@ -11,13 +11,14 @@ import threading
 import time
 
 import pytest
+from conftest import TINY_PAIRS, TINY_TABLE
 
 from bluref_ray import schema, storage
-from bluref_ray.config import Config, IngestConfig, RayConfig
+from bluref_ray.config import Config, RayConfig
 from bluref_ray.pipeline.ingest import run_ingest
 from bluref_ray.storage import StorageConfig, StorageUnreachableError
 
-CFG = Config(ray=RayConfig(progress_bars=False), ingest=IngestConfig(max_refs=4, delta=5))
+CFG = Config(ray=RayConfig(progress_bars=False), ingest=TINY_TABLE)
 
 
 def _frames(out: str, cfg: StorageConfig | None = None):
@@ -66,13 +67,11 @@ def own_s3(tmp_path_factory):
 
 
 @pytest.mark.faults
-def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(ray_cluster,
-                                                                           own_s3, tiny_data,
-                                                                           tmp_path):
-    """Sources (videos, read as streams, and frame trees) and output on S3."""
-    run_ingest([f"{tiny_data}/videos", f"{tiny_data}/train"], str(tmp_path / "local"), CFG,
-               log=lambda _m: None)
-    full = _content(_frames(str(tmp_path / "local")))
+def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(own_s3, tiny_data,
+                                                                           tiny_table):
+    """Sources (videos, read as streams, and frame trees) and output on S3; the table of an
+    uninterrupted local run is ``tiny_table``."""
+    full = _content(_frames(tiny_table))
     server, s3 = own_s3
     for root, _, files in os.walk(tiny_data):
         for name in files:
@@ -116,19 +115,19 @@ def _written(event: str) -> int:
 
 @pytest.mark.faults
 def test_pseudo_gt_and_deblur_outlast_an_s3_restart(ray_cluster, own_s3, tiny_frames,
-                                                    tiny_data, tmp_path):
+                                                    tiny_pairs, tiny_data, tmp_path):
     """S3 stopped once the first shard (pseudo-GT: frames table and shards on S3) or the first
     image (deblur: outputs on S3) is written, started again 4 s later: both jobs end with the
-    output of an uninterrupted local run, row for row and byte for byte."""
-    from bluref_ray.config import DeblurConfig, PseudoGTConfig
+    output of an uninterrupted local run (pseudo-GT: ``tiny_pairs``, in fewer shards), row for
+    row and byte for byte."""
+    from bluref_ray.config import DeblurConfig
     from bluref_ray.models import PRESETS, build_model, save_checkpoint
     from bluref_ray.pipeline.deblur import run_deblur
     from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
 
     server, s3 = own_s3
     pg = Config(ray=RayConfig(progress_bars=False),
-                pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=4, targets_per_shard=1))
-    run_pseudo_gt(tiny_frames, str(tmp_path / "pg"), pg, log=lambda _m: None)
+                pseudo_gt=dataclasses.replace(TINY_PAIRS, targets_per_shard=2))
     for name in os.listdir(f"{tiny_frames}/frames"):
         storage.upload_file(f"{tiny_frames}/frames/{name}", f"s3://faults/frames/frames/{name}", s3)
     events: list[str] = []
@@ -138,7 +137,7 @@ def test_pseudo_gt_and_deblur_outlast_an_s3_restart(ray_cluster, own_s3, tiny_fr
     watcher.join()
     assert len(events) == 2 and _written(events[0]) < s.this_run.shards, events
     got = schema.read_table("s3://faults/pg/shards", schema.PSEUDO_PAIRS, s3).sort_by("row_id")
-    want = schema.read_table(str(tmp_path / "pg" / "shards"), schema.PSEUDO_PAIRS)
+    want = schema.read_table(f"{tiny_pairs}/shards", schema.PSEUDO_PAIRS)
     assert got.equals(want.sort_by("row_id"))
 
     arch, kwargs = PRESETS["nafnet-tiny"]
