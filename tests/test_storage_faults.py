@@ -84,7 +84,7 @@ def test_ingest_outlasts_an_s3_restart_and_stops_cleanly_when_it_stays_down(own_
     # back within the retry window: the job goes on and ends complete
     events: list[str] = []
     out = "s3://faults/restarted"
-    watcher = _outage_after_first(server, f"{out}/frames", s3, 4.0, events)
+    watcher = _outage_after_first(server, f"{out}/frames", s3, 1.0, events)
     s = run_ingest(sources, out, cfg, log=lambda _m: None)
     watcher.join()
     assert len(events) == 2 and _written(events[0]) < s["clips"], events
@@ -117,7 +117,7 @@ def _written(event: str) -> int:
 def test_pseudo_gt_and_deblur_outlast_an_s3_restart(ray_cluster, own_s3, tiny_frames,
                                                     tiny_pairs, tiny_data, tmp_path):
     """S3 stopped once the first shard (pseudo-GT: frames table and shards on S3) or the first
-    image (deblur: outputs on S3) is written, started again 4 s later: both jobs end with the
+    image (deblur: outputs on S3) is written, started again 1 s later: both jobs end with the
     output of an uninterrupted local run (pseudo-GT: ``tiny_pairs``, in fewer shards), row for
     row and byte for byte."""
     from bluref_ray.config import DeblurConfig
@@ -131,7 +131,7 @@ def test_pseudo_gt_and_deblur_outlast_an_s3_restart(ray_cluster, own_s3, tiny_fr
     for name in os.listdir(f"{tiny_frames}/frames"):
         storage.upload_file(f"{tiny_frames}/frames/{name}", f"s3://faults/frames/frames/{name}", s3)
     events: list[str] = []
-    watcher = _outage_after_first(server, "s3://faults/pg/shards", s3, 4.0, events)
+    watcher = _outage_after_first(server, "s3://faults/pg/shards", s3, 1.0, events)
     s = run_pseudo_gt("s3://faults/frames", "s3://faults/pg", dataclasses.replace(pg, storage=s3),
                       log=lambda _m: None)
     watcher.join()
@@ -148,7 +148,7 @@ def test_pseudo_gt_and_deblur_outlast_an_s3_restart(ray_cluster, own_s3, tiny_fr
                 deblur=DeblurConfig(tile=32, tile_overlap=8, batch_size=1))
     run_deblur(ckpt, [src], str(tmp_path / "db"), db, log=lambda _m: None)
     events.clear()
-    watcher = _outage_after_first(server, "s3://faults/db", s3, 4.0, events)
+    watcher = _outage_after_first(server, "s3://faults/db", s3, 1.0, events)
     d = run_deblur(ckpt, [src], "s3://faults/db", dataclasses.replace(db, storage=s3),
                    log=lambda _m: None)
     watcher.join()

@@ -178,8 +178,8 @@ def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previ
     out = tmp_path / "refine"
     steps = 12
     cfg = dataclasses.replace(
-        _cfg(steps=steps, val=f"{tiny_data}/test", checkpoint_every=2, max_failures=2,
-             keep_checkpoints=2),
+        _cfg(steps=steps, val=f"{tiny_data}/test", val_every=steps, checkpoint_every=2,
+             max_failures=2, keep_checkpoints=2),
         refine=RefineConfig(rounds=2, steps_later=1),
         pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=6))
     r1, r2 = out / "round_1", out / "round_2"
@@ -189,7 +189,8 @@ def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previ
         "--max-refs", "2", "--concurrency", "1", "--limit", "6", "--train-steps", str(steps),
         "--train-batch-size", "2", "--train-crop", "32", "--train-crops-per-frame", "2",
         "--train-cpus-per-worker", "0.5", "--train-val", f"{tiny_data}/test",
-        "--train-val-frames", "2", "--train-val-every", "3", "--train-checkpoint-every", "2",
+        "--train-val-frames", "2", "--train-val-every", str(steps),
+        "--train-checkpoint-every", "2",
         "--train-max-failures", "2", "--train-keep-checkpoints", "2", "--train-log-every", "1",
         "--no-ray-progress-bars"]
     log1, log2 = tmp_path / "refine-1.log", tmp_path / "refine-2.log"
