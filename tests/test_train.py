@@ -163,8 +163,9 @@ def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previ
         ray_cluster, tiny_frames, tiny_pairs, tiny_data, tmp_path):
     """`bluref refine` through every interruption it can meet, one after the other:
 
-    1. in round 1's training, the Ray Train worker's process is SIGKILLed after the checkpoint
-       of step 2: Ray Train replaces the worker group, which goes on from a checkpoint (not from
+    1. in round 1's training, the Ray Train worker's process is SIGKILLed once the checkpoint of
+       step 4 appears (that of step 2 is complete then; one cut while being written is not
+       used): Ray Train replaces the worker group, which goes on from a checkpoint (not from
        step 0); after its next checkpoint the `bluref refine` process group is SIGKILLed;
     2. the same command resumes round 1's training from its newest checkpoint and is SIGKILLed
        once round 2's pseudo-GT has written a shard;
@@ -204,7 +205,7 @@ def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previ
         step = went_on()
         return step is not None and (ckpts / f"step_{step + 2:06d}").is_dir()
 
-    with kill_worker_when("RayTrainWorker", (ckpts / "step_000002").is_dir) as killed:
+    with kill_worker_when("RayTrainWorker", (ckpts / "step_000004").is_dir) as killed:
         kill_when(command, next_checkpoint, "a checkpoint of the replaced worker group",
                   timeout_s=300, log=log1)
     assert len(killed) == 1 and went_on() >= 2  # replaced, and not from scratch
