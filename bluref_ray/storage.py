@@ -191,10 +191,12 @@ _UNREACHABLE = re.compile(
     r"Failed to connect|Unable to connect|Network is unreachable", re.I)
 
 
-#: Errors of a server that is up but failing for now (restarting, overloaded): retried as outages.
+#: Errors of a server that is up but failing for now (restarting, overloaded), or of a
+#: connection that broke mid-request (a server going down): retried as outages.
 _TRANSIENT = re.compile(
     r"INTERNAL_FAILURE|SERVICE_UNAVAILABLE|SLOW_DOWN|SlowDown|ServiceUnavailable|InternalError|"
-    r"please try again|Throttl|HTTP (response code|status):? 50[0234]", re.I)
+    r"please try again|Throttl|HTTP (response code|status):? 50[0234]|"
+    r"curlCode: (52|55|56)|Connection reset|Broken pipe|Empty reply from server", re.I)
 
 
 @contextlib.contextmanager

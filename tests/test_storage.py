@@ -141,6 +141,26 @@ def test_wrong_s3_keys_are_refused(s3_server, s3_bucket, s3_cfg):
         storage.read_bytes(storage.join(s3_bucket, "x"), bad)
 
 
+@pytest.mark.parametrize("message, outage", [
+    ("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect "
+     "to server", True),
+    ("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 56, Failure when "
+     "receiving data from the peer; Details: Recv failure: Connection reset by peer", True),
+    ("AWS Error SERVICE_UNAVAILABLE during GetObject operation: please try again", True),
+    ("AWS Error ACCESS_DENIED during PutObject operation: Access Denied", False),
+    ("Parquet magic bytes not found in footer", False),
+])
+def test_outages_are_told_from_other_errors(message, outage):
+    """Refused, timed out, reset mid-request (a server going down) or failing for now: an
+    outage (retried); anything else: an error about the file."""
+    err = OSError(message)
+    if outage:
+        with pytest.raises(storage.StorageUnreachableError, match="s3://b/k"):
+            storage.raise_if_unreachable(err, "read", "s3://b/k", None)
+    else:
+        storage.raise_if_unreachable(err, "read", "s3://b/k", None)  # returns
+
+
 def test_outage_retries_count_from_the_first_failure_and_give_up_once():
     """A long piece of work that meets an outage near its end still gets the whole window; a
     retry inside a retry does not wait again; the window's end is one error that says so."""
