@@ -167,7 +167,7 @@ def test_sweep_on_s3_keeps_results_trials_and_tune_state_in_the_bucket(ray_clust
     raw = yaml.safe_load(Path(TINY_SWEEP).read_text())
     raw["set"].update({f"storage.{k}": v for k, v in vars(s3_cfg).items() if v is not None})
     raw.update(out=f"{s3_bucket}/sweep", data=[f"{tiny_data}/train"], val=f"{tiny_data}/test",
-               space={"N": [1, 2], "lr": 3e-3}, concurrency=2)
+               space={"N": [1, 2], "lr": 3e-3}, concurrency=2, asha=False)
     s = run_sweep(parse_sweep(raw, "s3 sweep"), log=lambda _m: None)
     rows = s["rows"]
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
