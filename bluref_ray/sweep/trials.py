@@ -32,9 +32,9 @@ class PseudoGTCache:
     at once would gain nothing, and on a small cluster their actors would hold every CPU that
     their loading tasks wait for (neither run ever finishes). Requests for the same key wait for
     the one run; a finished pseudo-GT (its ``summary.json`` exists) is reused at once, also by a
-    later sweep pointed at the same cache. Each run that
-    starts leaves ``CACHE/<key>/runs/<time>-<trial>.json`` (which trial, how many shards were
-    already done), so runs can be counted.
+    later sweep pointed at the same cache. Each run that starts leaves
+    ``CACHE/<key>/runs/<time>-<trial>.json`` (which trial, how many shards were already done),
+    so runs can be counted.
     """
 
     def __init__(self, frames: str, cache: str, data: tuple[str, ...], ingest) -> None:
@@ -50,16 +50,16 @@ class PseudoGTCache:
         uri = storage.join(self.cache, key)
         sc = cfg.storage.resolved()
 
-        def made() -> bool:
+        def reusable() -> bool:
             if storage.exists(storage.join(uri, "summary.json"), sc):
                 print(f"[sweep] trial {trial}: reusing pseudo-GT {key}", flush=True)
                 return True
             return False
 
-        if made():  # no need to wait for the run of another pseudo-GT
+        if reusable():  # no need to wait for the run of another pseudo-GT
             return {"uri": uri, "key": key, "made": False}
         with self._making:
-            if made():
+            if reusable():
                 return {"uri": uri, "key": key, "made": False}
             before = len(finished(storage.join(uri, "shards"), sc))
             storage.write_text(
