@@ -42,7 +42,7 @@ from bluref_ray.matching.kernel import (
     midpoint,
     reblur,
 )
-from bluref_ray.matching.refine import TVL1, fb_confidence, gaussian_blur, gray
+from bluref_ray.matching.refine import fb_confidence, gaussian_blur, gray
 from bluref_ray.matching.torch_dis import TorchDIS
 from bluref_ray.matching.warp import warp
 
@@ -103,15 +103,13 @@ def dis_rematch(preset: str = "medium") -> Rematch:
     return rematcher(build_matcher("dis", preset=preset, ref_blur=0.0))
 
 
-def torch_rematch(flow: TorchDIS | None = None, sigma_px: float = 1.5) -> Rematch:
+def torch_rematch(flow: TorchDIS | None = None, sigma_px: float = 1.0) -> Rematch:
     """The ``reblur`` strategy's second matching in PyTorch, on the tensors' device (the GPU
     path), as :func:`dis_rematch` does it: DIS in PyTorch (``flow``, by default a
-    :class:`~bluref_ray.matching.torch_dis.TorchDIS` with no reference blur and no smoothing)
-    from no flow, blurry frame to blurred reference and back, each direction on its own; the
-    confidence is their forward–backward consistency (σ = ``sigma_px``: 1.5 px brings its
-    coverage near that of DIS's σ = 1). Started from the first match's flow, or smoothed, the
-    two directions agreed also where both were wrong (0.3 to 0.5 dB less gain on real footage)."""
-    flow = flow or TorchDIS(ref_blur=0.0, smooth=TVL1(warps=0))
+    :class:`~bluref_ray.matching.torch_dis.TorchDIS` with no reference blur) from no flow,
+    blurry frame to blurred reference and back, each direction on its own; the confidence is
+    their forward–backward consistency (σ = ``sigma_px``, DIS's)."""
+    flow = flow or TorchDIS(ref_blur=0.0)
 
     def rematch(query: torch.Tensor, blurred: torch.Tensor, sharp: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -139,19 +139,26 @@ def _check_refined_learned_matcher(refine, query, ref, flow, valid, tolerance_px
     assert _mean_error(refined.flow, flow, valid) < tolerance_px
 
 
-def test_tvl1_refinement_corrects_a_flow_pixels_off_like_dis_does():
-    from bluref_ray.matching.refine import TVL1
+def test_variational_refinement_equals_opencvs():
+    """DIS's variational refinement in PyTorch gives what OpenCV's ``VariationalRefinement``
+    gives on the same images and flow (the energy, its linearisation and the red-black SOR)."""
+    import cv2
+
+    from bluref_ray.matching.refine import Variational, gray
 
     query, ref, flow, valid = _homography_pair()
-    tvl1 = TVL1(ref_blur=0.0)
-    for off in (3.0, -2.5):  # started pixels off everywhere, it comes back within a pixel
-        assert _mean_error(tvl1.refine(query, ref, flow + off), flow, valid) < 0.5, off
-    # batched pairs give each pair's own result
-    both = tvl1.refine(torch.cat([query, ref]), torch.cat([ref, query]),
-                       torch.cat([flow + 3.0, torch.zeros_like(flow)]))
-    torch.testing.assert_close(both[:1], tvl1.refine(query, ref, flow + 3.0), atol=1e-3,
-                               rtol=0)
-    _check_refined_learned_matcher(tvl1, query, ref, flow, valid, 0.5)
+    i0, i1 = gray(query) * 255, gray(ref) * 255
+    noisy = flow + 1.0 + torch.randn(flow.shape, generator=torch.Generator().manual_seed(0))
+    ocv = cv2.VariationalRefinement_create()
+    for name, value in (("FixedPointIterations", 5), ("SorIterations", 5), ("Alpha", 20.0),
+                        ("Delta", 5.0), ("Gamma", 10.0), ("Omega", 1.6)):
+        getattr(ocv, f"set{name}")(value)
+    expected = ocv.calc(i0[0, 0].numpy(), i1[0, 0].numpy(),
+                        noisy[0].permute(1, 2, 0).contiguous().numpy())
+    ours = Variational().level(i0, i1, noisy)
+    assert float((ours[0].permute(1, 2, 0) - torch.from_numpy(expected)).abs().max()) < 2e-3
+    assert _mean_error(ours, flow, valid) < _mean_error(noisy, flow, valid) - 0.5  # it helps
+    assert torch.equal(Variational(iters=0).level(i0, i1, noisy), noisy)
 
 
 def test_torch_dis_corrects_a_flow_and_replaces_a_wrong_one_like_opencv_dis():
@@ -163,9 +170,10 @@ def test_torch_dis_corrects_a_flow_and_replaces_a_wrong_one_like_opencv_dis():
     for off in (3.0, -2.5):  # started pixels off everywhere, it comes back within half a pixel
         assert _mean_error(dis.refine(query, ref, flow + off), flow, valid) < 0.5, off
     # a given flow 15 px off is outmatched, patch by patch, by its own coarse-to-fine search;
-    # from no flow at all it finds the ~9 px motion alone (OpenCV's DIS: 0.53 and 0.33 px)
-    assert _mean_error(dis.refine(query, ref, flow + 15.0), flow, valid) < 1.0
-    assert _mean_error(dis.refine_gray(gray(query), gray(ref)), flow, valid) < 0.5
+    # from no flow at all it finds the ~9 px motion alone (OpenCV's DIS: 0.37, 0.29, 0.53 and
+    # 0.33 px in these four cases; this one 0.40, 0.37, 0.52 and 0.38)
+    assert _mean_error(dis.refine(query, ref, flow + 15.0), flow, valid) < 0.6
+    assert _mean_error(dis.refine_gray(gray(query), gray(ref)), flow, valid) < 0.45
     # batched pairs give each pair's own result (up to patch choices that float rounding flips)
     both = dis.refine(torch.cat([query, ref]), torch.cat([ref, query]),
                       torch.cat([flow + 3.0, torch.zeros_like(flow)]))
@@ -173,13 +181,9 @@ def test_torch_dis_corrects_a_flow_and_replaces_a_wrong_one_like_opencv_dis():
     _check_refined_learned_matcher(dis, query, ref, flow, valid, 0.5)
 
 
-def test_median_and_forward_backward_confidence_of_the_torch_path():
-    from bluref_ray.matching.refine import _median3, fb_confidence
+def test_forward_backward_confidence_of_the_torch_path():
+    from bluref_ray.matching.refine import fb_confidence
 
-    x = torch.rand(2, 2, 9, 11, generator=torch.Generator().manual_seed(0))
-    patches = torch.nn.functional.unfold(torch.nn.functional.pad(x, (1, 1, 1, 1),
-                                                                 mode="replicate"), 3)
-    assert torch.equal(_median3(x), patches.view(2, 2, 9, -1).median(2).values.view_as(x))
     fwd = torch.zeros(1, 2, 8, 10)
     fwd[:, 0] = 2.0  # 2 px right; the backward flow brings every pixel back
     conf = fb_confidence(fwd, -fwd)

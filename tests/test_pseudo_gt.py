@@ -311,10 +311,10 @@ def test_a_run_that_makes_no_pair_fails_with_what_to_change(ray_cluster, tiny_da
 
 def test_the_torch_path_runs_on_the_cpu_against_the_dis_path(tiny_frames):
     """The GPU path (refiner=torch: DIS in PyTorch), run on the CPU, against the CPU path
-    (OpenCV's DIS) on the same windows. Both correct the blur where they are confident. On these
-    128×72 frames its refinement of the learned flow is the weaker part (2.0 against 4.6 dB of
-    gain when written; at 320×180 and on real footage the paths are within 0.6 dB:
-    docs/results.md), while its second match, after DIS's refinement, is as good as DIS's."""
+    (OpenCV's DIS) on the same windows: the same gain over the blurry frame on confident pixels
+    within a few tenths of a dB (4.41 against 4.57 dB when written) at the same coverage, and
+    the second match alone in PyTorch as good as DIS's (docs/results.md has the real-footage
+    and synthetic tables)."""
     from bluref_ray.data.windows import load_windows
     from bluref_ray.fusion import torch_rematch
     from bluref_ray.pipeline.pairs import PairMaker
@@ -332,7 +332,7 @@ def test_the_torch_path_runs_on_the_cpu_against_the_dis_path(tiny_frames):
         gains[run] = (np.mean([r["psnr_pseudo"] - r["psnr_blurry"] for r in rows]),
                       np.mean([r["coverage"] for r in rows]))
     (g_dis, c_dis), (g_torch, c_torch) = gains["dis"], gains["torch"]
-    assert g_dis > 3 and g_torch > 1.5, gains  # both beat the blurry frame on confident pixels
-    assert abs(c_torch - c_dis) < 0.1, gains
+    assert g_dis > 3 and g_torch > g_dis - 0.5, gains  # both beat the blurry frame well
+    assert abs(c_torch - c_dis) < 0.03, gains
     g_second, c_second = gains["dis+torch second match"]
-    assert g_second > g_dis - 0.3 and abs(c_second - c_dis) < 0.05, gains
+    assert g_second > g_dis - 0.3 and abs(c_second - c_dis) < 0.03, gains

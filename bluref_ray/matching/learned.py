@@ -15,7 +15,6 @@ from bluref_ray import storage
 from bluref_ray.matching.base import MatchResult
 from bluref_ray.matching.classical import DISMatcher
 from bluref_ray.matching.network import DenseMatcherNet
-from bluref_ray.matching.refine import TVL1
 from bluref_ray.matching.torch_dis import TorchDIS
 from bluref_ray.models import checkpoint_from_bytes
 from bluref_ray.storage import StorageConfig
@@ -55,9 +54,8 @@ class LearnedMatcher:
             (default: the checkpoint's).
         storage_cfg: storage settings for ``checkpoint``.
         refine: what refines the network's flow, started from it: a
-            :class:`~bluref_ray.matching.classical.DISMatcher` (on the CPU), a
-            :class:`~bluref_ray.matching.torch_dis.TorchDIS` or a
-            :class:`~bluref_ray.matching.refine.TVL1` (on the flow's device); the
+            :class:`~bluref_ray.matching.classical.DISMatcher` (on the CPU) or a
+            :class:`~bluref_ray.matching.torch_dis.TorchDIS` (on the flow's device); the
             confidence stays the network's.
     """
 
@@ -65,8 +63,7 @@ class LearnedMatcher:
 
     def __init__(self, checkpoint: str = SHIPPED, radius_px: float | None = None,
                  storage_cfg: StorageConfig | None = None,
-                 refine: DISMatcher | TorchDIS | TVL1 | None = None
-                 ) -> None:
+                 refine: DISMatcher | TorchDIS | None = None) -> None:
         self.refine = refine
         ckpt = read_matcher_checkpoint(checkpoint, storage_cfg)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["kwargs"].items()}

@@ -1,4 +1,4 @@
-"""Dense flow in PyTorch: the GPU path's building blocks besides DIS.
+"""Dense flow in PyTorch: the GPU path's building blocks besides the patch search.
 
 DIS (:mod:`bluref_ray.matching.classical`) runs on the CPU, one pair at a time. On a GPU actor
 that leaves the GPU idle twice per reference: when DIS refines the learned matcher's flow, and
@@ -6,8 +6,8 @@ when the ``reblur`` strategy matches the blurry frame to each blurred reference.
 does both with :class:`~bluref_ray.matching.torch_dis.TorchDIS`, batched on the tensors'
 device; this module holds what it is made of and what goes with it:
 
-* :class:`TVL1`: TV-L1 optical flow, coarse to fine from an initial flow; one level of it is
-  TorchDIS's smoothing step (where OpenCV's DIS runs its variational refinement);
+* :class:`Variational`: the variational refinement that DIS runs after each pyramid level
+  (brightness and gradient constancy, robust smoothness; red-black over-relaxation);
 * :func:`gray`, :func:`gaussian_blur`: the images DIS sees;
 * :func:`fb_confidence` turns a forward and a backward flow into a confidence, as DIS's
   forward–backward check does.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bluref_ray.matching.kernel import forward_differences
 from bluref_ray.matching.warp import warp
 
 #: luma weights of OpenCV's RGB → gray (what DIS sees)
@@ -49,17 +48,6 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Central differences, one-sided at the borders."""
-    gx = torch.cat([x[..., :, 1:2] - x[..., :, :1],
-                    (x[..., :, 2:] - x[..., :, :-2]) / 2,
-                    x[..., :, -1:] - x[..., :, -2:-1]], -1)
-    gy = torch.cat([x[..., 1:2, :] - x[..., :1, :],
-                    (x[..., 2:, :] - x[..., :-2, :]) / 2,
-                    x[..., -1:, :] - x[..., -2:-1, :]], -2)
-    return gx, gy
-
-
 def fb_confidence(fwd: torch.Tensor, bwd: torch.Tensor, sigma_px: float = 1.0) -> torch.Tensor:
     """``exp(-e² / 2σ²)`` of the forward–backward error ``e = |f(x) + b(x + f(x))|``; 0 where
     ``x + f(x)`` leaves the frame.
@@ -72,114 +60,102 @@ def fb_confidence(fwd: torch.Tensor, bwd: torch.Tensor, sigma_px: float = 1.0) -
     return torch.exp(-err2 / (2 * sigma_px ** 2)) * inside
 
 
-def _divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """Backward-difference divergence, the negative adjoint of :func:`forward_differences`."""
-    dx = torch.cat([px[..., :, :1], px[..., :, 1:-1] - px[..., :, :-2], -px[..., :, -2:-1]], -1)
-    dy = torch.cat([py[..., :1, :], py[..., 1:-1, :] - py[..., :-2, :], -py[..., -2:-1, :]], -2)
-    return dx + dy
+def _central(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x(p + 1) − x(p − 1)`` along x and along y (not halved), edges replicated."""
+    px = F.pad(x, (1, 1, 0, 0), mode="replicate")
+    py = F.pad(x, (0, 0, 1, 1), mode="replicate")
+    return px[..., 2:] - px[..., :-2], py[..., 2:, :] - py[..., :-2, :]
 
 
-def _median3(x: torch.Tensor) -> torch.Tensor:
-    """3×3 median, edges replicated, by a 19-exchange sorting network on shifted views (cheaper
-    than sorting unfolded patches, on a CPU and on a GPU)."""
-    h, w = x.shape[-2:]
-    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    v = [p[..., i:i + h, j:j + w] for i in range(3) for j in range(3)]
-
-    def sort2(a: int, b: int) -> None:
-        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
-
-    for a, b in ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
-                 (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4),
-                 (4, 2)):
-        sort2(a, b)
-    return v[4]
+def _forward_pad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x(p + 1) − x(p)`` along x and y, 0 in the last column / row."""
+    return (F.pad(x[..., 1:] - x[..., :-1], (0, 1)),
+            F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1)))
 
 
-class TVL1:
-    """TV-L1 optical flow (Zach, Pock and Bischof 2007), coarse to fine from an initial flow.
+def _shift_in(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x(p − 1)`` along ``dim`` (-1: x, -2: y), 0 at the first column / row."""
+    pad = (1, 0) if dim == -1 else (0, 0, 1, 0)
+    return F.pad(x.narrow(dim, 0, x.shape[dim] - 1), pad)
 
-    The flow minimises ``λ·|I1(x + u) − I0(x)| + |∇u|`` (total variation of each component)
-    by the primal–dual scheme of Sánchez, Meinhardt-Llopis and Facciolo (IPOL 2013): at each of
-    ``scales`` pyramid levels (factor 2), ``warps`` linearisations of the data term, each solved
-    by ``iters`` iterations of a point-wise thresholding step and a dual projection step; a 3×3
-    median filter of the flow before each warp (Wedel et al. 2009). All of it is element-wise
-    work and small convolutions on the tensors' device, batched over pairs.
+
+class Variational:
+    """The variational refinement of DIS (Kroeger et al. 2016, after Brox et al. 2004), as OpenCV
+    runs it after each pyramid level; written here from the energy, on tensors, batched.
+
+    From the flow ``w`` it finds an increment ``dw`` that minimises, with the robust penalty
+    ``Ψ(s²) = sqrt(s² + ε²)``, ``δ·Ψ(brightness) + γ·Ψ(gradient constancy) + α·Ψ(|∇(w + dw)|²)``;
+    both data terms are linearised once around ``I1`` warped by ``w``, taken on the mean of
+    ``I0`` and the warped ``I1``, and normalised by their gradients' magnitude (+ ζ²). Each of
+    ``iters`` fixed-point iterations freezes the robust weights and solves the linear system by
+    ``sor`` red-black over-relaxation sweeps (relaxation ``omega``). On the same inputs it gives
+    OpenCV's ``VariationalRefinement`` to 1e-5 px (a test).
 
     Args:
-        scales: pyramid levels (the initial flow is brought to the coarsest).
-        warps: linearisations per level.
-        iters: inner iterations per linearisation.
-        lam: weight of the data term (intensities in 0…255).
-        theta: coupling of the two variables.
-        tau: dual step.
-        ref_blur: Gaussian σ (pixels) applied to the reference first, as DIS's ``ref_blur``.
+        iters: fixed-point iterations (0: none, the flow is returned unchanged).
+        sor: over-relaxation sweeps per fixed-point iteration.
+        alpha, delta, gamma: weights of smoothness, brightness and gradient constancy (OpenCV's
+            DIS defaults; intensities in 0…255).
+        omega: relaxation factor.
+        zeta, eps: normalisation and robust-penalty constants.
     """
 
-    def __init__(self, scales: int = 3, warps: int = 3, iters: int = 10, lam: float = 0.15,
-                 theta: float = 0.3, tau: float = 0.25, ref_blur: float = 1.5) -> None:
-        self.scales, self.warps, self.iters = scales, warps, iters
-        self.lam, self.theta, self.tau, self.ref_blur = lam, theta, tau, ref_blur
+    def __init__(self, iters: int = 5, sor: int = 5, alpha: float = 20.0, delta: float = 5.0,
+                 gamma: float = 10.0, omega: float = 1.6, zeta: float = 0.1,
+                 eps: float = 0.001) -> None:
+        self.iters, self.sor, self.omega = iters, sor, omega
+        self.alpha, self.delta, self.gamma, self.zeta, self.eps = alpha, delta, gamma, zeta, eps
 
-    def level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``warps`` linearisations of ``iters`` iterations on one pyramid level, from ``u``
-        (intensities in 0…255, flow in the level's pixels)."""
-        lt = self.lam * self.theta
-        gx1, gy1 = _gradients(i1)
-        grads = torch.cat([gx1, gy1], 1)
-        px = torch.zeros_like(u)
-        py = torch.zeros_like(u)
-        for _ in range(self.warps):
-            u = _median3(u)
-            i1w, _ = warp(i1, u)
-            gw, _ = warp(grads, u)
-            gx, gy = gw[:, :1], gw[:, 1:]
-            g2 = (gx * gx + gy * gy).clamp_min(1e-6)
-            rho_c = i1w - gx * u[:, :1] - gy * u[:, 1:] - i0
-            g = torch.cat([gx, gy], 1)
-            for _ in range(self.iters):
-                rho = rho_c + gx * u[:, :1] + gy * u[:, 1:]
-                v = u - g * (rho / g2).clamp(-lt, lt)
-                u = v + self.theta * _divergence(px, py)
-                ux, uy = forward_differences(u)
-                norm = 1 + (self.tau / self.theta) * torch.sqrt(ux * ux + uy * uy)
-                px = (px + (self.tau / self.theta) * ux) / norm
-                py = (py + (self.tau / self.theta) * uy) / norm
-        return u
-
-    def refine_gray(self, q: torch.Tensor, r: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        """Refine ``flow`` from gray query ``q`` to gray reference ``r`` (in [0, 1]).
-
-        Shape:
-            q, r ``[B, 1, H, W]``, flow ``[B, 2, H, W]`` → ``[B, 2, H, W]`` (float32).
-        """
-        q, r = q.float() * 255, r.float() * 255
-        h, w = q.shape[-2:]
-        pyr = [(q, r, (h, w))]
-        for _ in range(self.scales - 1):
-            a, b, (hh, ww) = pyr[-1]
-            if min(hh, ww) < 32:
-                break
-            size = ((hh + 1) // 2, (ww + 1) // 2)
-            pyr.append((F.interpolate(gaussian_blur(a, 0.8), size=size, mode="bilinear",
-                                      align_corners=False),
-                        F.interpolate(gaussian_blur(b, 0.8), size=size, mode="bilinear",
-                                      align_corners=False), size))
-        u = None
-        for a, b, size in reversed(pyr):
-            prev = (h, w) if u is None else u.shape[-2:]
-            u = F.interpolate(flow.float() if u is None else u, size=size, mode="bilinear",
-                              align_corners=False)
-            u = torch.cat([u[:, :1] * (size[1] / prev[1]), u[:, 1:] * (size[0] / prev[0])], 1)
-            u = self.level(a, b, u)
-        return u
-
-    def refine(self, query: torch.Tensor, reference: torch.Tensor,
-               flow: torch.Tensor) -> torch.Tensor:
-        """Refine ``flow`` (query → reference) on RGB images in [0, 1].
-
-        Shape:
-            ``[B, 3, H, W]`` twice and flow ``[B, 2, H, W]`` → refined flow ``[B, 2, H, W]``.
-        """
-        q, r = gray(query), gaussian_blur(gray(reference), self.ref_blur)
-        return self.refine_gray(q, r, flow).to(flow.dtype)
+    def level(self, i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Refine ``w`` (``[B, 2, H, W]``, the level's pixels) from ``i0`` to ``i1``
+        (``[B, 1, H, W]``, intensities in 0…255)."""
+        if self.iters <= 0:
+            return w
+        z2, e2 = self.zeta ** 2, self.eps ** 2
+        i1w = warp(i1, w)[0]  # sampled positions clamped to the border
+        it = i1w - i0
+        ix, iy = _central((i0 + i1w) / 2)
+        ixt, iyt = _central(it)
+        ixx, ixy = _central(ix)
+        iyy = _central(iy)[1]
+        n0 = ix * ix + iy * iy + z2
+        nx, ny = ixx * ixx + ixy * ixy + z2, iyy * iyy + ixy * ixy + z2
+        h, wd = i0.shape[-2:]
+        idx = torch.arange(h, device=w.device)[:, None] + torch.arange(wd, device=w.device)
+        red = idx % 2 == 0
+        wx, wy = _forward_pad(w)  # the flow's own differences along each edge
+        dw = torch.zeros_like(w)
+        for _ in range(self.iters):
+            du, dv = dw[:, :1], dw[:, 1:]
+            # data terms, the robust weights frozen at the current increment
+            r = it + ix * du + iy * dv
+            k = self.delta / 2 / torch.sqrt(r * r / n0 + e2) / n0
+            a11, a12, a22 = k * ix * ix + z2, k * ix * iy, k * iy * iy + z2
+            b1, b2 = -k * it * ix, -k * it * iy
+            rx, ry = ixt + ixx * du + ixy * dv, iyt + ixy * du + iyy * dv
+            k = self.gamma / 2 / torch.sqrt(rx * rx / nx + ry * ry / ny + e2)
+            a11 = a11 + k * (ixx * ixx / nx + ixy * ixy / ny)
+            a12 = a12 + k * (ixx * ixy / nx + ixy * iyy / ny)
+            a22 = a22 + k * (ixy * ixy / nx + iyy * iyy / ny)
+            b1 = b1 - k * (ixx * ixt / nx + ixy * iyt / ny)
+            b2 = b2 - k * (ixy * ixt / nx + iyy * iyt / ny)
+            # smoothness: one weight per pixel for its edges to the right and below
+            cx, cy = _forward_pad(w + dw)
+            s = self.alpha / 2 / torch.sqrt((cx * cx + cy * cy).sum(1, keepdim=True) + e2)
+            ex, ey = F.pad(s[..., :-1], (0, 1)), F.pad(s[..., :-1, :], (0, 0, 0, 1))
+            exl, eyu = _shift_in(ex, -1), _shift_in(ey, -2)
+            diag = ex + exl + ey + eyu
+            fx, fy = ex * wx, ey * wy
+            bs = fx - _shift_in(fx, -1) + fy - _shift_in(fy, -2)
+            a11, a22 = a11 + diag, a22 + diag
+            b1, b2 = b1 + bs[:, :1], b2 + bs[:, 1:]
+            for _ in range(self.sor):
+                for colour in (red, ~red):
+                    p = F.pad(dw, (1, 1, 1, 1))
+                    nb = (ex * p[..., 1:-1, 2:] + exl * p[..., 1:-1, :-2]
+                          + ey * p[..., 2:, 1:-1] + eyu * p[..., :-2, 1:-1])
+                    du, dv = dw[:, :1], dw[:, 1:]
+                    du2 = du + self.omega * ((nb[:, :1] + b1 - a12 * dv) / a11 - du)
+                    dv2 = dv + self.omega * ((nb[:, 1:] + b2 - a12 * du2) / a22 - dv)
+                    dw = torch.where(colour, torch.cat([du2, dv2], 1), dw)
+        return w + dw

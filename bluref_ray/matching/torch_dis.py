@@ -9,34 +9,34 @@ module does the same scheme with tensor operations over all patches and all pair
 at each pyramid level (factor 2, from the coarsest to ``finest``),
 
 1. **patch inverse search**: ``patch``×``patch`` patches of the query on a grid of stride
-   ``stride``. Each starts from the best, by mean-normalised SSD, of the flow from the coarser
-   level, the initial flow (when one is given) and its grid neighbours' flows (spatial
-   propagation: left and upper neighbours in the first pass, right and lower ones in the second),
-   then takes Gauss–Newton steps of the inverse-compositional kind (the Hessian from the
-   query patch's Sobel gradients, computed once; OpenCV's step size), until its SSD stops
-   falling. A patch that moved farther than its size keeps its start.
+   ``stride``, visited in a sweep (forward in the first pass, backward in the second). Each
+   starts from the best, by mean-normalised SSD, of its flow from the coarser level, the initial
+   flow (when one is given) and the flows of its two neighbours visited just before it (left
+   and upper; right and lower going back), so a good flow travels across the whole grid in one
+   pass; then it takes Gauss–Newton steps of the inverse-compositional kind (the Hessian from
+   the query patch's Sobel gradients, computed once; OpenCV's step size), until its SSD stops
+   falling. A patch that moved farther than its size keeps its start. OpenCV sweeps patch by
+   patch; here the patches of one anti-diagonal of the grid, which depend only on the one
+   before, are one batched step.
 2. **densification**: each pixel's flow is the mean of the flows of the patches that cover it,
    each weighted by ``1 / max(1, |I1(x + u) − I0(x)|)``.
+3. **variational refinement** of the dense flow
+   (:class:`~bluref_ray.matching.refine.Variational`, OpenCV's energy and solver).
 
-3. **smoothing**: where OpenCV runs its variational refinement, a few TV-L1 iterations
-   (:class:`~bluref_ray.matching.refine.TVL1`: data term and total variation) from the dense
-   flow.
-
-OpenCV's serial sweep lets a flow travel along a whole row of patches in one pass; the parallel
-sweep here moves it by one patch per round, so each pass makes ``rounds`` rounds of it. The
-rest follows OpenCV's ``medium`` preset: 8×8 patches, stride 3, 25 steps in two passes, finest
-level 1 (half resolution). On the project's test pair (a homography of ~9 px) it lands within
-0.1 px of OpenCV's DIS (mean error), from a flow 3 px off, 15 px off and from none.
+The rest follows OpenCV's ``medium`` preset: 8×8 patches, stride 3, 25 steps in two passes,
+finest level 1 (half resolution). On the project's test pair (a homography of ~9 px) it lands
+within 0.1 px of OpenCV's DIS (mean error) from a flow 3 px off, 15 px off and from none.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from bluref_ray.matching.refine import TVL1, gaussian_blur, gray
+from bluref_ray.matching.refine import Variational, gaussian_blur, gray
 
 _EPS = 1e-3
 
@@ -62,6 +62,31 @@ def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.conv2d(p, k.view(1, 1, 3, 3)), F.conv2d(p, k.t().reshape(1, 1, 3, 3))
 
 
+def _sweep(row: torch.Tensor, col: torch.Tensor, hs: int, ws: int
+           ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[tuple[torch.Tensor,
+                                                                             torch.Tensor]]]:
+    """The order in which a pass visits the ``hs``×``ws`` patch grid: by anti-diagonal
+    (row + column), as a serial sweep would reach them; a diagonal's patches depend only on the
+    one before, so each diagonal is one batched step.
+
+    Returns:
+        ``order`` (the row-major index of each patch in sweep order), ``rank`` (its inverse),
+        ``runs`` (each diagonal's ``(start, end)`` in sweep order), and for a forward and a
+        backward pass the sweep-order index of each patch's two neighbours visited before it
+        (left and upper; right and lower), the patch itself where there is none.
+    """
+    p = hs * ws
+    order = torch.argsort((row + col) * hs + row)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(p, device=row.device)
+    ends = list(itertools.accumulate(torch.bincount(row + col).tolist()))
+    r, c, me = row[order], col[order], rank[order]
+    before = [(torch.where(c > 0, rank[order - 1], me), torch.where(r > 0, rank[order - ws], me)),
+              (torch.where(c < ws - 1, rank[(order + 1) % p], me),
+               torch.where(r < hs - 1, rank[(order + ws) % p], me))]
+    return order, rank, list(zip([0] + ends[:-1], ends)), before
+
+
 class TorchDIS:
     """DIS optical flow on tensors (see the module docstring).
 
@@ -73,17 +98,17 @@ class TorchDIS:
         finest: the finest pyramid level (0: full resolution; 1: half).
         ref_blur: Gaussian σ (pixels) applied to the reference first (:meth:`refine`, on RGB
             images).
-        rounds: spatial propagation rounds per pass.
-        smooth: the smoothing after each level (default: TV-L1, 2 warps of 10 iterations;
-            ``TVL1(warps=0)`` for none).
+        smooth: the refinement after each level (default: DIS's variational refinement,
+            :class:`~bluref_ray.matching.refine.Variational`; ``Variational(iters=0)`` for
+            none).
     """
 
     def __init__(self, patch: int = 8, stride: int = 3, iters: int = 25, passes: int = 2,
-                 finest: int = 1, ref_blur: float = 1.5, rounds: int = 4,
-                 smooth: TVL1 | None = None) -> None:
+                 finest: int = 1, ref_blur: float = 1.5,
+                 smooth: Variational | None = None) -> None:
         self.patch, self.stride, self.iters, self.passes = patch, stride, iters, passes
-        self.finest, self.ref_blur, self.rounds = finest, ref_blur, rounds
-        self.smooth = smooth or TVL1(warps=2, iters=10)
+        self.finest, self.ref_blur = finest, ref_blur
+        self.smooth = smooth or Variational()
 
     def refine(self, query: torch.Tensor, reference: torch.Tensor,
                flow: torch.Tensor) -> torch.Tensor:
@@ -135,74 +160,74 @@ class TorchDIS:
         if h < ps or w < ps:
             return u
         hs, ws = 1 + (h - ps) // st, 1 + (w - ps) // st
-        n = float(ps * ps)
+        dev = i0.device
         gx, gy = _sobel(i0)
-        tmpl = F.unfold(i0, ps, stride=st).transpose(1, 2)  # [B, P, ps²]
-        tgx = F.unfold(gx, ps, stride=st).transpose(1, 2)
-        tgy = F.unfold(gy, ps, stride=st).transpose(1, 2)
-        sx, sy = tgx.sum(-1), tgy.sum(-1)
+        tmpl = F.unfold(i0, ps, stride=st).transpose(1, 2)  # [B, P, ps²], row-major patches
+        row = torch.arange(hs, device=dev).repeat_interleave(ws)
+        col = torch.arange(ws, device=dev).repeat(hs)
+        off = torch.arange(ps, device=dev, dtype=torch.float32)
+        px = (col * st).float()[:, None] + off.repeat(ps)[None]  # [P, ps²]
+        py = (row * st).float()[:, None] + off.repeat_interleave(ps)[None]
+        at_centres = (row * st + ps // 2) * w + col * st + ps // 2  # flat pixel of each centre
+        order, rank, runs, before = _sweep(row, col, hs, ws)
+        t0 = tmpl[:, order]
+        scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=dev)
+        base = torch.stack([px, py], -1)[order] * scale - 1.0  # [P, ps², 2], grid_sample's units
+        tgx = F.unfold(gx, ps, stride=st).transpose(1, 2)[:, order]  # [B, P, ps²]
+        tgy = F.unfold(gy, ps, stride=st).transpose(1, 2)[:, order]
+        n = float(ps * ps)
         hxx, hyy, hxy = (tgx * tgx).sum(-1), (tgy * tgy).sum(-1), (tgx * tgy).sum(-1)
         det = hxx * hyy - hxy * hxy
         det = torch.where(det.abs() < _EPS, torch.full_like(det, _EPS), det)
-        ih11, ih12, ih22 = hyy / det, -hxy / det, hxx / det
-        dev = i0.device
-        top = (torch.arange(hs, device=dev) * st).repeat_interleave(ws).float()  # [P]
-        left = (torch.arange(ws, device=dev) * st).repeat(hs).float()
-        off = torch.arange(ps, device=dev, dtype=torch.float32)
-        px = left[:, None] + off.repeat(ps)[None]  # [P, ps²]
-        py = top[:, None] + off.repeat_interleave(ps)[None]
-        cy, cx = top.long() + ps // 2, left.long() + ps // 2
-
-        def at_centres(f: torch.Tensor) -> torch.Tensor:  # [B, 2, H, W] → [B, 2, P]
-            return f[:, :, cy, cx]
-
-        def diff(s: torch.Tensor) -> torch.Tensor:  # I1 at each patch moved by s, minus I0
-            return _sample(i1, px[None] + s[:, 0, :, None], py[None] + s[:, 1, :, None]) - tmpl
-
-        def ssd(s: torch.Tensor) -> torch.Tensor:
-            d = diff(s)
-            return (d * d).sum(-1) - d.sum(-1) ** 2 / n
-
-        def neighbour(s: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-            g = s.view(b, 2, hs, ws)
-            g = torch.roll(g, shifts=(dy, dx), dims=(2, 3))  # the patch dy up, dx left
-            if dy:
-                g[:, :, 0 if dy > 0 else -1] = s.view(b, 2, hs, ws)[:, :, 0 if dy > 0 else -1]
-            if dx:
-                g[:, :, :, 0 if dx > 0 else -1] = s.view(b, 2, hs, ws)[:, :, :, 0 if dx > 0 else -1]
-            return g.reshape(b, 2, -1)
-
-        s = at_centres(u)
-        cand_init = at_centres(init) if init is not None else None
+        # flows are kept in grid_sample's units during the sweep (the step scaled to them, the
+        # patches' distance guard scaled back). The mean-normalised SSD's gradient is
+        # Σ d·(g − mean g) with the query's Sobel g, and the step its product with the inverse
+        # Hessian: one weighted sum of d with these columns gives the step and Σ d.
+        inv_h = (torch.stack([hyy, -hxy, -hxy, hxx], -1).view(b, -1, 1, 2, 2)
+                 * (scale[:, None] / det[..., None, None, None]))  # [B, P, 1, 2, 2]
+        grad = torch.stack([tgx - tgx.mean(-1, keepdim=True),
+                            tgy - tgy.mean(-1, keepdim=True)], -1)  # [B, P, ps², 2]
+        cols = torch.cat([(inv_h @ grad[..., None])[..., 0], torch.ones_like(tgx[..., None])],
+                         -1)  # [B, P, ps², 3]
+        centres = at_centres[order]
+        s = (u.flatten(2)[:, :, centres].transpose(1, 2) * scale).contiguous()  # [B, P, 2]
+        start_init = (init.flatten(2)[:, :, centres].transpose(1, 2) * scale
+                      if init is not None else None)
         steps = self.iters // self.passes
+
+        def diff(v: torch.Tensor, a: int, z: int) -> torch.Tensor:
+            """I1 at patches a:z moved by ``v`` (``[B, C, z − a, 2]``: C candidates) − I0."""
+            grid = base[a:z] + v[..., None, :]  # [B, C, p, ps², 2]
+            i1v = F.grid_sample(i1, grid.flatten(1, 2), mode="bilinear", padding_mode="border",
+                                align_corners=True)
+            return i1v.view(grid.shape[:-1]) - t0[:, None, a:z]
+
         for it in range(self.passes):
-            best = ssd(s)
-            sign = 1 if it % 2 == 0 else -1
-            for r in range(self.rounds):
-                cands = ([cand_init] if cand_init is not None and r == 0 else []) + [
-                    neighbour(s, 0, sign), neighbour(s, sign, 0)]
-                for c in cands:
-                    e = ssd(c)
-                    better = e < best
-                    s = torch.where(better[:, None], c, s)
-                    best = torch.where(better, e, best)
-            start, cur = s, s.clone()
-            prev = torch.full_like(best, float("inf"))
-            active = torch.ones_like(best, dtype=torch.bool)
-            for _ in range(steps):
-                d = diff(cur)
-                sd = d.sum(-1)
-                dux = (d * tgx).sum(-1) - sd * sx / n
-                duy = (d * tgy).sum(-1) - sd * sy / n
-                e = (d * d).sum(-1) - sd * sd / n
-                step = torch.stack([ih11 * dux + ih12 * duy, ih12 * dux + ih22 * duy], 1)
-                cur = cur - step * active[:, None]
-                active = active & (e < prev)
-                prev = torch.where(active, e, prev)
-                if not bool(active.any()):
-                    break
-            far = (cur - start).norm(dim=1) > ps
-            s = torch.where(far[:, None], start, cur)
+            nb = before[it % 2]
+            for a, z in (runs if it % 2 == 0 else runs[::-1]):
+                # candidates, in OpenCV's order (the first of equals wins): the current flow,
+                # the initial flow, the neighbours visited before in this pass
+                cands = [s[:, a:z]] + ([] if start_init is None else [start_init[:, a:z]])
+                cands += [s[:, nb[0][a:z]], s[:, nb[1][a:z]]]
+                cand = torch.stack(cands, 1)  # [B, C, p, 2]
+                d = diff(cand, a, z)
+                e = torch.linalg.vecdot(d, d) - d.sum(-1) ** 2 / n  # mean-normalised SSD
+                pick = e.argmin(1)  # [B, p]
+                cur = cand.gather(1, pick[:, None, :, None].expand(-1, 1, -1, 2))[:, 0]
+                start, prev = cur, None
+                active = torch.ones_like(pick, dtype=torch.bool)
+                for _ in range(steps):
+                    d = diff(cur[:, None], a, z)[:, 0]
+                    g = (d[..., None] * cols[:, a:z]).sum(-2)  # [B, p, 3]: step, Σ d
+                    cur = torch.where(active[..., None], cur - g[..., :2], cur)
+                    e = torch.linalg.vecdot(d, d) - g[..., 2] ** 2 / n
+                    active = active & (e < prev) if prev is not None else active
+                    prev = e if prev is None else torch.where(active, e, prev)
+                    if not bool(active.any()):
+                        break
+                far = ((cur - start) / scale).norm(dim=-1) > ps
+                s[:, a:z] = torch.where(far[..., None], start, cur)
+        s = (s / scale)[:, rank].transpose(1, 2)  # [B, 2, P] in pixels, row-major
         return self._densify(i0, i1, s, px, py, tmpl, (hs, ws))
 
     def _densify(self, i0: torch.Tensor, i1: torch.Tensor, s: torch.Tensor, px: torch.Tensor,
