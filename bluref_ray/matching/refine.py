@@ -89,7 +89,7 @@ class Variational:
     ``I0`` and the warped ``I1``, and normalised by their gradients' magnitude (+ ζ²). Each of
     ``iters`` fixed-point iterations freezes the robust weights and solves the linear system by
     ``sor`` red-black over-relaxation sweeps (relaxation ``omega``). On the same inputs it gives
-    OpenCV's ``VariationalRefinement`` to 1e-5 px (a test).
+    OpenCV's ``VariationalRefinement`` to 0.002 px (a test).
 
     Args:
         iters: fixed-point iterations (0: none, the flow is returned unchanged).

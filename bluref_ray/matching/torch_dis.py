@@ -223,7 +223,9 @@ class TorchDIS:
                     e = torch.linalg.vecdot(d, d) - g[..., 2] ** 2 / n
                     active = active & (e < prev) if prev is not None else active
                     prev = e if prev is None else torch.where(active, e, prev)
-                    if not bool(active.any()):
+                    # a patch that stopped stays put; ending when all have stopped saves work
+                    # on a CPU, where on a GPU the check would cost a sync every step
+                    if cur.device.type == "cpu" and not bool(active.any()):
                         break
                 far = ((cur - start) / scale).norm(dim=-1) > ps
                 s[:, a:z] = torch.where(far[..., None], start, cur)
