@@ -41,17 +41,22 @@ from bluref_ray.matching.refine import Variational, gaussian_blur, gray
 _EPS = 1e-3
 
 
-def _sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of a one-channel image at real positions, clamped to the border (one
-    ``grid_sample``; faster than four gathers on a CPU).
+def _sample_grid(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a one-channel image at ``grid`` (``grid_sample``'s units, corners
+    aligned), clamped to the border; faster than four gathers on a CPU.
 
     Shape:
-        image ``[B, 1, H, W]``, x and y ``[B, P, K]`` → ``[B, P, K]``.
+        image ``[B, 1, H, W]``, grid ``[B, P, K, 2]`` → ``[B, P, K]``.
     """
-    h, w = image.shape[-2:]
-    grid = torch.stack([x * (2.0 / max(w - 1, 1)) - 1.0, y * (2.0 / max(h - 1, 1)) - 1.0], -1)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
                          align_corners=True)[:, 0]
+
+
+def _sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`_sample_grid` at real pixel positions ``x``, ``y`` (``[B, P, K]`` each)."""
+    h, w = image.shape[-2:]
+    return _sample_grid(image, torch.stack([x * (2.0 / max(w - 1, 1)) - 1.0,
+                                            y * (2.0 / max(h - 1, 1)) - 1.0], -1))
 
 
 def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,17 +103,17 @@ class TorchDIS:
         finest: the finest pyramid level (0: full resolution; 1: half).
         ref_blur: Gaussian σ (pixels) applied to the reference first (:meth:`refine`, on RGB
             images).
-        smooth: the refinement after each level (default: DIS's variational refinement,
+        variational: the refinement after each level (default: DIS's variational refinement,
             :class:`~bluref_ray.matching.refine.Variational`; ``Variational(iters=0)`` for
             none).
     """
 
     def __init__(self, patch: int = 8, stride: int = 3, iters: int = 25, passes: int = 2,
                  finest: int = 1, ref_blur: float = 1.5,
-                 smooth: Variational | None = None) -> None:
+                 variational: Variational | None = None) -> None:
         self.patch, self.stride, self.iters, self.passes = patch, stride, iters, passes
         self.finest, self.ref_blur = finest, ref_blur
-        self.smooth = smooth or Variational()
+        self.variational = variational or Variational()
 
     def refine(self, query: torch.Tensor, reference: torch.Tensor,
                flow: torch.Tensor) -> torch.Tensor:
@@ -149,7 +154,7 @@ class TorchDIS:
                                       align_corners=False) / 2 ** s
             u = (torch.zeros(q.shape[0], 2, *size, device=q.device) if u is None else
                  F.interpolate(u, size=size, mode="bilinear", align_corners=False) * 2)
-            u = self.smooth.level(i0, i1, self._level(i0, i1, u, start))
+            u = self.variational.level(i0, i1, self._level(i0, i1, u, start))
         return F.interpolate(u, size=(h, w), mode="bilinear", align_corners=False) * 2 ** finest
 
     def _level(self, i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor,
@@ -198,9 +203,7 @@ class TorchDIS:
         def diff(v: torch.Tensor, a: int, z: int) -> torch.Tensor:
             """I1 at patches a:z moved by ``v`` (``[B, C, z − a, 2]``: C candidates) − I0."""
             grid = base[a:z] + v[..., None, :]  # [B, C, p, ps², 2]
-            i1v = F.grid_sample(i1, grid.flatten(1, 2), mode="bilinear", padding_mode="border",
-                                align_corners=True)
-            return i1v.view(grid.shape[:-1]) - t0[:, None, a:z]
+            return _sample_grid(i1, grid.flatten(1, 2)).view(grid.shape[:-1]) - t0[:, None, a:z]
 
         for it in range(self.passes):
             nb = before[it % 2]
