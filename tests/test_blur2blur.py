@@ -14,21 +14,36 @@ from bluref_ray.config import ConfigError, load_config
 from bluref_ray.data.images import to_float
 from bluref_ray.models import build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from bluref_ray.models.blur2blur import apply_kernel
+from bluref_ray.models.content import detail
 from bluref_ray.training.loop import Worker
 
 QUIET = ["ray.progress_bars=false", "ray.quiet=true"]
 
 
-def test_translator_and_discriminator_shapes_at_every_scale_on_odd_sizes():
-    g, d = build_model("mimo-tiny"), build_model("patchgan-tiny")
+@pytest.mark.parametrize("disc", ["patchgan-plain-tiny", "patchgan-tiny"])
+def test_translator_and_discriminator_shapes_at_every_scale_on_odd_sizes(disc):
+    g, d = build_model("mimo-tiny"), build_model(disc)
     x = torch.rand(2, 3, 67, 45)
     outs = g(x, return_scales=True)
     assert [tuple(o.shape[-2:]) for o in outs] == [(17, 12), (34, 23), (67, 45)]
     assert torch.equal(g(x), outs[-1])
     assert torch.allclose(outs[-1], x)  # an untrained translator is the identity
     for o in outs:  # one discriminator judges every scale
-        logits = d(o)
+        logits = d(detail(o))
         assert logits.shape == (2, 1, o.shape[-2] // 8, o.shape[-1] // 8)
+
+
+def test_the_discriminator_judges_detail_not_colour():
+    """What the discriminator sees by default: noise and edges stay, the scene's colour and
+    its slow shading (which the content loss keeps) go."""
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    shading = torch.stack([0.2 + 0.3 * xx, 0.5 + 0.2 * yy, 0.7 - 0.2 * xx])[None]
+    noise = 0.05 * torch.randn(1, 3, 64, 64)
+    inner = (..., slice(8, -8), slice(8, -8))
+    assert detail(shading)[inner].abs().max() < 1e-3
+    kept = detail(shading + noise)[inner]
+    assert 0.85 < float(kept.std() / noise[inner].std()) < 1.05
 
 
 def test_kernel_extractor_overfits_one_pair():

@@ -410,8 +410,10 @@ class Blur2BlurConfig(_TrainingRun):
     translator: str = field(
         default="mimo-tiny", metadata=_help("translator: mimo-tiny (CPU) or mimo-unet (paper)"))
     discriminator: str = field(
-        default="patchgan-tiny",
-        metadata=_help("discriminator: patchgan-tiny (CPU) or patchgan (paper)"))
+        default="patchgan-plain-tiny",
+        metadata=_help("discriminator: patchgan-plain-tiny (CPU) or patchgan-plain (the paper's "
+                       "size), without instance norm; patchgan-tiny or patchgan: with it, as in "
+                       "the paper (blind to how strong the detail is)"))
     adversarial: float = field(
         default=1.0, metadata=_help("weight of the adversarial (hinge) loss; 0: content only "
                                     "(a control)"))
@@ -427,6 +429,11 @@ class Blur2BlurConfig(_TrainingRun):
                        "(the shipped matcher's feature pyramid) or vgg19 (needs vgg19_weights)"))
     vgg19_weights: str | None = field(
         default=None, metadata=_help("path of torchvision VGG19 weights (content=vgg19)"))
+    disc_input: str = field(
+        default="detail",
+        metadata=_help("what the discriminator judges: detail (the image minus its 4x4 "
+                       "low-pass: blur and noise, not the colour and layout of the scenes, "
+                       "which the content loss keeps) or image (the paper)"))
     scene_split: float = field(
         default=0.6,
         metadata=_help("share of the camera's clips whose blurry frames are translated; the "
@@ -450,6 +457,8 @@ class Blur2BlurConfig(_TrainingRun):
             raise ConfigError(f"blur2blur.curriculum={self.curriculum}: must be within [0, 1]")
         if min(self.adversarial, self.gp_weight, self.content_weight) < 0:
             raise ConfigError("blur2blur.adversarial, gp_weight and content_weight must be >= 0")
+        if self.disc_input not in ("image", "detail"):
+            raise ConfigError(f"blur2blur.disc_input={self.disc_input!r}: use image or detail")
         if self.content not in ("matcher", "vgg19", "pixels"):
             raise ConfigError(f"blur2blur.content={self.content!r}: use matcher, vgg19 or "
                               "pixels")

@@ -44,6 +44,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "mimo-tiny": ("mimo-unet", {"width": 16, "blocks": 2}),
     "patchgan": ("patchgan", {"width": 64, "layers": 3}),
     "patchgan-tiny": ("patchgan", {"width": 16, "layers": 3}),
+    "patchgan-plain": ("patchgan", {"width": 64, "layers": 3, "norm": "none"}),
+    "patchgan-plain-tiny": ("patchgan", {"width": 16, "layers": 3, "norm": "none"}),
     "kernel-wizard": ("kernel-wizard", {"width": 32, "code": 128, "kernel_size": 33,
                                         "blocks": 2}),
     "kernel-tiny": ("kernel-wizard", {"width": 16, "code": 64, "kernel_size": 25, "blocks": 1}),

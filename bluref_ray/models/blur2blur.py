@@ -9,8 +9,8 @@
   1/4 scale (MIMO-UNet without its cross-scale fusion blocks); each output is a residual added
   to the input at its scale, and the output convolutions start at zero, so an untrained
   translator is the identity.
-- :class:`PatchDiscriminator`: a PatchGAN (strided 4×4 convolutions, instance norm) whose one
-  set of weights judges each output scale of the translator.
+- :class:`PatchDiscriminator`: a PatchGAN (strided 4×4 convolutions, instance norm or none)
+  whose one set of weights judges each output scale of the translator.
 
 Shapes: images ``[B, 3, H, W]`` in [0, 1], any H, W (the U-Nets pad to a multiple of 4).
 """
@@ -203,20 +203,28 @@ class PatchDiscriminator(nn.Module):
         width: channels of the first layer (doubled per stride-2 layer, at most 8×).
         layers: stride-2 layers (each halves the size, rounding down; the input should be at
             least ``2**layers * 2`` pixels on a side).
+        norm: ``instance`` (the paper's PatchGAN) or ``none``. Instance norm divides each
+            patch map by its own spread, so it cannot see how strong the detail of an image is
+            (how much noise, how sharp): without it, the gradient penalty keeps D smooth.
     """
 
-    def __init__(self, width: int = 64, layers: int = 3) -> None:
+    def __init__(self, width: int = 64, layers: int = 3, norm: str = "instance") -> None:
         super().__init__()
+        if norm not in ("instance", "none"):
+            raise ValueError(f"PatchDiscriminator norm={norm!r}: use instance or none")
+
+        def normed(c: int) -> list[nn.Module]:
+            return [nn.InstanceNorm2d(c, affine=True)] if norm == "instance" else []
+
         mods: list[nn.Module] = [nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         c = width
         for i in range(1, layers):
             nxt = width * min(2 ** i, 8)
-            mods += [nn.Conv2d(c, nxt, 4, 2, 1), nn.InstanceNorm2d(nxt, affine=True),
-                     nn.LeakyReLU(0.2, inplace=True)]
+            mods += [nn.Conv2d(c, nxt, 4, 2, 1), *normed(nxt), nn.LeakyReLU(0.2, inplace=True)]
             c = nxt
         nxt = width * min(2 ** layers, 8)
-        mods += [nn.Conv2d(c, nxt, 3, 1, 1), nn.InstanceNorm2d(nxt, affine=True),
-                 nn.LeakyReLU(0.2, inplace=True), nn.Conv2d(nxt, 1, 3, 1, 1)]
+        mods += [nn.Conv2d(c, nxt, 3, 1, 1), *normed(nxt), nn.LeakyReLU(0.2, inplace=True),
+                 nn.Conv2d(nxt, 1, 3, 1, 1)]
         self.net = nn.Sequential(*mods)
         self.min_size = 2 ** layers * 2
 

@@ -66,6 +66,19 @@ def _vgg19(path: str | None, storage_cfg: StorageConfig | None,
     return vgg.features[:max(VGG19_LAYERS) + 1]
 
 
+def lowpass(x: torch.Tensor) -> torch.Tensor:
+    """``x`` averaged over 4×4 blocks: the colour and layout that the ``pixels`` content loss
+    keeps. Shape: ``[B, C, H, W]`` → ``[B, C, ⌈H/4⌉, ⌈W/4⌉]``."""
+    return F.avg_pool2d(x, 4, ceil_mode=True)
+
+
+def detail(x: torch.Tensor) -> torch.Tensor:
+    """``x`` minus its :func:`lowpass` (upsampled back): the blur, noise and texture that the
+    ``pixels`` content loss leaves free to change. Shape: kept."""
+    return x - F.interpolate(lowpass(x), size=x.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+
 class ContentLoss(nn.Module):
     """Mean L1 distance between features of two images (frozen features).
 
@@ -90,7 +103,7 @@ class ContentLoss(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.kind == "pixels":
-            return [F.avg_pool2d(x, 4, ceil_mode=True)]
+            return [lowpass(x)]
         if self.kind == "matcher":
             return self.net(x)[:2]
         x, out = (x - self.mean) / self.std, []

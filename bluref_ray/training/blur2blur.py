@@ -9,7 +9,12 @@ Each step, on every worker:
    K differs from the camera's frames only in its blur.
 2. **Discriminator step**: one PatchGAN judges K (real) against the translator's outputs (fake)
    at 1/4, 1/2 and full scale with the same weights; hinge loss averaged over the scales plus
-   ``gp_weight`` × the gradient penalty.
+   ``gp_weight`` × the gradient penalty. By default it judges their *detail* (each image minus
+   its 4×4 low-pass, :func:`~bluref_ray.models.content.detail`) and has no instance norm: K's
+   scenes are not the blurry frames' scenes, and a discriminator that sees colour and layout
+   tells them apart by content, which the translator must keep; instance norm would hide how
+   strong the detail is (noise, sharpness). The paper's choice (``disc_input=image``, the
+   ``patchgan`` presets) is one setting away.
 3. **Translator step**: ``adversarial`` × the hinge generator loss plus ``content_weight`` ×
    the sum over scales of the feature distance between each output and the input at its
    scale (:class:`~bluref_ray.models.content.ContentLoss`).
@@ -57,7 +62,7 @@ class TranslatorTask(Task):
 
     def __init__(self, cfg: Blur2BlurConfig, worker: Worker, config: dict) -> None:
         from bluref_ray.models import build_model, load_checkpoint
-        from bluref_ray.models.content import ContentLoss
+        from bluref_ray.models.content import ContentLoss, detail
         from bluref_ray.training.deblur import model_spec
 
         super().__init__(cfg, worker, config)
@@ -73,6 +78,7 @@ class TranslatorTask(Task):
                           for k, o in self.optimizers.items()}
         self.wizard = load_checkpoint(cfg.kernel, sc, device)[0].to(device).requires_grad_(False)
         self.content = ContentLoss(cfg.content, cfg.vgg19_weights, sc).to(device)
+        self.judged = detail if cfg.disc_input == "detail" else (lambda x: x)
         self.camera = camera_frames(config["frames"], cfg.scene_split, cfg.max_frames, cfg.seed,
                                     sc)
         self.known, _ = load_known(cfg.known, cfg.max_frames, 0, worker)
@@ -108,13 +114,14 @@ class TranslatorTask(Task):
         cfg = self.cfg
         g, d = self.ddp["translator"], self.ddp["disc"]
         fakes = self._scales(g, batch["blurry"])
-        reals = pyramid(batch["known"])
+        judged = [self.judged(f) for f in fakes]
+        reals = [self.judged(r) for r in pyramid(batch["known"])]
         # discriminator: hinge on every scale, plus the gradient penalty
-        d_loss = torch.stack([hinge_d(d(r), d(f.detach())) for r, f in zip(reals, fakes)]).mean()
-        gp = torch.stack([gradient_penalty(d, r, f) for r, f in zip(reals, fakes)]).mean()
+        d_loss = torch.stack([hinge_d(d(r), d(f.detach())) for r, f in zip(reals, judged)]).mean()
+        gp = torch.stack([gradient_penalty(d, r, f) for r, f in zip(reals, judged)]).mean()
         self.update(d_loss + cfg.gp_weight * gp, "disc")
         # translator: fool the discriminator, keep the content
-        adv = torch.stack([hinge_g(d(f)) for f in fakes]).mean()
+        adv = torch.stack([hinge_g(d(f)) for f in judged]).mean()
         content = torch.stack([self.content(f, x) for f, x in
                                zip(fakes, pyramid(batch["blurry"]))]).sum()
         loss = cfg.adversarial * adv + cfg.content_weight * content
