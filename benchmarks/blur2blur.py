@@ -182,10 +182,13 @@ def real_footage(out: str, b2b: list[str], deblur_known: str, cfg, steps) -> str
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from real_footage import make_data
 
+    from bluref_ray.data.synth import synthesize
     from bluref_ray.evaluation import evaluate
     from bluref_ray.pipeline.ingest import run_ingest
     from bluref_ray.refine import run_refine
     from bluref_ray.training.blur2blur import train_blur2blur
+    from bluref_ray.training.deblur import train_deblurrer
+    from bluref_ray.training.kernel import train_kernel
 
     quiet = lambda _m: None  # noqa: E731
     root = f"{out}/real"
@@ -201,10 +204,6 @@ def real_footage(out: str, b2b: list[str], deblur_known: str, cfg, steps) -> str
     held = f"{root}/camera/{REAL_HELD}"
     trans = train_blur2blur(f"{root}/ingest_videos", f"{root}/b2b",
                             cfg(*b2b, f"blur2blur.val={held}"), log=print)
-    from bluref_ray.data.synth import synthesize
-    from bluref_ray.training.deblur import train_deblurrer
-    from bluref_ray.training.kernel import train_kernel
-
     mild = f"{out}/known_mild"
     if not storage.exists(f"{mild}/manifest.json"):
         synthesize(mild, cfg(*KNOWN_MILD).synth, log=quiet)
