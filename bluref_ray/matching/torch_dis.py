@@ -187,13 +187,11 @@ class TorchDIS:
         # flows are kept in grid_sample's units during the sweep (the step scaled to them, the
         # patches' distance guard scaled back). The mean-normalised SSD's gradient is
         # Σ d·(g − mean g) with the query's Sobel g, and the step its product with the inverse
-        # Hessian: one weighted sum of d with these columns gives the step and Σ d.
-        inv_h = (torch.stack([hyy, -hxy, -hxy, hxx], -1).view(b, -1, 1, 2, 2)
-                 * (scale[:, None] / det[..., None, None, None]))  # [B, P, 1, 2, 2]
-        grad = torch.stack([tgx - tgx.mean(-1, keepdim=True),
-                            tgy - tgy.mean(-1, keepdim=True)], -1)  # [B, P, ps², 2]
-        cols = torch.cat([(inv_h @ grad[..., None])[..., 0], torch.ones_like(tgx[..., None])],
-                         -1)  # [B, P, ps², 3]
+        # Hessian: each of the step's two components is one dot product of d with a weight
+        # vector per patch (a reduction over a contiguous last axis: the cheapest form on a CPU).
+        cx, cy = tgx - tgx.mean(-1, keepdim=True), tgy - tgy.mean(-1, keepdim=True)
+        wx = (hyy[..., None] * cx - hxy[..., None] * cy) * (scale[0] / det[..., None])
+        wy = (hxx[..., None] * cy - hxy[..., None] * cx) * (scale[1] / det[..., None])
         centres = at_centres[order]
         s = (u.flatten(2)[:, :, centres].transpose(1, 2) * scale).contiguous()  # [B, P, 2]
         start_init = (init.flatten(2)[:, :, centres].transpose(1, 2) * scale
@@ -219,11 +217,14 @@ class TorchDIS:
                 cur = cand.gather(1, pick[:, None, :, None].expand(-1, 1, -1, 2))[:, 0]
                 start, prev = cur, None
                 active = torch.ones_like(pick, dtype=torch.bool)
+                base_d, t0_d, wx_d, wy_d = base[a:z], t0[:, a:z], wx[:, a:z], wy[:, a:z]
                 for _ in range(steps):
-                    d = diff(cur[:, None], a, z)[:, 0]
-                    g = (d[..., None] * cols[:, a:z]).sum(-2)  # [B, p, 3]: step, Σ d
-                    cur = torch.where(active[..., None], cur - g[..., :2], cur)
-                    e = torch.linalg.vecdot(d, d) - g[..., 2] ** 2 / n
+                    d = _sample_grid(i1, base_d + cur[:, :, None, :]) - t0_d  # [B, p, ps²]
+                    g = torch.stack([torch.linalg.vecdot(d, wx_d), torch.linalg.vecdot(d, wy_d)],
+                                    -1)  # [B, p, 2]
+                    cur = torch.where(active[..., None], cur - g, cur)
+                    sd = d.sum(-1)
+                    e = torch.addcmul(torch.linalg.vecdot(d, d), sd, sd, value=-1 / n)
                     active = active & (e < prev) if prev is not None else active
                     prev = e if prev is None else torch.where(active, e, prev)
                     # a patch that stopped stays put; ending when all have stopped saves work
