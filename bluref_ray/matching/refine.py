@@ -133,7 +133,7 @@ class Variational:
         nx, ny = ixx * ixx + ixy * ixy + z2, iyy * iyy + ixy * ixy + z2
         h, wd = i0.shape[-2:]
         idx = torch.arange(h, device=w.device)[:, None] + torch.arange(wd, device=w.device)
-        red = idx % 2 == 0
+        masks = [(idx % 2 == c).to(w.dtype) for c in (0, 1)]  # red, black
         wx, wy = _forward_pad(w)  # the flow's own differences along each edge
         dw = torch.zeros_like(w)
         for _ in range(self.iters):
@@ -164,7 +164,7 @@ class Variational:
             # elsewhere): du ← (1 − mω)·du + mω/a11·(neighbours + b1 − a12·dv), then dv with the
             # new du; the factors are taken once, so a sweep is a few fused multiply-adds.
             colours = [(1 - self.omega * m, self.omega * m / a11, self.omega * m / a22)
-                       for m in (red.to(w.dtype), (~red).to(w.dtype))]
+                       for m in masks]
             du, dv = dw[:, :1], dw[:, 1:]
             for _ in range(self.sor):
                 for keep, gu, gv in colours:

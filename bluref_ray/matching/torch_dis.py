@@ -59,6 +59,12 @@ def _sample(image: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
                                             y * (2.0 / max(h - 1, 1)) - 1.0], -1))
 
 
+def _ssd(d: torch.Tensor) -> torch.Tensor:
+    """The mean-normalised SSD of residuals ``d`` over the last axis: Σd² − (Σd)²/n."""
+    total = d.sum(-1)
+    return torch.addcmul(torch.linalg.vecdot(d, d), total, total, value=-1 / d.shape[-1])
+
+
 def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """3×3 Sobel derivatives (unnormalised, as OpenCV's ``spatialGradient``), edges reflected."""
     k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device,
@@ -180,7 +186,6 @@ class TorchDIS:
         base = torch.stack([px, py], -1)[order] * scale - 1.0  # [P, ps², 2], grid_sample's units
         tgx = F.unfold(gx, ps, stride=st).transpose(1, 2)[:, order]  # [B, P, ps²]
         tgy = F.unfold(gy, ps, stride=st).transpose(1, 2)[:, order]
-        n = float(ps * ps)
         hxx, hyy, hxy = (tgx * tgx).sum(-1), (tgy * tgy).sum(-1), (tgx * tgy).sum(-1)
         det = hxx * hyy - hxy * hxy
         det = torch.where(det.abs() < _EPS, torch.full_like(det, _EPS), det)
@@ -212,8 +217,7 @@ class TorchDIS:
                 cands += [s[:, nb[0][a:z]], s[:, nb[1][a:z]]]
                 cand = torch.stack(cands, 1)  # [B, C, p, 2]
                 d = diff(cand, a, z)
-                e = torch.linalg.vecdot(d, d) - d.sum(-1) ** 2 / n  # mean-normalised SSD
-                pick = e.argmin(1)  # [B, p]
+                pick = _ssd(d).argmin(1)  # [B, p]
                 cur = cand.gather(1, pick[:, None, :, None].expand(-1, 1, -1, 2))[:, 0]
                 start, prev = cur, None
                 active = torch.ones_like(pick, dtype=torch.bool)
@@ -223,8 +227,7 @@ class TorchDIS:
                     g = torch.stack([torch.linalg.vecdot(d, wx_d), torch.linalg.vecdot(d, wy_d)],
                                     -1)  # [B, p, 2]
                     cur = torch.where(active[..., None], cur - g, cur)
-                    sd = d.sum(-1)
-                    e = torch.addcmul(torch.linalg.vecdot(d, d), sd, sd, value=-1 / n)
+                    e = _ssd(d)
                     active = active & (e < prev) if prev is not None else active
                     prev = e if prev is None else torch.where(active, e, prev)
                     # a patch that stopped stays put; ending when all have stopped saves work
