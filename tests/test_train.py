@@ -211,9 +211,9 @@ def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previ
         text = log1.read_text() if log1.exists() else ""
         return int(text.split(marker)[1].split()[0]) if marker in text else None
 
-    def next_checkpoint() -> bool:  # one the replaced worker group wrote
-        step = went_on()
-        return step is not None and (ckpts / f"step_{step + 2:06d}").is_dir()
+    def next_checkpoint() -> bool:  # one the replaced worker group wrote, whole
+        step = went_on()  # (its folder appears before its state.pt is complete)
+        return step is not None and _loads(ckpts / f"step_{step + 2:06d}" / "state.pt")
 
     with kill_worker_when("RayTrainWorker", (ckpts / "step_000004").is_dir) as killed:
         kill_when(command, next_checkpoint, "a checkpoint of the replaced worker group",

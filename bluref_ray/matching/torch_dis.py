@@ -195,7 +195,10 @@ class TorchDIS:
         order, rank, runs, before = _sweep(row, col, hs, ws, self.stripes)
         t0 = tmpl[:, order]
         scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=dev)
-        base = torch.stack([px, py], -1)[order] * scale - 1.0  # [P, ps², 2], grid_sample's units
+        # [P, 2, ps²] in grid_sample's units: adding a flow [.., P, 2, 1] to it runs along the
+        # contiguous last axis (6× faster on a CPU than [P, ps², 2] + [.., P, 1, 2]); the sum is
+        # handed to grid_sample transposed, which takes strided grids as they are
+        base = (torch.stack([px, py], 1) * scale[:, None] - 1.0)[order]
         tgx = F.unfold(gx, ps, stride=st).transpose(1, 2)[:, order]  # [B, P, ps²]
         tgy = F.unfold(gy, ps, stride=st).transpose(1, 2)[:, order]
         hxx, hyy, hxy = (tgx * tgx).sum(-1), (tgy * tgy).sum(-1), (tgx * tgy).sum(-1)
@@ -217,7 +220,7 @@ class TorchDIS:
 
         def diff(v: torch.Tensor, a: int, z: int) -> torch.Tensor:
             """I1 at patches a:z moved by ``v`` (``[B, C, z − a, 2]``: C candidates) − I0."""
-            grid = base[a:z] + v[..., None, :]  # [B, C, p, ps², 2]
+            grid = (base[a:z] + v[..., None]).transpose(-1, -2)  # [B, C, p, ps², 2]
             return _sample_grid(i1, grid.flatten(1, 2)).view(grid.shape[:-1]) - t0[:, None, a:z]
 
         for it in range(self.passes):
@@ -235,7 +238,7 @@ class TorchDIS:
                 active = torch.ones_like(pick, dtype=torch.bool)
                 base_d, t0_d, wx_d, wy_d = base[a:z], t0[:, a:z], wx[:, a:z], wy[:, a:z]
                 for _ in range(steps):
-                    d = _sample_grid(i1, base_d + cur[:, :, None, :]) - t0_d  # [B, p, ps²]
+                    d = _sample_grid(i1, (base_d + cur[..., None]).transpose(-1, -2)) - t0_d
                     g = torch.stack([torch.linalg.vecdot(d, wx_d), torch.linalg.vecdot(d, wy_d)],
                                     -1)  # [B, p, 2]
                     cur = torch.where(active[..., None], cur - g, cur)
