@@ -178,6 +178,9 @@ def test_torch_dis_corrects_a_flow_and_replaces_a_wrong_one_like_opencv_dis():
     both = dis.refine(torch.cat([query, ref]), torch.cat([ref, query]),
                       torch.cat([flow + 3.0, torch.zeros_like(flow)]))
     assert float((both[:1] - dis.refine(query, ref, flow + 3.0)).abs().mean()) < 0.05
+    # the sweep as a GPU runs it (every step, no check) gives the same flows
+    assert torch.equal(TorchDIS(ref_blur=0.0, early_stop=False).refine(query, ref, flow + 3.0),
+                       dis.refine(query, ref, flow + 3.0))
     _check_refined_learned_matcher(dis, query, ref, flow, valid, 0.5)
 
 

@@ -123,13 +123,16 @@ class TorchDIS:
             none).
         stripes: horizontal bands of the patch grid that a flow does not propagate across
             (OpenCV's 8; 1: the whole grid).
+        early_stop: end a diagonal's steps once all its patches have stopped (the check costs
+            a sync each step; None: on a CPU only). The flows are the same either way.
     """
 
     def __init__(self, patch: int = 8, stride: int = 3, iters: int = 25, passes: int = 2,
                  finest: int = 1, ref_blur: float = 1.5,
-                 variational: Variational | None = None, stripes: int = 8) -> None:
+                 variational: Variational | None = None, stripes: int = 8,
+                 early_stop: bool | None = None) -> None:
         self.patch, self.stride, self.iters, self.passes = patch, stride, iters, passes
-        self.stripes = stripes
+        self.stripes, self.early_stop = stripes, early_stop
         self.finest, self.ref_blur = finest, ref_blur
         self.variational = variational or Variational()
 
@@ -217,6 +220,7 @@ class TorchDIS:
         start_init = (init.flatten(2)[:, :, centres].transpose(1, 2) * scale
                       if init is not None else None)
         steps = self.iters // self.passes
+        early_stop = dev.type == "cpu" if self.early_stop is None else self.early_stop
 
         def diff(v: torch.Tensor, a: int, z: int) -> torch.Tensor:
             """I1 at patches a:z moved by ``v`` (``[B, C, z − a, 2]``: C candidates) − I0."""
@@ -247,7 +251,7 @@ class TorchDIS:
                     prev = e if prev is None else torch.where(active, e, prev)
                     # a patch that stopped stays put; ending when all have stopped saves work
                     # on a CPU, where on a GPU the check would cost a sync every step
-                    if cur.device.type == "cpu" and not bool(active.any()):
+                    if early_stop and not bool(active.any()):
                         break
                 far = ((cur - start) / scale).norm(dim=-1) > ps
                 s[:, a:z] = torch.where(far[..., None], start, cur)
