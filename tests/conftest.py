@@ -218,6 +218,18 @@ def _task_pids(name: str) -> list[int]:
     return pids
 
 
+def wait_workers_gone(name: str, timeout_s: float = 60) -> None:
+    """Wait until no worker of the test cluster runs a task or actor whose name holds
+    ``name``: a killed driver's workers (Ray Train's, for one) go on for a moment until Ray
+    reaps them, and may still write."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while _task_pids(name):
+        assert time.time() < deadline, f"{name} workers still running after {timeout_s}s"
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def kill_worker_when(name: str, ready, timeout_s: float = 120):
     """While the block runs, SIGKILL one process running a Ray task (or an actor) whose name

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import kill_when, kill_worker_when
+from conftest import kill_when, kill_worker_when, wait_workers_gone
 
 from bluref_ray.config import Config, ConfigError, RayConfig, RefineConfig, TrainConfig
 from bluref_ray.data.images import encode_png
@@ -219,6 +219,7 @@ def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previ
         kill_when(command, next_checkpoint, "a checkpoint of the replaced worker group",
                   timeout_s=300, log=log1)
     assert len(killed) == 1 and went_on() >= 2  # replaced, and not from scratch
+    wait_workers_gone("RayTrainWorker")  # the killed run's workers write until Ray reaps them
     assert not (r1 / "train" / "model.pt").exists()
     assert latest_checkpoint(str(r1 / "train"), None) is not None
     # the newest checkpoint that loads: the kill may cut the newest one while it is written,
