@@ -8,9 +8,11 @@ Run it whenever a machine with a CUDA GPU is at hand; it prints one table and wr
    ``reblur``, ``refiner=dis``: OpenCV DIS on the actor's CPU), one actor with the GPU, after an
    untimed run of one frame per clip (imports, caches, CUDA kernels); the timed run includes
    starting its own actor and loading the matcher, as a job's does;
-2. the same with ``refiner=torch``: every step in PyTorch on the GPU (DIS in PyTorch);
+2. the same with ``refiner=torch``: every step in PyTorch on the GPU (DIS in PyTorch, its
+   patch search one Triton kernel per diagonal);
 3. **the bare matcher** of each (the learned network and its refinement, N references per frame
-   on tensors already on the device, nothing else): pairs/s, the ceiling of 1 and 2;
+   on tensors already on the device, nothing else): pairs/s, the ceiling of 1 and 2; and the
+   torch one with its patch search as tensor operations (``torch_eager``), what the kernel saves;
 4. **training crops/s** of NAFNet-width32 at 256², batch 16, bfloat16, through Ray Data
    (``bluref train``'s code, one GPU worker), against the bare training step on random tensors
    already on the GPU; the ratio is the data path's efficiency;
@@ -89,11 +91,15 @@ class GPUUse:
 
 
 def bare_matcher(pg: PseudoGTConfig, device: torch.device, h: int, w: int, n: int,
-                 repeats: int = 5) -> float:
-    """Pairs/s of the matcher alone: N references matched to one frame per pair."""
+                 repeats: int = 5, fused: bool | None = None) -> float:
+    """Pairs/s of the matcher alone: N references matched to one frame per pair (``fused``:
+    the torch refiner's patch search as one kernel per diagonal or not; None: its default)."""
     from bluref_ray.matching import matcher_from_config
+    from bluref_ray.matching.torch_dis import TorchDIS
 
     m = matcher_from_config(pg, pg.matcher).to(device)
+    if isinstance(getattr(m, "refine", None), TorchDIS) and fused is not None:
+        m.refine.fused = fused
     q, r = (torch.rand(n, 3, h, w, device=device) for _ in range(2))
     m(q, r)  # warm-up
     if device.type == "cuda":
@@ -161,13 +167,25 @@ def main(argv: list[str] | None = None) -> int:
 
         pg = PseudoGTConfig(max_refs=n, limit=limit, concurrency=1,
                             gpus_per_actor=1.0 if cuda else 0.0)
+        def attempt(key: str, fn) -> None:  # one failure costs its row, not the others
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                rows[key] = f"failed: {e!r}"
+                print(f"{key} failed: {e!r}", flush=True)
+
+        def bare(name: str, pgr: PseudoGTConfig, fused: bool | None = None) -> None:
+            key = f"bare_matcher_{name}_pairs_per_s"
+            rows[key] = round(bare_matcher(pgr, device, h, w, n, fused=fused), 3)
+            print(f"bare matcher ({name}): {rows[key]} pairs/s", flush=True)
+
         for refiner in ("dis", "torch"):
             pgr = dataclasses.replace(pg, refiner=refiner)
-            pseudo_gt(refiner, pgr)
-            rows[f"bare_matcher_{refiner}_pairs_per_s"] = round(bare_matcher(pgr, device, h, w,
-                                                                             n), 3)
-            print(f"bare matcher ({refiner}): {rows[f'bare_matcher_{refiner}_pairs_per_s']} "
-                  "pairs/s", flush=True)
+            attempt(f"pseudo_gt_{refiner}_pairs_per_s", lambda: pseudo_gt(refiner, pgr))
+            attempt(f"bare_matcher_{refiner}_pairs_per_s", lambda: bare(refiner, pgr))
+        # the torch refiner's patch search as tensor operations instead of its fused kernel
+        attempt("bare_matcher_torch_eager_pairs_per_s",
+                lambda: bare("torch_eager", dataclasses.replace(pg, refiner="torch"), False))
 
         tc = TrainConfig(model=model, steps=steps, batch_size=batch, crop=crop, workers=1,
                          use_gpu=cuda, checkpoint_every=steps, val_every=steps, log_every=steps)

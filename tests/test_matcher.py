@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -182,6 +183,39 @@ def test_torch_dis_corrects_a_flow_and_replaces_a_wrong_one_like_opencv_dis():
     assert torch.equal(TorchDIS(ref_blur=0.0, early_stop=False).refine(query, ref, flow + 3.0),
                        dis.refine(query, ref, flow + 3.0))
     _check_refined_learned_matcher(dis, query, ref, flow, valid, 0.5)
+
+
+_FUSED_CHECK = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_matcher import _homography_pair
+from bluref_ray.matching.refine import gray
+from bluref_ray.matching.torch_dis import TorchDIS
+query, ref, flow, _ = _homography_pair(64)
+q, r = gray(query), gray(ref)
+for init in (None, flow + 2.0):
+    eager = TorchDIS(ref_blur=0.0, fused=False).refine_gray(q, r, init)
+    fused = TorchDIS(ref_blur=0.0, fused=True).refine_gray(q, r, init)
+    diff = (fused - eager).abs()
+    print(float(diff.mean()), float(diff.max()), float(eager.abs().mean()))
+"""
+
+
+def test_torch_dis_fused_kernel_gives_the_tensor_sweeps_flows():
+    """The patch search as one Triton kernel per diagonal (the GPU's), run by Triton's
+    interpreter on the CPU, against the tensor operations' on the same pair, from no flow and
+    from a given one (in a process of its own: the interpreter is chosen at Triton's import)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", _FUSED_CHECK.format(tests=os.path.dirname(
+        os.path.abspath(__file__)))], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [[float(v) for v in line.split()] for line in out.stdout.split("\n") if line]
+    assert len(rows) == 2
+    for mean, worst, size in rows:  # the same flows up to float rounding (pixels)
+        assert size > 1.0 and mean < 1e-4 and worst < 1e-2, rows
 
 
 def test_torch_dis_sweep_takes_neighbours_within_a_band_as_opencv_does():

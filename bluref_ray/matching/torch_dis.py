@@ -18,7 +18,8 @@ at each pyramid level (factor 2, from the coarsest to ``finest``),
    Sobel gradients, computed once; OpenCV's step size), until its SSD stops falling. A patch
    that moved farther than its size keeps its start. OpenCV sweeps patch by patch; here the
    patches of one anti-diagonal of the grid, which depend only on the one before, are one
-   batched step.
+   batched step: tensor operations on a CPU, one Triton kernel per diagonal on a GPU
+   (:mod:`~bluref_ray.matching.torch_dis_fused`).
 2. **densification**: each pixel's flow is the mean of the flows of the patches that cover it,
    each weighted by ``1 / max(1, |I1(x + u) − I0(x)|)``.
 3. **variational refinement** of the dense flow
@@ -35,8 +36,10 @@ from none.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -125,14 +128,18 @@ class TorchDIS:
             (OpenCV's 8; 1: the whole grid).
         early_stop: end a diagonal's steps once all its patches have stopped (the check costs
             a sync each step; None: on a CPU only). The flows are the same either way.
+        fused: the patch search as one GPU kernel per diagonal
+            (:mod:`~bluref_ray.matching.torch_dis_fused`, Triton) instead of tensor operations
+            (None: on a CUDA device where Triton is installed, and tensor operations from then
+            on, with a warning, if the kernel fails there). The flows agree to ~1e-5 px.
     """
 
     def __init__(self, patch: int = 8, stride: int = 3, iters: int = 25, passes: int = 2,
                  finest: int = 1, ref_blur: float = 1.5,
                  variational: Variational | None = None, stripes: int = 8,
-                 early_stop: bool | None = None) -> None:
+                 early_stop: bool | None = None, fused: bool | None = None) -> None:
         self.patch, self.stride, self.iters, self.passes = patch, stride, iters, passes
-        self.stripes, self.early_stop = stripes, early_stop
+        self.stripes, self.early_stop, self.fused = stripes, early_stop, fused
         self.finest, self.ref_blur = finest, ref_blur
         self.variational = variational or Variational()
 
@@ -197,25 +204,44 @@ class TorchDIS:
         at_centres = (row * st + ps // 2) * w + col * st + ps // 2  # flat pixel of each centre
         order, rank, runs, before = _sweep(row, col, hs, ws, self.stripes)
         t0 = tmpl[:, order]
-        scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=dev)
-        # [P, 2, ps²] in grid_sample's units: adding a flow [.., P, 2, 1] to it runs along the
-        # contiguous last axis (6× faster on a CPU than [P, ps², 2] + [.., P, 1, 2]); the sum is
-        # handed to grid_sample transposed, which takes strided grids as they are
-        base = (torch.stack([px, py], 1) * scale[:, None] - 1.0)[order]
+        centres = at_centres[order]
         tgx = F.unfold(gx, ps, stride=st).transpose(1, 2)[:, order]  # [B, P, ps²]
         tgy = F.unfold(gy, ps, stride=st).transpose(1, 2)[:, order]
         hxx, hyy, hxy = (tgx * tgx).sum(-1), (tgy * tgy).sum(-1), (tgx * tgy).sum(-1)
         det = hxx * hyy - hxy * hxy
         det = torch.where(det.abs() < _EPS, torch.full_like(det, _EPS), det)
-        # flows are kept in grid_sample's units during the sweep (the step scaled to them, the
-        # patches' distance guard scaled back). The mean-normalised SSD's gradient is
-        # Σ d·(g − mean g) with the query's Sobel g, and the step its product with the inverse
-        # Hessian: each of the step's two components is one dot product of d with a weight
-        # vector per patch (a reduction over a contiguous last axis: the cheapest form on a CPU).
+        # The mean-normalised SSD's gradient is Σ d·(g − mean g) with the query's Sobel g, and
+        # the step its product with the inverse Hessian: each of the step's two components is
+        # one dot product of d with a weight vector per patch (a reduction over a contiguous
+        # last axis: the cheapest form on a CPU).
         cx, cy = tgx - tgx.mean(-1, keepdim=True), tgy - tgy.mean(-1, keepdim=True)
+        if self._use_fused(dev):
+            from bluref_ray.matching.torch_dis_fused import sweep
+
+            weights = ((hyy[..., None] * cx - hxy[..., None] * cy) / det[..., None],
+                       (hxx[..., None] * cy - hxy[..., None] * cx) / det[..., None])
+            at = [None if f is None else f.flatten(2)[:, :, centres].transpose(1, 2)
+                  for f in (u, init)]
+            try:
+                s = sweep(i1, at[0], at[1], t0, *weights, ((col * st)[order], (row * st)[order]),
+                          before, runs, self.passes, self.iters // self.passes, ps)
+            except Exception as e:  # a kernel that cannot be built on this GPU: not asked for
+                if self.fused:
+                    raise
+                warnings.warn(f"TorchDIS: the fused patch search failed on {dev} ({e!r}); "
+                              "using tensor operations", stacklevel=2)
+                self.fused = False
+            else:
+                return self._densify(i0, i1, s[:, rank].transpose(1, 2), px, py, tmpl, (hs, ws))
+        scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=dev)
+        # [P, 2, ps²] in grid_sample's units: adding a flow [.., P, 2, 1] to it runs along the
+        # contiguous last axis (6× faster on a CPU than [P, ps², 2] + [.., P, 1, 2]); the sum is
+        # handed to grid_sample transposed, which takes strided grids as they are
+        base = (torch.stack([px, py], 1) * scale[:, None] - 1.0)[order]
+        # flows are kept in grid_sample's units during the sweep (the step scaled to them, the
+        # patches' distance guard scaled back)
         wx = (hyy[..., None] * cx - hxy[..., None] * cy) * (scale[0] / det[..., None])
         wy = (hxx[..., None] * cy - hxy[..., None] * cx) * (scale[1] / det[..., None])
-        centres = at_centres[order]
         s = (u.flatten(2)[:, :, centres].transpose(1, 2) * scale).contiguous()  # [B, P, 2]
         start_init = (init.flatten(2)[:, :, centres].transpose(1, 2) * scale
                       if init is not None else None)
@@ -257,6 +283,13 @@ class TorchDIS:
                 s[:, a:z] = torch.where(far[..., None], start, cur)
         s = (s / scale)[:, rank].transpose(1, 2)  # [B, 2, P] in pixels, row-major
         return self._densify(i0, i1, s, px, py, tmpl, (hs, ws))
+
+    def _use_fused(self, device: torch.device) -> bool:
+        """Whether the patch search runs as :mod:`~bluref_ray.matching.torch_dis_fused`'s
+        kernel: as ``fused`` says, by default on a CUDA device where Triton is installed."""
+        if self.fused is not None:
+            return self.fused
+        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
     def _densify(self, i0: torch.Tensor, i1: torch.Tensor, s: torch.Tensor, px: torch.Tensor,
                  py: torch.Tensor, tmpl: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
