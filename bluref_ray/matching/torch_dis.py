@@ -289,7 +289,9 @@ class TorchDIS:
         kernel: as ``fused`` says, by default on a CUDA device where Triton is installed."""
         if self.fused is not None:
             return self.fused
-        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        square = self.patch * self.patch  # the kernel's lanes: a power of two (8×8 patches)
+        return (device.type == "cuda" and square & (square - 1) == 0
+                and importlib.util.find_spec("triton") is not None)
 
     def _densify(self, i0: torch.Tensor, i1: torch.Tensor, s: torch.Tensor, px: torch.Tensor,
                  py: torch.Tensor, tmpl: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
