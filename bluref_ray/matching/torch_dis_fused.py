@@ -11,10 +11,15 @@ sweep does) and keeps its start if it moved farther than its size. One launch pe
 ~1,240 a call at 1280×720.
 
 Flows here are in pixels (the eager sweep keeps ``grid_sample``'s units); the two agree to
-~1e-5 px (a test runs this kernel in Triton's interpreter, ``TRITON_INTERPRET=1``, on a CPU).
+~1e-5 px (a test runs this kernel in Triton's interpreter, ``TRITON_INTERPRET=1``, on a CPU;
+near-ties between candidates, or in the stopping test, may fall the other way on a GPU, whose
+sums are taken in another order). It compiles for sm_90 (40 registers, no spills); its speed on
+a GPU is not measured yet.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -53,7 +58,7 @@ def _pick(img, b, h, w, x0, y0, ox, oy, tmpl, flows, k, best, bx, by, n: tl.cons
     return tl.where(better, e, best), tl.where(better, cx, bx), tl.where(better, cy, by)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["first"])  # one build, not one per diagonal's start
 def _diagonal(img, flow, init, t0, wx, wy, x0s, y0s, before0, before1, first, patches, h, w,
               far, HAS_INIT: tl.constexpr, STEPS: tl.constexpr, PS: tl.constexpr):
     """One diagonal of the sweep: program (i, b) moves patch ``first + i`` of pair ``b``."""
@@ -109,10 +114,15 @@ def sweep(i1: torch.Tensor, flow: torch.Tensor, init: torch.Tensor | None, t0: t
     start = out if init is None else init.float().contiguous()
     t0, wx, wy = (x.float().contiguous() for x in (t0, wx, wy))
     x0s, y0s = (c.float().contiguous() for c in corners)
-    for it in range(passes):
-        nb = [n.to(torch.int32).contiguous() for n in before[it % 2]]
-        for first, end in (runs if it % 2 == 0 else runs[::-1]):
-            _diagonal[(end - first, b)](img, out, start, t0, wx, wy, x0s, y0s, nb[0], nb[1],
-                                        first, out.shape[1], h, w, float(patch),
-                                        HAS_INIT=init is not None, STEPS=steps, PS=patch)
+    # Triton launches on the current CUDA device, which need not be the tensors'
+    on = torch.cuda.device(img.device) if img.is_cuda else contextlib.nullcontext()
+    with on:
+        for it in range(passes):
+            nb = [n.to(torch.int32).contiguous() for n in before[it % 2]]
+            for first, end in (runs if it % 2 == 0 else runs[::-1]):
+                # one warp a patch: 64 lanes, its sums by shuffles, no shared memory
+                _diagonal[(end - first, b)](img, out, start, t0, wx, wy, x0s, y0s, nb[0], nb[1],
+                                            first, out.shape[1], h, w, float(patch),
+                                            HAS_INIT=init is not None, STEPS=steps, PS=patch,
+                                            num_warps=1)
     return out
