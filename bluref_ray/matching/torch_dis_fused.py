@@ -2,8 +2,8 @@
 anti-diagonal (Triton).
 
 Run as tensor operations, the search is a dozen small operations per Gauss–Newton step of
-every diagonal: 281,435 kernel launches for one 1280×720 pair (`benchmarks/torch_dis_ops.py`),
-which bound a GPU to about 0.3 pseudo-pairs/s whatever its size. Here one program per (pair,
+every diagonal: 281,435 kernel launches for one 1280×720 pair (`benchmarks/torch_dis_ops.py`);
+at 5–10 µs a launch that bounds a GPU to about 0.3 pseudo-pairs/s whatever its size. Here one program per (pair,
 patch) of a diagonal does all of a patch's work in registers: it scores the candidate flows
 (its own, the initial flow, its two neighbours visited before it; the first of equals wins),
 takes the Gauss–Newton steps (stopping for good when the SSD stops falling, as the eager
@@ -13,8 +13,8 @@ sweep does) and keeps its start if it moved farther than its size. One launch pe
 Flows here are in pixels (the eager sweep keeps ``grid_sample``'s units); the two agree to
 ~1e-5 px (a test runs this kernel in Triton's interpreter, ``TRITON_INTERPRET=1``, on a CPU;
 near-ties between candidates, or in the stopping test, may fall the other way on a GPU, whose
-sums are taken in another order). It compiles for sm_90 (40 registers, no spills); its speed on
-a GPU is not measured yet.
+sums are taken in another order). Compiled ahead of time for sm_90a (one warp: 64 registers,
+no spills, no shared memory); its speed on a GPU is not measured yet.
 """
 
 from __future__ import annotations
