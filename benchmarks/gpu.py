@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   pseudo_gt=pg), log=quiet)
             return s.rows, time.perf_counter() - t
 
-        def pseudo_gt(name: str, pg: PseudoGTConfig) -> float:
+        def pseudo_gt(name: str, pg: PseudoGTConfig) -> None:
             """Pairs/s of a whole run (its actor's start included), and the marginal rate: the
             pairs and seconds it takes beyond a run of a quarter of the frames (no start)."""
             run(f"warm-{name}", dataclasses.replace(pg, limit=1))
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pseudo-GT ({name}): {pairs} pairs in {dt:.1f}s, {pairs / dt:.2f} pairs/s "
                   f"({marginal or 0:.2f} beyond the first {few}), GPU busy "
                   f"{use.mean if use.mean is not None else '-'}%", flush=True)
-            return dt
 
         pg = PseudoGTConfig(max_refs=n, limit=limit, concurrency=1,
                             gpus_per_actor=1.0 if cuda else 0.0)
+
         def attempt(key: str, fn) -> None:  # one failure costs its row, not the others
             try:
                 fn()

@@ -215,11 +215,12 @@ class TorchDIS:
         # one dot product of d with a weight vector per patch (a reduction over a contiguous
         # last axis: the cheapest form on a CPU).
         cx, cy = tgx - tgx.mean(-1, keepdim=True), tgy - tgy.mean(-1, keepdim=True)
+        num_x = hyy[..., None] * cx - hxy[..., None] * cy  # the step's weights, times det
+        num_y = hxx[..., None] * cy - hxy[..., None] * cx
         if self._use_fused(dev):
             from bluref_ray.matching.torch_dis_fused import sweep
 
-            weights = ((hyy[..., None] * cx - hxy[..., None] * cy) / det[..., None],
-                       (hxx[..., None] * cy - hxy[..., None] * cx) / det[..., None])
+            weights = (num_x / det[..., None], num_y / det[..., None])  # pixels
             at = [None if f is None else f.flatten(2)[:, :, centres].transpose(1, 2)
                   for f in (u, init)]
             try:
@@ -240,8 +241,7 @@ class TorchDIS:
         base = (torch.stack([px, py], 1) * scale[:, None] - 1.0)[order]
         # flows are kept in grid_sample's units during the sweep (the step scaled to them, the
         # patches' distance guard scaled back)
-        wx = (hyy[..., None] * cx - hxy[..., None] * cy) * (scale[0] / det[..., None])
-        wy = (hxx[..., None] * cy - hxy[..., None] * cx) * (scale[1] / det[..., None])
+        wx, wy = num_x * (scale[0] / det[..., None]), num_y * (scale[1] / det[..., None])
         s = (u.flatten(2)[:, :, centres].transpose(1, 2) * scale).contiguous()  # [B, P, 2]
         start_init = (init.flatten(2)[:, :, centres].transpose(1, 2) * scale
                       if init is not None else None)

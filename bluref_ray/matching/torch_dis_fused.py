@@ -3,8 +3,9 @@ anti-diagonal (Triton).
 
 Run as tensor operations, the search is a dozen small operations per Gauss–Newton step of
 every diagonal: 281,435 kernel launches for one 1280×720 pair (`benchmarks/torch_dis_ops.py`);
-at 5–10 µs a launch that bounds a GPU to about 0.3 pseudo-pairs/s whatever its size. Here one program per (pair,
-patch) of a diagonal does all of a patch's work in registers: it scores the candidate flows
+at 5–10 µs a launch that bounds a GPU to about 0.3 pseudo-pairs/s whatever its size. Here one
+program per (pair, patch) of a diagonal does all of a patch's work in registers: it scores the
+candidate flows
 (its own, the initial flow, its two neighbours visited before it; the first of equals wins),
 takes the Gauss–Newton steps (stopping for good when the SSD stops falling, as the eager
 sweep does) and keeps its start if it moved farther than its size. One launch per diagonal:
