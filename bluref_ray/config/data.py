@@ -176,6 +176,15 @@ class IngestConfig:
     label_window: int = field(
         default=10, metadata=method("local rule: frames on each side that set a frame's sharp "
                                     "level"))
+    label_mild_z: float | None = field(
+        default=3.0,
+        metadata=method("local rule, second pass: also blurry, a frame whose score is more than "
+                        "this many robust standard deviations (of the sharp frames' own spread) "
+                        "below the sharp frames within ±label_mild_window; it finds mild blur "
+                        "that Otsu's cut leaves sharp (none: one pass)"))
+    label_mild_window: int = field(
+        default=5, metadata=method("local rule, second pass: frames on each side whose sharp "
+                                   "ones set a frame's level"))
     threshold: float | None = field(
         default=None,
         metadata=method("fixed sharpness threshold for the label score (frames below are blurry); "
@@ -212,6 +221,11 @@ class IngestConfig:
             raise ConfigError(f"ingest.label_rule={self.label_rule!r}: use 'local' or 'clip'")
         if self.label_window < 2:
             raise ConfigError(f"ingest.label_window={self.label_window}: must be >= 2")
+        if self.label_mild_z is not None and self.label_mild_z <= 0:
+            raise ConfigError(f"ingest.label_mild_z={self.label_mild_z}: must be > 0 "
+                              "(none: no second pass)")
+        if self.label_mild_window < 1:
+            raise ConfigError(f"ingest.label_mild_window={self.label_mild_window}: must be >= 1")
         if self.protocol not in ("auto", "paper", "camera"):
             raise ConfigError(f"ingest.protocol={self.protocol!r}: use 'auto', 'paper' or "
                               "'camera'")

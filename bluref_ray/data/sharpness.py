@@ -17,7 +17,9 @@ Two rules label the frames of a clip:
   it*. Its score is divided by the sharp level of its neighbourhood (a high quantile of the scores
   within ±w frames of the same shot; :func:`shot_ids` cuts the clip where the colour histogram
   jumps), so the content of a scene, which changes along a drive, cancels out; Otsu's threshold
-  on these relative log scores splits the clip.
+  on these relative log scores splits the clip. A second pass (:func:`widen_blurry`) adds the
+  mildly blurred frames that this cut leaves sharp: those clearly below the *sharp* frames
+  around them, "clearly" measured by how much the sharp frames vary among themselves.
 * :func:`split_blurry` (``ingest.label_rule=clip``): Otsu's threshold on the log scores of the
   whole clip, or a fixed threshold when one is given. Scene content moves it: a clip whose first
   half shows less texture is split in halves, not by blur.
@@ -148,7 +150,8 @@ def shot_ids(histograms: list[np.ndarray], min_jump: float = 0.3,
 
 
 def relative_scores(scores: np.ndarray, shots: np.ndarray | None = None, window: int = 10,
-                    quantile: float = 0.9, min_frames: int = 3) -> np.ndarray:
+                    quantile: float = 0.9, min_frames: int = 3,
+                    among: np.ndarray | None = None) -> np.ndarray:
     """Each frame's score divided by the sharp level around it, as a log ratio (0: as sharp).
 
     The sharp level is the ``quantile`` of the log scores of the frames before it (up to
@@ -156,7 +159,7 @@ def relative_scores(scores: np.ndarray, shots: np.ndarray | None = None, window:
     that a scene whose texture grows or shrinks along the clip, or a cut, does not make a frame
     look blurry against content it does not show. A side with fewer than ``min_frames`` frames
     is left out (at the ends of a shot); a frame with neither side uses both sides' frames
-    regardless of shots.
+    regardless of shots. ``among`` (a mask) takes the levels from those frames only.
 
     Shape:
         ``[F]`` scores (higher is sharper), ``[F]`` shot ids → ``[F]`` log ratios.
@@ -164,15 +167,17 @@ def relative_scores(scores: np.ndarray, shots: np.ndarray | None = None, window:
     logs = np.log(np.maximum(np.asarray(scores, np.float64), 1e-12))
     n = len(logs)
     shots = np.zeros(n, np.int64) if shots is None else np.asarray(shots)
+    among = np.ones(n, bool) if among is None else np.asarray(among, bool)
     rel = np.zeros(n)
     for t in range(n):
         levels = []
         for lo, hi in ((max(0, t - window), t), (t + 1, min(n, t + window + 1))):
-            side = logs[lo:hi][shots[lo:hi] == shots[t]]
+            side = logs[lo:hi][(shots[lo:hi] == shots[t]) & among[lo:hi]]
             if len(side) >= min_frames:
                 levels.append(np.quantile(side, quantile))
         if not levels:
-            near = np.r_[logs[max(0, t - window):t], logs[t + 1:t + window + 1]]
+            near = np.r_[max(0, t - window):t, t + 1:min(n, t + window + 1)].astype(np.int64)
+            near = logs[near[among[near]]]
             levels = [np.quantile(near, quantile)] if len(near) else [logs[t]]
         rel[t] = logs[t] - min(levels)
     return rel
@@ -198,3 +203,63 @@ def split_blurry_local(relative: np.ndarray, max_ratio: float = 0.9,
     if not below.any() or rel[below].mean() > np.log(max_blurry_mean):
         return np.zeros(len(rel), bool), float("nan")
     return below, float(np.exp(t))
+
+
+def widen_blurry(scores: np.ndarray, blurry: np.ndarray, shots: np.ndarray | None = None,
+                 window: int = 5, z: float = 3.0, quantile: float = 0.9, rounds: int = 5,
+                 min_sd: float = 0.005) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The local rule's second pass: also blurry, a frame clearly less sharp than the *sharp*
+    frames around it.
+
+    Otsu's threshold (:func:`split_blurry_local`) is set by the strongly blurred frames: on real
+    video a mildly blurred frame keeps 90–97% of its neighbours' detail and stays above it. Here
+    each frame's score is divided by the sharp level (``quantile``) of the frames labelled sharp
+    within ±``window`` (each side, same shot, the lower side counts, as in
+    :func:`relative_scores`). How far sharp frames fall below that level by themselves comes
+    from the sharp frames' own ratios in the same shot (median, and the MAD as a robust
+    standard deviation, at least ``min_sd``): a frame more than ``z`` of those below the median
+    is blurry. Repeated
+    (the sharp levels change as frames leave) until nothing changes, at most ``rounds`` times.
+    Frames are only added, and only those with sharp frames of their shot on both sides; a clip
+    without blurry frames is left alone.
+
+    Shape:
+        ``[F]`` scores, ``[F]`` bool, ``[F]`` shot ids → ``([F]`` bool, ``[F]`` log ratios to the
+        sharp frames (NaN: no sharp frame on one side), ``[F]`` each frame's shot's last cut as
+        a log ratio (NaN: no cut)``)``.
+    """
+    blurry = np.asarray(blurry, bool).copy()
+    n = len(blurry)
+    shots = np.zeros(n, np.int64) if shots is None else np.asarray(shots)
+    rel, cut = np.zeros(n), np.full(n, np.nan)
+    if not blurry.any():
+        return blurry, rel, cut
+    for _ in range(rounds):
+        sharp = ~blurry
+        rel = relative_scores(scores, shots, window, quantile, min_frames=1, among=sharp)
+        # A frame needs sharp frames on both sides: at a shot's ends a scene whose detail grows
+        # would otherwise make its first frame look blurry, then the next, and so on.
+        rel[~_sharp_on_both_sides(sharp, shots, window)] = np.nan
+        for shot in np.unique(shots):
+            ref = rel[sharp & (shots == shot)]
+            ref = ref[np.isfinite(ref)]
+            if len(ref) >= 3:
+                med = float(np.median(ref))
+                cut[shots == shot] = med - z * max(1.4826 * float(np.median(np.abs(ref - med))),
+                                                   min_sd)
+        more = sharp & (rel < cut)  # NaN (no cut for the shot, or a side alone): no change
+        if not more.any():
+            break
+        blurry |= more
+    return blurry, rel, cut
+
+
+def _sharp_on_both_sides(sharp: np.ndarray, shots: np.ndarray, window: int) -> np.ndarray:
+    """Whether each frame has a ``sharp`` frame of its shot within ``window`` before and after."""
+    n = len(sharp)
+    out = np.zeros(n, bool)
+    for t in range(n):
+        same = [sharp[lo:hi] & (shots[lo:hi] == shots[t])
+                for lo, hi in ((max(0, t - window), t), (t + 1, min(n, t + window + 1)))]
+        out[t] = all(s.any() for s in same)
+    return out

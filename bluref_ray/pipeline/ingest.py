@@ -47,6 +47,7 @@ from bluref_ray.data.sharpness import (
     split_blurry,
     split_blurry_local,
     to_gray,
+    widen_blurry,
 )
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
 from bluref_ray.pipeline.common import Progress, delete_leftovers, prepare_out
@@ -136,7 +137,11 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
         return
     shots = shot_ids(hists) if all(h is not None for h in hists) else None
     rel = relative_scores(scores, shots, cfg.label_window)
-    blurry, ratio = split_blurry_local(rel)
+    first, ratio = split_blurry_local(rel)
+    blurry, mild, cut = first, np.zeros(len(rows)), np.full(len(rows), np.nan)
+    if cfg.label_mild_z is not None:
+        blurry, mild, cut = widen_blurry(scores, first, shots, cfg.label_mild_window,
+                                         cfg.label_mild_z)
     for i, (r, b) in enumerate(zip(rows, blurry)):
         r["role"] = "blurry" if b else "sharp"
         r["relative_score"] = float(np.exp(rel[i]))
@@ -144,9 +149,17 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
         shot = f" of shot {shots[i]}" if shots is not None and shots.max() > 0 else ""
         where = f"the sharp level within ±{cfg.label_window} frames{shot}"
         r["label_reason"] = (
-            f"{name} {np.exp(rel[i]):.2f}× {where}, {'below' if b else 'at or above'} the "
-            f"clip's threshold {ratio:.2f}×" if not np.isnan(ratio) else
+            f"{name} {np.exp(rel[i]):.2f}× {where}, {'below' if first[i] else 'at or above'} "
+            f"the clip's threshold {ratio:.2f}×" if not np.isnan(ratio) else
             f"{name} {np.exp(rel[i]):.2f}× {where}; the clip has no blurry population")
+        if np.isnan(cut[i]) or first[i]:
+            continue
+        near = f"the sharp frames within ±{cfg.label_mild_window}{shot}"
+        r["label_reason"] += (
+            f"; {np.exp(mild[i]):.3f}× {near}, {'below' if b else 'at or above'} the cut for "
+            f"mild blur {np.exp(cut[i]):.3f}× (the sharp frames' own spread × "
+            f"{cfg.label_mild_z:g})" if np.isfinite(mild[i]) else
+            f"; none of {near} on one side: no test for mild blur")
 
 
 def clip_protocol(clip: Clip, rows: list[dict], cfg: IngestConfig) -> str:
