@@ -18,6 +18,7 @@ from bluref_ray.data.sharpness import (
     shot_ids,
     split_blurry,
     split_blurry_local,
+    split_blurry_shots,
     to_gray,
     widen_blurry,
 )
@@ -102,6 +103,27 @@ def test_second_pass_adds_mild_blur_and_leaves_sharp_frames_alone():
     # a clip with no blurry frame after the first pass is left alone
     same, _, cut = widen_blurry(scores, np.zeros(60, bool))
     assert not same.any() and np.isnan(cut).all()
+
+
+def test_each_long_shot_is_split_on_its_own():
+    """A fast pan (blur to 0.2× the detail) then a slow one (0.7×): the clip's cut falls between
+    the two blurs and leaves the second shot's blurry frames sharp; the shot's own cut does not."""
+    rng = np.random.default_rng(1)
+    rel = rng.normal(0, 0.03, 80)
+    truth = np.zeros(80, bool)
+    truth[[3, 4, 10, 17, 18, 25, 33]] = True  # shot 0: frames 0-39
+    truth[[43, 50, 51, 58, 66, 67, 75]] = True  # shot 1: frames 40-79
+    rel[truth & (np.arange(80) < 40)] = np.log(0.2)
+    rel[truth & (np.arange(80) >= 40)] = np.log(0.7)
+    shots = (np.arange(80) >= 40).astype(np.int64)
+    by_clip, ratio = split_blurry_local(rel)
+    assert by_clip[:40].tolist() == truth[:40].tolist() and not by_clip[40:].any()
+    blurry, thresholds, by_shot = split_blurry_shots(rel, shots)
+    assert (blurry == truth).all()
+    assert by_shot.all() and (thresholds[40:] > 0.7).all() and (thresholds[:40] < 0.7).all()
+    # a shot shorter than min_frames keeps the clip's labels
+    blurry, thresholds, by_shot = split_blurry_shots(rel, shots, min_frames=41)
+    assert (blurry == by_clip).all() and not by_shot.any() and (thresholds == ratio).all()
 
 
 def test_second_pass_on_real_footage_with_mild_blur():

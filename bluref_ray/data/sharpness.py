@@ -17,7 +17,8 @@ Two rules label the frames of a clip:
   it*. Its score is divided by the sharp level of its neighbourhood (a high quantile of the scores
   within ±w frames of the same shot; :func:`shot_ids` cuts the clip where the colour histogram
   jumps), so the content of a scene, which changes along a drive, cancels out; Otsu's threshold
-  on these relative log scores splits the clip. A second pass (:func:`widen_blurry`) adds the
+  on these relative log scores splits the clip, and again each shot of its own
+  (:func:`split_blurry_shots`). A second pass (:func:`widen_blurry`) adds the
   mildly blurred frames that this cut leaves sharp: those clearly below the *sharp* frames
   around them, "clearly" measured by how much the sharp frames vary among themselves.
 * :func:`split_blurry` (``ingest.label_rule=clip``): Otsu's threshold on the log scores of the
@@ -204,6 +205,34 @@ def split_blurry_local(relative: np.ndarray, max_ratio: float = 0.9,
         return np.zeros(len(rel), bool), float("nan")
     return below, float(np.exp(t))
 
+
+def split_blurry_shots(relative: np.ndarray, shots: np.ndarray | None = None,
+                       min_frames: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`split_blurry_local` over the clip, then again within each shot of at least
+    ``min_frames`` frames.
+
+    Otsu's cut over the whole clip is set by its most blurred scenes: a fast pan in one shot
+    blurs far more than a slow one in the next, whose mild blur then stays above the cut. A shot
+    whose own split finds a blurry population takes it; the others keep the clip's labels.
+
+    Shape:
+        ``[F]`` log ratios, ``[F]`` shot ids → ``([F]`` bool, ``[F]`` each frame's threshold as a
+        ratio (NaN: no split), ``[F]`` bool: the threshold is the shot's own``)``.
+    """
+    rel = np.asarray(relative, np.float64)
+    blurry, ratio = split_blurry_local(rel)
+    thresholds = np.full(len(rel), ratio)
+    by_shot = np.zeros(len(rel), bool)
+    if shots is None:
+        return blurry, thresholds, by_shot
+    shots = np.asarray(shots)
+    for shot in np.unique(shots):
+        m = shots == shot
+        if m.sum() >= min_frames and m.sum() < len(rel):
+            own, t = split_blurry_local(rel[m])
+            if own.any():
+                blurry[m], thresholds[m], by_shot[m] = own, t, True
+    return blurry, thresholds, by_shot
 
 def widen_blurry(scores: np.ndarray, blurry: np.ndarray, shots: np.ndarray | None = None,
                  window: int = 5, z: float = 3.0, quantile: float = 0.9, rounds: int = 5,

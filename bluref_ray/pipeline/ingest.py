@@ -45,7 +45,7 @@ from bluref_ray.data.sharpness import (
     relative_scores,
     shot_ids,
     split_blurry,
-    split_blurry_local,
+    split_blurry_shots,
     to_gray,
     widen_blurry,
 )
@@ -137,7 +137,7 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
         return
     shots = shot_ids(hists) if all(h is not None for h in hists) else None
     rel = relative_scores(scores, shots, cfg.label_window)
-    first, ratio = split_blurry_local(rel)
+    first, ratios, by_shot = split_blurry_shots(rel, shots)
     blurry, mild, cut = first, np.zeros(len(rows)), np.full(len(rows), np.nan)
     if cfg.label_mild_z is not None:
         blurry, mild, cut = widen_blurry(scores, first, shots, cfg.label_mild_window,
@@ -145,12 +145,14 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
     for i, (r, b) in enumerate(zip(rows, blurry)):
         r["role"] = "blurry" if b else "sharp"
         r["relative_score"] = float(np.exp(rel[i]))
+        ratio = float(ratios[i])
         r["blur_threshold"] = None if np.isnan(ratio) else ratio
         shot = f" of shot {shots[i]}" if shots is not None and shots.max() > 0 else ""
         where = f"the sharp level within ±{cfg.label_window} frames{shot}"
+        whose = f"shot {shots[i]}'s" if by_shot[i] else "the clip's"
         r["label_reason"] = (
             f"{name} {np.exp(rel[i]):.2f}× {where}, {'below' if first[i] else 'at or above'} "
-            f"the clip's threshold {ratio:.2f}×" if not np.isnan(ratio) else
+            f"{whose} threshold {ratio:.2f}×" if not np.isnan(ratio) else
             f"{name} {np.exp(rel[i]):.2f}× {where}; the clip has no blurry population")
         if np.isnan(cut[i]) or first[i]:
             continue
