@@ -169,19 +169,61 @@ def relative_scores(scores: np.ndarray, shots: np.ndarray | None = None, window:
     n = len(logs)
     shots = np.zeros(n, np.int64) if shots is None else np.asarray(shots)
     among = np.ones(n, bool) if among is None else np.asarray(among, bool)
-    rel = np.zeros(n)
-    for t in range(n):
-        levels = []
-        for lo, hi in ((max(0, t - window), t), (t + 1, min(n, t + window + 1))):
-            side = logs[lo:hi][(shots[lo:hi] == shots[t]) & among[lo:hi]]
-            if len(side) >= min_frames:
-                levels.append(np.quantile(side, quantile))
-        if not levels:
-            near = np.r_[max(0, t - window):t, t + 1:min(n, t + window + 1)].astype(np.int64)
-            near = logs[near[among[near]]]
-            levels = [np.quantile(near, quantile)] if len(near) else [logs[t]]
-        rel[t] = logs[t] - min(levels)
-    return rel
+    levels = []
+    for side in _sides(logs, among, shots, window):
+        level, count = _row_quantile(side, quantile)
+        levels.append(np.where(count >= min_frames, level, np.nan))
+    level = np.fmin(*levels)  # the lower side; NaN only where neither side counts
+    alone = np.isnan(level)
+    if alone.any():  # both sides' frames, regardless of shots
+        near = np.concatenate(_sides(logs, among, np.zeros(n, np.int64), window), 1)[alone]
+        fallback, count = _row_quantile(near, quantile)
+        level[alone] = np.where(count > 0, fallback, logs[alone])
+    return logs - level
+
+
+def _sides(values: np.ndarray, keep: np.ndarray, shots: np.ndarray, window: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``window`` values before and after each frame: those of kept frames of its shot, NaN
+    for the others and beyond the clip.
+
+    Shape:
+        ``[F]`` values, ``[F]`` bool, ``[F]`` shot ids → ``([F, window]``, ``[F, window])``.
+    """
+    n = len(values)
+    other = (shots.min() - 1) if n else -1  # a shot id no frame has
+
+    def windows(a: np.ndarray, fill) -> np.ndarray:
+        edge = np.full(window, fill, a.dtype)
+        return np.lib.stride_tricks.sliding_window_view(np.concatenate([edge, a, edge]), window)
+
+    v = windows(np.asarray(values, np.float64), np.nan)
+    k, s = windows(keep, False), windows(shots, other)
+    out = []
+    for start in (0, window + 1):  # frames t−window … t−1, then t+1 … t+window
+        rows = slice(start, start + n)
+        out.append(np.where(k[rows] & (s[rows] == shots[:, None]), v[rows], np.nan))
+    return out[0], out[1]
+
+
+def _row_quantile(x: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``q`` quantile of each row's values other than NaN, interpolated linearly as
+    ``np.quantile`` does, and how many there are (NaN quantile for none).
+
+    Shape:
+        ``[F, W]`` → ``([F]``, ``[F])``.
+    """
+    count = np.isfinite(x).sum(1)
+    ordered = np.sort(x, axis=1)  # NaN last
+    pos = q * np.maximum(count - 1, 0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    t = pos - lo
+    a = np.take_along_axis(ordered, lo[:, None], 1)[:, 0]
+    b = np.take_along_axis(ordered, hi[:, None], 1)[:, 0]
+    d = b - a
+    value = np.where(t >= 0.5, b - d * (1 - t), a + d * t)
+    return np.where(count > 0, value, np.nan), count
 
 
 def split_blurry_local(relative: np.ndarray, max_ratio: float = 0.9,
@@ -285,10 +327,5 @@ def widen_blurry(scores: np.ndarray, blurry: np.ndarray, shots: np.ndarray | Non
 
 def _sharp_on_both_sides(sharp: np.ndarray, shots: np.ndarray, window: int) -> np.ndarray:
     """Whether each frame has a ``sharp`` frame of its shot within ``window`` before and after."""
-    n = len(sharp)
-    out = np.zeros(n, bool)
-    for t in range(n):
-        same = [sharp[lo:hi] & (shots[lo:hi] == shots[t])
-                for lo, hi in ((max(0, t - window), t), (t + 1, min(n, t + window + 1)))]
-        out[t] = all(s.any() for s in same)
-    return out
+    before, after = _sides(np.ones(len(sharp)), sharp, shots, window)
+    return np.isfinite(before).any(1) & np.isfinite(after).any(1)
