@@ -51,6 +51,8 @@ def test_ingest_videos_and_frame_trees(ray_cluster, tiny_data, tmp_path):
     assert t.num_rows == n + (n_blur + n)  # videos: every frame; trees: blur/ + sharp/
     assert summary["frames"] == t.num_rows and summary["rejects"] == 0
     assert summary["clips"] == 6 and summary["clips_with_frames"] == 6
+    mild = pc.match_substring(t["label_reason"], "below the cut for mild blur")
+    assert summary["blurry_by_mild_pass"] == pc.sum(mild).as_py() <= summary["blurry"]
     assert t.schema.equals(schema.FRAMES)
     _check_references(t, 4, 5)
     assert len(set(t.column("frame_id").to_pylist())) == t.num_rows

@@ -111,6 +111,9 @@ def _drop_odd_sizes(clip: Clip, rows: list[dict], rejects: list[Reject]) -> list
     return keep
 
 
+MILD_CUT = "the cut for mild blur"  #: in the reason of a frame the second pass tested
+
+
 def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
     """Roles from the folders (trees), else by sharpness (see :mod:`bluref_ray.data.sharpness`);
     each row gets its label's reason in words."""
@@ -159,8 +162,8 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
             continue
         near = f"the sharp frames within ±{cfg.label_mild_window}{shot}"
         r["label_reason"] += (
-            f"; {np.exp(mild[i]):.3f}× {near}, {'below' if b else 'at or above'} the cut for "
-            f"mild blur {np.exp(cut[i]):.3f}× (the sharp frames' median less "
+            f"; {np.exp(mild[i]):.3f}× {near}, {'below' if b else 'at or above'} {MILD_CUT} "
+            f"{np.exp(cut[i]):.3f}× (the sharp frames' median less "
             f"{cfg.label_mild_z:g} robust s.d.)" if np.isfinite(mild[i]) else
             f"; none of {near} on one side: no test for mild blur")
 
@@ -324,6 +327,7 @@ def _summarize(out: str, storage_cfg: StorageConfig, sources: list[str], n_clips
         "sources": sources, "out": out, "clips": n_clips,
         "clips_with_frames": frames.get("clips", 0),
         "frames": frames.get("frames", 0), "blurry": blurry, "sharp": frames.get("sharp", 0),
+        "blurry_by_mild_pass": frames.get("blurry_mild", 0),
         "mean_references": frames.get("references", 0) / blurry if blurry else 0.0,
         "blurry_without_references": frames.get("blurry_without_references", 0),
         "protocols": {k.split(":", 1)[1]: v for k, v in sorted(frames.items())
@@ -342,14 +346,16 @@ MAX_LISTED = 1000  #: rejected files named in the summary (the rejects table has
 def _frames_stats(uri: str, storage_cfg: StorageConfig) -> dict:
     """Counts of one frames file (a clip's, or a part of whole clips)."""
     t = schema.read_table(uri, schema.FRAMES, storage_cfg,
-                          columns=["clip_id", "role", "references", "protocol"])
+                          columns=["clip_id", "role", "references", "protocol",
+                                   "label_reason"])
     blurry = t.filter(pc.equal(t["role"], "blurry"))
+    mild = pc.match_substring(blurry["label_reason"], f"below {MILD_CUT}")
     n_refs = pc.list_value_length(blurry["references"]).to_numpy(zero_copy_only=False)
     clips = dict(zip(t.column("clip_id").to_pylist(), t.column("protocol").to_pylist()))
     out = {"frames": t.num_rows, "blurry": blurry.num_rows,
            "sharp": int(pc.sum(pc.equal(t["role"], "sharp")).as_py() or 0),
            "references": int(n_refs.sum()), "blurry_without_references": int((n_refs == 0).sum()),
-           "clips": len(clips)}
+           "blurry_mild": int(pc.sum(mild).as_py() or 0), "clips": len(clips)}
     for protocol, n in Counter(clips.values()).items():
         out[f"protocol:{protocol}"] = n
     return out
