@@ -277,6 +277,7 @@ def split_blurry_shots(relative: np.ndarray, shots: np.ndarray | None = None,
                 blurry[m], thresholds[m], by_shot[m] = own, t, True
     return blurry, thresholds, by_shot
 
+
 def widen_blurry(scores: np.ndarray, blurry: np.ndarray, shots: np.ndarray | None = None,
                  window: int = 5, z: float = 3.0, quantile: float = 0.9, rounds: int = 5,
                  min_sd: float = 0.005) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,24 +331,6 @@ def widen_blurry(scores: np.ndarray, blurry: np.ndarray, shots: np.ndarray | Non
             break
     rel = np.where(added, rel_at, rel)
     cut = np.where(added, cut_at, cut)
-    return blurry, rel, cut
-    for _ in range(rounds):
-        sharp = ~blurry
-        rel = relative_scores(scores, shots, window, quantile, min_frames=1, among=sharp)
-        # A frame needs sharp frames on both sides: at a shot's ends a scene whose detail grows
-        # would otherwise make its first frame look blurry, then the next, and so on.
-        rel[~_sharp_on_both_sides(sharp, shots, window)] = np.nan
-        for shot in np.unique(shots):
-            ref = rel[sharp & (shots == shot)]
-            ref = ref[np.isfinite(ref)]
-            if len(ref) >= 3:
-                med = float(np.median(ref))
-                cut[shots == shot] = med - z * max(1.4826 * float(np.median(np.abs(ref - med))),
-                                                   min_sd)
-        more = sharp & (rel < cut)  # NaN (no cut for the shot, or a side alone): no change
-        if not more.any():
-            break
-        blurry |= more
     return blurry, rel, cut
 
 
