@@ -226,7 +226,7 @@ def test_ingest_writes_each_frames_label_score_and_reason(tmp_path):
             assert len(r["references"]) >= 4
     # one pass when asked
     table, _ = ingest_clip(clip, IngestConfig(max_refs=6, delta=10, label_mild_z=None))
-    assert "mild" not in table.column("label_reason")[0].as_py()
+    assert not any("mild" in reason for reason in table.column("label_reason").to_pylist())
     # the clip rule stays available
     table, _ = ingest_clip(clip, IngestConfig(label_rule="clip"))
     roles = [r["role"] for r in sorted(table.to_pylist(), key=lambda r: r["frame_index"])]
