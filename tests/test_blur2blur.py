@@ -219,6 +219,11 @@ def test_bad_blur2blur_settings_are_clear_errors(tiny_frames, tiny_data, tmp_pat
     with pytest.raises(ConfigError, match="blur2blur.kernel=.*nope.pt: no such checkpoint"):
         train_blur2blur(tiny_frames, str(tmp_path / "x"), load_config(None, [
             *QUIET, f"blur2blur.known={tiny_data}/train", f"blur2blur.kernel={tmp_path}/nope.pt"]))
+    (tmp_path / "k.pt").write_bytes(b"x")  # only its existence is checked before training
+    with pytest.raises(ConfigError, match=r"deblurrer=.*gone\.pt: not found \(a part of"):
+        train_blur2blur(tiny_frames, str(tmp_path / "x"), load_config(None, [
+            *QUIET, f"blur2blur.known={tiny_data}/train", f"blur2blur.kernel={tmp_path}/k.pt",
+            f"blur2blur.deblurrer={tmp_path}/k.pt+{tmp_path}/gone.pt"]))
     with pytest.raises(ConfigError, match="at least 2 clips"):
         split_clips(["only"], 0.6, 0)
     blurry, sharp = split_clips([f"c{i}" for i in range(10)], 0.6, 0)

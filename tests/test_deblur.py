@@ -137,6 +137,29 @@ def test_deblur_folder_with_a_corrupt_image_and_resume(ray_cluster, tmp_path):
     assert s2["skipped"] == 2 and s2["done"] == 0 and len(s2["failed"]) == 1
 
 
+def test_deblur_runs_a_chain_of_checkpoints_given_as_a_plus_b(ray_cluster, tmp_path,
+                                                               monkeypatch):
+    from bluref_ray.models import chain_checkpoint, read_checkpoint
+    from bluref_ray.storage import StorageNotFoundError
+
+    monkeypatch.chdir(tmp_path)  # relative parts, as typed on a command line
+    a, b = _checkpoint("a.pt"), _checkpoint("b.pt")
+    torch.save(chain_checkpoint([read_checkpoint(a), read_checkpoint(b)]), "chain.pt")
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(2)
+    cv2.imwrite(str(tmp_path / "in" / "x.png"), rng.integers(0, 256, (40, 56, 3), np.uint8))
+    quiet = lambda _m: None  # noqa: E731
+    s = run_deblur(f"{a}+./{b}", ["in"], "out_ab", CFG, log=quiet)
+    assert s["done"] == 1 and s["failed"] == []
+    run_deblur("chain.pt", ["in"], "out_chain", CFG, log=quiet)
+    got, want = cv2.imread("out_ab/x.png"), cv2.imread("out_chain/x.png")
+    assert np.array_equal(got, want)
+    assert np.abs(got.astype(int) - cv2.imread("in/x.png").astype(int)).mean() > 1.0
+    with pytest.raises(StorageNotFoundError, match=r"missing\.pt: not found \(a part of"):
+        run_deblur(f"{a}+missing.pt", ["in"], "out_none", CFG, log=quiet)
+    assert not os.path.exists("out_none/x.png")
+
+
 def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):
     from bluref_ray.storage import StorageNotFoundError
 

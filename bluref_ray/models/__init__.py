@@ -171,6 +171,35 @@ def read_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
     return checkpoint_from_bytes(storage.read_bytes(uri, storage_cfg), uri, map_location)
 
 
+def resolve_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) -> str:
+    """A checkpoint URI in canonical form, checked to exist before any work starts.
+
+    ``uri`` is a file, or a chain ``A+B`` (as :func:`read_checkpoint` reads it): each part is
+    made canonical (an absolute path or ``s3://bucket/key``) and must be a file.
+
+    Raises:
+        storage.StorageNotFoundError: the file, or a part of the chain, does not exist; the
+            message names it.
+        storage.StorageError: a part's storage cannot be reached.
+    """
+    parts = [uri]
+    if "+" in uri:
+        try:
+            whole = storage.is_file(storage.normalize(uri), storage_cfg)
+        except storage.StorageError:  # e.g. "a.pt+s3://..." is no one URI
+            whole = False
+        parts = [uri] if whole else uri.split("+")
+    out = []
+    for part in parts:
+        part = storage.normalize(part)
+        storage.check_reachable(part, storage_cfg)
+        if not storage.is_file(part, storage_cfg):
+            within = f" (a part of the chain {uri})" if len(parts) > 1 else ""
+            raise storage.StorageNotFoundError(f"checkpoint {part}: not found{within}")
+        out.append(part)
+    return "+".join(out)
+
+
 def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Build the network a checkpoint describes and load its weights.

@@ -485,19 +485,16 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
     """
     import ray
 
-    from bluref_ray.models import load_image_model
+    from bluref_ray.models import load_image_model, resolve_checkpoint
     from bluref_ray.ray_utils import init_ray, iter_rows
 
     t0 = time.time()
     dc = cfg.deblur
     storage_cfg = cfg.storage.resolved()
     out = storage.normalize(out)
-    checkpoint = storage.normalize(checkpoint)
     storage.check_reachable(out, storage_cfg)
     rows = plan(inputs, out, storage_cfg)
-    storage.check_reachable(checkpoint, storage_cfg)
-    if not storage.is_file(checkpoint, storage_cfg):  # fail here, not in every actor
-        raise storage.StorageNotFoundError(f"deblur checkpoint {checkpoint}: not found")
+    checkpoint = resolve_checkpoint(checkpoint, storage_cfg)  # here, not in every actor
     model, ckpt = load_image_model(checkpoint, storage_cfg)
     gone = storage.delete_temporaries(out, storage_cfg)  # a killed run's (one writer: ours)
     if gone:

@@ -181,7 +181,7 @@ def train_blur2blur(frames: str, out: str, cfg: Config, log: Callable[[str], Non
     Raises:
         ConfigError: ``blur2blur.known`` or ``blur2blur.kernel`` missing.
     """
-    from bluref_ray.models import chain_checkpoint, read_checkpoint
+    from bluref_ray.models import chain_checkpoint, read_checkpoint, resolve_checkpoint
 
     bc, sc = cfg.blur2blur, cfg.storage.resolved()
     for key in ("known", "kernel"):
@@ -189,8 +189,11 @@ def train_blur2blur(frames: str, out: str, cfg: Config, log: Callable[[str], Non
             raise ConfigError(f"blur2blur.{key} is required (see `bluref blur2blur --help`)")
     for key in ("kernel", "deblurrer"):
         uri = getattr(bc, key)
-        if uri and not storage.exists(uri, sc):
-            raise ConfigError(f"blur2blur.{key}={uri}: no such checkpoint")
+        try:
+            if uri:
+                resolve_checkpoint(uri, sc)
+        except storage.StorageNotFoundError as e:
+            raise ConfigError(f"blur2blur.{key}={uri}: no such checkpoint ({e})") from None
     log(f"[blur2blur] {bc.translator} against {bc.discriminator}: {bc.steps} steps of "
         f"{bc.batch_size} crops of {bc.crop}px; known blur from {bc.known} through {bc.kernel}")
     result = run_task(TranslatorTask, bc, "blur2blur", out, cfg, log,
