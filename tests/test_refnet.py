@@ -198,6 +198,27 @@ def test_train_ref_on_pseudo_pairs_then_eval_and_deblur_with_references(
     assert s["done"] == 1 and s["frames"] == 24 and not s["failed"]
 
 
+def test_a_reference_from_another_video_is_that_videos_frame(tiny_table, tiny_data):
+    """The shuffled control on video sources: two clips share frame indices, and each frame
+    must come from its own video."""
+    from bluref_ray.data.triplets import Triplet, load_triplets, read_frames
+    from bluref_ray.data.video import decode_frames
+
+    table = read_frames(tiny_table, None)
+    rows = [r for r in table.to_pylist() if r["source_kind"] == "video"]
+    a, b = sorted({r["clip_id"] for r in rows})[:2]
+    blurry = next(r for r in rows if r["clip_id"] == a and r["role"] == "blurry")
+    ref = next(r for r in rows if r["clip_id"] == b and r["frame_index"] == blurry["frame_index"])
+    target = next(r["gt_uri"] for r in table.to_pylist() if r["gt_uri"])
+    stack, = load_triplets([Triplet(blurry["frame_id"], a, blurry["frame_index"],
+                                    ref["frame_id"], target)], table, None)
+    frame = lambda r: next(f.rgb for f in decode_frames(r["source_uri"])  # noqa: E731
+                           if f.index == r["frame_index"])
+    assert np.array_equal(stack[..., 0:3], frame(blurry))
+    assert np.array_equal(stack[..., 3:6], frame(ref))
+    assert not np.array_equal(frame(ref), frame(blurry))
+
+
 def test_bad_refnet_settings_are_clear_errors(tiny_frames, tmp_path):
     from bluref_ray.training.refnet import RefTask
 

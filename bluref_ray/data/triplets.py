@@ -188,11 +188,21 @@ def load_triplets(triplets: list[Triplet], table, storage_cfg: StorageConfig | N
     level = confidence_level(tau)
     for clip_id, items in by_clip.items():
         wanted = {t.frame_id for t in items} | {t.reference for t in items}
-        frames = ClipFrames({k: rows[k] for k in wanted if k in rows}, storage_cfg)
+        # one reader per source clip: a shuffled reference is a frame of another clip's video
+        readers: dict[str, ClipFrames] = {}
+
+        def frames_of(fid: str) -> ClipFrames:
+            clip = rows[fid]["clip_id"] if fid in rows else clip_id
+            if clip not in readers:
+                readers[clip] = ClipFrames({k: rows[k] for k in wanted
+                                            if k in rows and rows[k]["clip_id"] == clip},
+                                           storage_cfg)
+            return readers[clip]
+
         for t in sorted(items, key=lambda t: t.index):
             try:
-                blurry = frames.get(t.frame_id, wanted)
-                ref = frames.get(t.reference, wanted)
+                blurry = frames_of(t.frame_id).get(t.frame_id, wanted)
+                ref = frames_of(t.reference).get(t.reference, wanted)
                 if t.target == "pseudo":
                     p = pseudo[t.frame_id]
                     target = decode_image(p["pseudo_png"], "pseudo_png")[0]
@@ -211,7 +221,8 @@ def load_triplets(triplets: list[Triplet], table, storage_cfg: StorageConfig | N
             if ref.shape != blurry.shape:
                 ref = cv2.resize(ref, blurry.shape[1::-1], interpolation=cv2.INTER_AREA)
             stacks.append(np.concatenate([blurry, ref, target, mask], 2))
-        frames.keep_only(set())
+        for frames in readers.values():
+            frames.keep_only(set())
     return stacks
 
 
