@@ -70,6 +70,46 @@ def test_kernel_extractor_overfits_one_pair():
     assert net.kernel(net.encode(sharp, blurry)).shape == (1, 11, 11)
 
 
+@pytest.mark.parametrize("kind", ["export", "torchscript"])
+def test_a_network_of_ones_own_reads_as_a_checkpoint(tmp_path, kind):
+    """A deblurrer trained elsewhere, saved by its own code (torch.export or TorchScript): read
+    alone and after a translator (a chain, also saved in one file as `bluref blur2blur` writes
+    it); a bare state dict is refused with the way to bring one's own."""
+    from torch import nn
+
+    from bluref_ray.models import CheckpointError, load_image_model
+
+    torch.manual_seed(0)
+    own = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 3, 3, padding=1)).eval()
+    x = torch.rand(2, 3, 20, 28)
+    path = str(tmp_path / "own.pt2")
+    if kind == "export":
+        free = torch.export.Dim.AUTO
+        torch.export.save(torch.export.export(own, (x,), dynamic_shapes=(
+            {0: free, 2: free, 3: free},)), path)
+    else:
+        torch.jit.save(torch.jit.trace(own, x), path)
+    net, ckpt = load_image_model(path)
+    assert ckpt["arch"] == "exported" and list(net.state_dict()) == ["program"]
+    other = torch.rand(1, 3, 33, 17)
+    with torch.no_grad():
+        assert torch.allclose(net(x), own(x), atol=1e-6)
+        assert torch.allclose(net.to("cpu")(other), own(other), atol=1e-6)
+    a = build_model("mimo-tiny")
+    save_checkpoint(a, str(tmp_path / "a.pt"), "mimo-unet", {"width": 16, "blocks": 2})
+    chain, chained = load_image_model(f"{tmp_path}/a.pt+{path}")
+    torch.save(chained, str(tmp_path / "chain.pt"))
+    again, _ = load_image_model(str(tmp_path / "chain.pt"))
+    with torch.no_grad():
+        want = own(a.eval()(x).clamp(0, 1))
+        assert torch.allclose(chain(x), want, atol=1e-6)
+        assert torch.allclose(again(x), want, atol=1e-6)
+    torch.save(own.state_dict(), str(tmp_path / "weights.pt"))
+    with pytest.raises(CheckpointError, match="weights.pt: not a bluref-ray .*torch.export"):
+        load_image_model(str(tmp_path / "weights.pt"))
+
+
 def test_chained_checkpoints_run_one_network_after_the_other(tmp_path):
     a, b = build_model("mimo-tiny"), build_model("nafnet-tiny")
     with torch.no_grad():

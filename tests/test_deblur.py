@@ -159,6 +159,16 @@ def test_deblur_runs_a_chain_of_checkpoints_given_as_a_plus_b(ray_cluster, tmp_p
         run_deblur(f"{a}+missing.pt", ["in"], "out_none", CFG, log=quiet)
     assert not os.path.exists("out_none/x.png")
 
+    # a network of one's own, saved by torch.export, runs in the actors as any checkpoint
+    own, free = _local_model(), torch.export.Dim.AUTO
+    torch.export.save(torch.export.export(own, (torch.rand(2, 3, 32, 32),), dynamic_shapes=(
+        {0: free, 2: free, 3: free},)), "own.pt2")
+    run_deblur("own.pt2", ["in"], "out_own", CFG, log=quiet)
+    x = torch.from_numpy(cv2.imread("in/x.png")[..., ::-1].copy()).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        want = (own(x.float())[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).round()
+    assert np.abs(cv2.imread("out_own/x.png").astype(float) - want).max() <= 1
+
 
 def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):
     from bluref_ray.storage import StorageNotFoundError

@@ -405,8 +405,9 @@ class Blur2BlurConfig(_TrainingRun):
         default=None, metadata=_help("the kernel extractor (`bluref train-kernel` OUT/model.pt)"))
     deblurrer: str | None = field(
         default=None,
-        metadata=_help("the known-domain deblurrer: validation scores translator → deblurrer, "
-                       "and OUT/model.pt is that chain"))
+        metadata=_help("the known-domain deblurrer (a bluref-ray model.pt, or a network of "
+                       "your own saved by torch.export or TorchScript): validation scores "
+                       "translator → deblurrer, and OUT/model.pt is that chain"))
     translator: str = field(
         default="mimo-tiny", metadata=_help("translator: mimo-tiny (CPU) or mimo-unet (paper)"))
     discriminator: str = field(

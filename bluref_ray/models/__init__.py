@@ -20,6 +20,7 @@ from torch import nn
 from bluref_ray import storage
 from bluref_ray.config.core import ConfigError
 from bluref_ray.models.blur2blur import KernelWizard, MIMOUNet, PatchDiscriminator
+from bluref_ray.models.exported import Exported, archive_kind, exported_checkpoint
 from bluref_ray.models.nafnet import NAFNet
 from bluref_ray.models.refnafnet import RefNAFNet
 from bluref_ray.models.restormer import Restormer
@@ -65,8 +66,7 @@ class Chain(nn.Module):
 
     def __init__(self, stages: list[dict[str, Any]]) -> None:
         super().__init__()
-        self.stages = nn.ModuleList(build_model(s["arch"], **_tuples(s["kwargs"]))
-                                    for s in stages)
+        self.stages = nn.ModuleList(_build(s["arch"], s["kwargs"]) for s in stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, stage in enumerate(self.stages):
@@ -83,7 +83,7 @@ class CheckpointError(ConfigError):
 
 #: Architectures that map an image to an image of the same size (what deblur, eval and the
 #: deblurrer settings run); the others are Blur2Blur's kernel extractor and discriminator.
-IMAGE_TO_IMAGE = ("nafnet", "restormer", "mimo-unet", "refnafnet", "chain")
+IMAGE_TO_IMAGE = ("nafnet", "restormer", "mimo-unet", "refnafnet", "chain", "exported")
 
 _ARCHS: dict[str, type[nn.Module]] = {
     "nafnet": NAFNet, "restormer": Restormer, "mimo-unet": MIMOUNet,
@@ -115,6 +115,12 @@ def build_model(arch: str, **kwargs: Any) -> nn.Module:
     return _ARCHS[arch](**kwargs)
 
 
+def _build(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The network a checkpoint describes: :func:`build_model`, or a user's own exported
+    network (which only a checkpoint can hold, so it is not among the models to train)."""
+    return Exported() if arch == "exported" else build_model(arch, **_tuples(kwargs))
+
+
 def save_checkpoint(model: nn.Module, uri: str, arch: str, kwargs: dict[str, Any],
                     storage_cfg: StorageConfig | None = None, **extra: Any) -> None:
     """Write ``{"arch", "kwargs", "state_dict", **extra}`` atomically to ``uri``."""
@@ -136,6 +142,8 @@ def checkpoint_from_bytes(blob: bytes, uri: str,
     if not blob.startswith(b"PK"):  # torch.save writes a zip archive
         raise CheckpointError(f"{uri}: not a PyTorch checkpoint (not a zip archive, "
                               f"{len(blob)} bytes)")
+    if archive_kind(blob):  # a network of the user's own (torch.export.save, torch.jit.save)
+        return exported_checkpoint(blob)
     try:
         ckpt = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
@@ -143,7 +151,9 @@ def checkpoint_from_bytes(blob: bytes, uri: str,
         raise CheckpointError(f"{uri}: not a readable checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or not {"arch", "kwargs", "state_dict"} <= set(ckpt):
         raise CheckpointError(f"{uri}: not a bluref-ray checkpoint (needs arch, kwargs, "
-                              "state_dict)")
+                              "state_dict); a network of your own can be given as "
+                              "torch.export.save or torch.jit.save writes it (see "
+                              "bluref_ray/models/exported.py)")
     return ckpt
 
 
@@ -218,7 +228,7 @@ def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,
 
 def _model(ckpt: dict, uri: str) -> nn.Module:
     try:
-        model = build_model(ckpt["arch"], **_tuples(ckpt["kwargs"]))
+        model = _build(ckpt["arch"], ckpt["kwargs"])
         model.load_state_dict(ckpt["state_dict"])
     except (ValueError, TypeError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0]
@@ -246,5 +256,6 @@ def load_image_model(uri: str, storage_cfg: StorageConfig | None = None,
             raise CheckpointError(
                 f"{uri}: a {arch!r} checkpoint, not a {what} (an image-to-image network: "
                 f"{', '.join(IMAGE_TO_IMAGE)}); use the model.pt of `bluref train`, `refine`, "
-                "`blur2blur` or `train-ref`")
+                "`blur2blur` or `train-ref`, or a network of your own as torch.export or "
+                "TorchScript saves it")
     return _model(ckpt, uri), ckpt
