@@ -106,6 +106,19 @@ def test_missing_matcher_checkpoint_is_a_clear_error(ray_cluster, tiny_frames, t
                       log=lambda _m: None)
 
 
+def test_a_resume_that_would_cut_the_shards_otherwise_is_refused(ray_cluster, tiny_frames,
+                                                                  tiny_pairs):
+    """Shard names stand for windows of `targets_per_shard` frames up to `limit`: a resume with
+    other values would take shards of other frames for done (smoke run, then the full run)."""
+    for change in ({"limit": None}, {"targets_per_shard": 8}):
+        cfg = Config(ray=RayConfig(progress_bars=False),
+                     pseudo_gt=dataclasses.replace(TINY_PAIRS, **change))
+        key = next(iter(change))
+        with pytest.raises(ConfigError, match=f"shards: .*'{key}': {TINY_PAIRS.__dict__[key]}"
+                                              r".* there.*--overwrite"):
+            run_pseudo_gt(tiny_frames, tiny_pairs, cfg, log=lambda _m: None)
+
+
 @pytest.mark.faults
 def test_killed_and_resumed_run_writes_the_rows_of_an_uninterrupted_one(ray_cluster,
                                                                         tiny_frames, tiny_pairs,

@@ -38,10 +38,11 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
                 log(f"[{what}] resuming: deleted {gone} unfinished file(s) of the run before")
             return
         if have != want and not overwrite:
-            raise ConfigError(
-                f"{out} holds a {what} run with other settings or inputs "
-                f"(config {have.get('config_hash')}, inputs {have.get('inputs')}); use another "
-                "--out, or --overwrite to replace it")
+            changed = "; ".join(f"{k}: {have.get(k)} there, {want.get(k)} now"
+                                for k in sorted(set(have) | set(want))
+                                if have.get(k) != want.get(k))
+            raise ConfigError(f"{out} holds a {what} run with other settings or inputs "
+                              f"({changed}); use another --out, or --overwrite to replace it")
     if overwrite:
         log(f"[{what}] --overwrite: deleting earlier results in {out}")
         for part in parts:

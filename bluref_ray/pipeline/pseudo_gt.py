@@ -105,8 +105,12 @@ def plan(frames: str, out: str, pg: PseudoGTConfig, storage_cfg: StorageConfig,
                                            "run `bluref ingest` first")
     _check_checkpoints(pg, storage_cfg)
     chash = settings_hash(pg)
-    prepare_out(out, "_pseudo_gt.json", {"config_hash": chash, "inputs": [src]}, pg.overwrite,
-                ("shards", "rejects", "summary.json"), storage_cfg, log, "pseudo-gt")
+    # a shard is named by its clip and window: which frames a name covers depends on these two
+    # (execution) settings, so a resume must keep them
+    layout = {"targets_per_shard": pg.targets_per_shard, "limit": pg.limit}
+    prepare_out(out, "_pseudo_gt.json", {"config_hash": chash, "inputs": [src], "shards": layout},
+                pg.overwrite, ("shards", "rejects", "summary.json"), storage_cfg, log,
+                "pseudo-gt")
     done = frozenset(tables.finished(storage.join(out, "shards"), storage_cfg))
     if done:
         log(f"[pseudo-gt] resuming: {len(done)} shards already done")
