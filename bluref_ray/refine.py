@@ -20,15 +20,19 @@ stopped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import torch
 
 from bluref_ray import storage
 from bluref_ray.config import Config
 
 if TYPE_CHECKING:
     from bluref_ray.pipeline.pseudo_gt import PseudoGTSummary
+    from bluref_ray.storage import StorageConfig
     from bluref_ray.training.deblur import TrainSummary
 
 COLUMNS = [("round", "round", "{}"), ("coverage", "coverage", "{:.3f}"),
@@ -65,9 +69,11 @@ def run_refine(frames: str, out: str, cfg: Config, log: Callable[[str], None] = 
         log(f"[refine] round {k}/{cfg.refine.rounds}: pseudo-GT"
             + (f" matching the output of {model}" if model else " matching the blurry frames"))
         pg_cfg = dataclasses.replace(cfg.pseudo_gt, round=k, deblurrer=model)
+        prepare_round(round_dir(out, k), k, model, cfg.pseudo_gt.overwrite, cfg.storage, log)
         pg = run_pseudo_gt(frames, storage.join(round_dir(out, k), "pseudo_gt"),
                            dataclasses.replace(cfg, pseudo_gt=pg_cfg), log=log)
-        steps = cfg.train.steps if k == 1 else (cfg.refine.steps_later or cfg.train.steps)
+        later = cfg.refine.steps_later
+        steps = cfg.train.steps if k == 1 or later is None else later
         lr = cfg.train.lr if k == 1 else cfg.train.lr * cfg.refine.lr_later
         tc = dataclasses.replace(cfg.train, steps=steps, lr=lr, init=model or cfg.train.init)
         log(f"[refine] round {k}/{cfg.refine.rounds}: training {steps} steps, peak lr {lr:.2g}"
@@ -79,6 +85,39 @@ def run_refine(frames: str, out: str, cfg: Config, log: Callable[[str], None] = 
         rows.append(round_row(k, pg, tr))
         write_refine_report(out, rows, cfg)
     return {"rounds": rows, "model": model}
+
+
+def prepare_round(rdir: str, k: int, model: str | None, overwrite: bool,
+                  storage_cfg: StorageConfig, log: Callable[[str], None]) -> None:
+    """Make round ``k``'s folder ready: its pseudo-GT matches the output of ``model`` (the round
+    before's), so pairs and training made from another model are stale (an earlier round was
+    trained further, or retrained): those are deleted, as everything of the round is with
+    ``overwrite``. ``rdir/_round.json`` records the digest of the model's weights."""
+    marker = storage.join(rdir, "_round.json")
+    want = {"matches_model_digest": _digest(model, storage_cfg)}
+    have = (json.loads(storage.read_text(marker, storage_cfg))
+            if storage.exists(marker, storage_cfg) else None)
+    if overwrite or (have is not None and have != want):
+        if have is not None and have != want:
+            log(f"[refine] round {k}: made from another model than {model or 'none'}; "
+                "making it again")
+        for part in ("pseudo_gt", "train"):
+            storage.delete(storage.join(rdir, part), storage_cfg)
+    storage.makedirs(rdir, storage_cfg)
+    storage.write_text(marker, json.dumps(want, indent=1), storage_cfg)
+
+
+def _digest(uri: str | None, storage_cfg: StorageConfig) -> str | None:
+    """SHA-256 of a checkpoint's weights (a chain ``A+B`` too), whatever else it records."""
+    if not uri:
+        return None
+    from bluref_ray.models import read_checkpoint
+
+    h = hashlib.sha256()
+    for name, t in sorted(read_checkpoint(uri, storage_cfg)["state_dict"].items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def round_row(k: int, pg: PseudoGTSummary, tr: TrainSummary) -> dict:

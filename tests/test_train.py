@@ -168,6 +168,42 @@ def _loads(state: os.PathLike) -> bool:
         return False
 
 
+def test_a_round_made_from_another_model_is_made_again(ray_cluster, tiny_frames, tmp_path):
+    """Rerun with more steps: round 1 trains on, so round 2's pairs (made from round 1's
+    earlier model) are stale and made again; --overwrite makes every round from scratch.
+    Settings out of range are refused."""
+    from bluref_ray.config import PseudoGTConfig
+    from bluref_ray.refine import run_refine
+
+    out = str(tmp_path / "refine")
+    cfg = dataclasses.replace(_cfg(steps=2, checkpoint_every=2, val=None),
+                              refine=RefineConfig(rounds=2, steps_later=1),
+                              pseudo_gt=PseudoGTConfig(max_refs=2, concurrency=1, limit=2))
+    run_refine(tiny_frames, out, cfg, log=lambda _m: None)
+    shards = lambda k: {p.name: p.stat().st_mtime_ns  # noqa: E731
+                        for p in (tmp_path / "refine" / f"round_{k}").glob("pseudo_gt/shards/*")}
+    before = {k: shards(k) for k in (1, 2)}
+    logs: list[str] = []
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=4))
+    r = run_refine(tiny_frames, out, more, log=logs.append)
+    assert shards(1) == before[1]  # round 1's pairs stand (made from the blurry frames)
+    assert shards(2).keys() == before[2].keys() and all(
+        shards(2)[n] != t for n, t in before[2].items())  # made again
+    assert any("round 2: made from another model" in m for m in logs)
+    assert [row["round"] for row in r["rounds"]] == [1, 2]
+    assert read_checkpoint(f"{out}/round_1/train/model.pt")["step"] == 4
+    again = dataclasses.replace(more, pseudo_gt=dataclasses.replace(more.pseudo_gt,
+                                                                      overwrite=True))
+    run_refine(tiny_frames, out, again, log=lambda _m: None)
+    final = json.loads((tmp_path / "refine" / "round_1" / "train" / "final.json").read_text())
+    assert final["start_step"] == 0  # trained from scratch, not taken from the run before
+    for bad, match in ((RefineConfig(steps_later=0), "steps_later=0"),
+                       (PseudoGTConfig(limit=0), "limit=0")):
+        key = "refine" if isinstance(bad, RefineConfig) else "pseudo_gt"
+        with pytest.raises(ConfigError, match=match):
+            dataclasses.replace(cfg, **{key: bad}).validate()
+
+
 @pytest.mark.faults
 def test_killed_refinement_and_training_worker_resume_and_rounds_match_the_previous_models_output(
         ray_cluster, tiny_frames, tiny_pairs, tiny_data, tmp_path):

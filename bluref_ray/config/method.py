@@ -136,6 +136,9 @@ class PseudoGTConfig:
             raise ConfigError("pseudo_gt.max_refs, batch_size and targets_per_shard must be >= 1")
         if self.delta is not None and self.delta < 1:
             raise ConfigError(f"pseudo_gt.delta={self.delta}: must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"pseudo_gt.limit={self.limit}: must be >= 1 (or unset: every "
+                              "blurry frame)")
         if self.matcher not in MATCHER_NAMES:
             raise ConfigError(f"pseudo_gt.matcher={self.matcher!r}: use one of "
                               f"{', '.join(MATCHER_NAMES)}")
@@ -299,6 +302,9 @@ class RefineConfig:
             raise ConfigError(f"refine.rounds={self.rounds}: must be >= 1")
         if not 0 < self.lr_later <= 1:
             raise ConfigError(f"refine.lr_later={self.lr_later}: must be in (0, 1]")
+        if self.steps_later is not None and self.steps_later < 1:
+            raise ConfigError(f"refine.steps_later={self.steps_later}: must be >= 1 (or unset: "
+                              "train.steps)")
 
 
 @dataclass(frozen=True)
