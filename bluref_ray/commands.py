@@ -364,7 +364,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _config(args)
     models = {}
     for i, spec in enumerate(args.model, 1):
-        label, _, uri = spec.partition("=") if "=" in spec else (f"model {i}", "", spec)
+        label, _, uri = spec.partition("=")
+        if not uri or "/" in label or ":" in label:  # no label: "=" within a path
+            label, uri = f"model {i}", spec
+        if label in models or label == "blurry":
+            raise ConfigError(f"--model {spec}: the label {label!r} is "
+                              + ("the blurry input's" if label == "blurry" else "used twice"))
         models[label] = uri
     result = evaluate(models, args.data, args.out, cfg, pairs=args.pairs,
                       max_frames=args.max_frames or None, reference=args.reference_rule,

@@ -132,8 +132,8 @@ def _score_frame(f: dict, nets: dict, refs: dict, metrics, cfg: Config,
     gt = decode_image(storage.read_bytes(f["gt_uri"], sc), f["gt_uri"])[0] \
         if f["gt_uri"] else None
     if gt is not None and gt.shape != blurry.shape:
-        raise ValueError(f"{f['gt_uri']}: size {gt.shape[:2]} differs from the blurry "
-                         f"frame {f['uri']} ({blurry.shape[:2]})")
+        raise ConfigError(f"{f['gt_uri']}: size {gt.shape[:2]} differs from the blurry "
+                          f"frame {f['uri']} ({blurry.shape[:2]})")
     x = to_float(blurry, device)
     y = to_float(gt, device) if gt is not None else None
     outputs = {"blurry": x}

@@ -123,6 +123,11 @@ def test_chained_checkpoints_run_one_network_after_the_other(tmp_path):
         assert torch.allclose(chain(x), b.eval()(a.eval()(x).clamp(0, 1)), atol=1e-6)
     with pytest.raises(Exception, match="missing.pt"):
         read_checkpoint(f"{tmp_path}/a.pt+{tmp_path}/missing.pt")
+    from bluref_ray.models import CheckpointError, load_image_model
+
+    save_checkpoint(build_model("refnafnet-tiny"), str(tmp_path / "ref.pt"), "refnafnet-tiny", {})
+    with pytest.raises(CheckpointError, match="a chain with a Ref-NAFNet in it"):
+        load_image_model(f"{tmp_path}/a.pt+{tmp_path}/ref.pt")
 
 
 def _fixtures(tmp_path) -> tuple[str, str]:

@@ -90,6 +90,20 @@ def test_bad_option_value_exits_2_with_a_message(tmp_path, capsys):
     assert "train_matcher.objects=1.5" in capsys.readouterr().err
 
 
+def test_eval_model_labels(tmp_path, capsys):
+    """LABEL=PATH names a model; an "=" within a path is no label; a label used twice, or the
+    blurry input's, is refused before any work."""
+    data = str(tmp_path / "none")
+    within = f"{tmp_path}/lr=1e-4/model.pt"
+    for spec, said in ((within, f"{within}: not found"),
+                       ("blurry=a.pt", "'blurry' is the blurry input's")):
+        assert main(["eval", data, "--model", spec, "--out", str(tmp_path)]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["eval", data, "--model", "a=x.pt", "--model", "a=y.pt",
+                 "--out", str(tmp_path)]) == 2
+    assert "'a' is used twice" in capsys.readouterr().err
+
+
 def test_demo_runs_end_to_end(ray_cluster, tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path / "demo"), "--train-clips", "1", "--test-clips",
                  "1", "--frames", "12", "--height", "48", "--width", "80", "--quiet",

@@ -258,4 +258,8 @@ def load_image_model(uri: str, storage_cfg: StorageConfig | None = None,
                 f"{', '.join(IMAGE_TO_IMAGE)}); use the model.pt of `bluref train`, `refine`, "
                 "`blur2blur` or `train-ref`, or a network of your own as torch.export or "
                 "TorchScript saves it")
+    if len(archs) > 1 and any((PRESETS[a][0] if a in PRESETS else a) == "refnafnet"
+                              for a in archs):
+        raise CheckpointError(f"{uri}: a chain with a Ref-NAFNet in it; a network that reads a "
+                              "reference frame runs on its own")
     return _model(ckpt, uri), ckpt
