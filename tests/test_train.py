@@ -168,6 +168,36 @@ def _loads(state: os.PathLike) -> bool:
         return False
 
 
+def test_a_training_of_other_settings_is_not_resumed_into_the_same_out(ray_cluster, tiny_pairs,
+                                                                        tmp_path):
+    """Its checkpoint would be resumed (with the old learning rate) or its model exported as
+    the new run's; steps may grow."""
+    out = str(tmp_path / "train")
+    cfg = _cfg(steps=2, checkpoint_every=2, val=None)
+    train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
+    other = _cfg(steps=2, checkpoint_every=2, val=None, lr=TINY_TRAIN.lr / 10)
+    with pytest.raises(ConfigError, match=r"holds a training run with other settings.*'lr': "
+                                          r".*there.*delete it to start over"):
+        train_deblurrer(tiny_pairs, out, other, log=lambda _m: None)
+    more = train_deblurrer(tiny_pairs, out, _cfg(steps=4, checkpoint_every=2, val=None),
+                           log=lambda _m: None)
+    assert more.steps == 4
+
+
+def test_checkpoints_sort_by_step_past_a_million_and_cadences_must_be_positive(tmp_path):
+    from bluref_ray.training.common import checkpoints
+
+    for step in (999_998, 1_000_000, 2):
+        d = tmp_path / "ray-train" / f"step_{step:06d}"
+        d.mkdir(parents=True)
+        (d / "state.pt").write_bytes(b"x")
+    assert [int(c.rsplit("_", 1)[1]) for c in checkpoints(str(tmp_path), None)] == [
+        2, 999_998, 1_000_000]
+    for name in ("checkpoint_every", "log_every", "val_every"):
+        with pytest.raises(ConfigError, match=f"train.{name}=0"):
+            TrainConfig(**{name: 0}).validate()
+
+
 def test_a_round_made_from_another_model_is_made_again(ray_cluster, tiny_frames, tmp_path):
     """Rerun with more steps: round 1 trains on, so round 2's pairs (made from round 1's
     earlier model) are stale and made again; --overwrite makes every round from scratch.

@@ -30,9 +30,14 @@ def _keep_field() -> Any:
 
 
 def _check_faults(cfg: Any, section: str) -> None:
+    """What every training section shares: failures, checkpoints kept, cadences."""
     if cfg.max_failures < -1 or cfg.keep_checkpoints < 0:
         raise ConfigError(f"{section}.max_failures must be >= -1 and {section}.keep_checkpoints "
                           ">= 0")
+    for name in ("checkpoint_every", "log_every", "val_every"):
+        every = getattr(cfg, name, None)
+        if every is not None and every < 1:
+            raise ConfigError(f"{section}.{name}={every}: must be >= 1 (steps)")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ WRITE_CPUS = 0.25
 
 
 def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple[str, ...],
-                storage_cfg: StorageConfig, log: Callable[[str], None], what: str) -> None:
+                storage_cfg: StorageConfig, log: Callable[[str], None], what: str,
+                hint: str = "use another --out, or --overwrite to replace it") -> None:
     """Make ``out`` ready for a run described by ``want``, keeping finished parts to resume.
 
     ``out/<marker>`` records ``want`` (settings hash and inputs). A folder holding a run of
@@ -42,7 +43,7 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
                                 for k in sorted(set(have) | set(want))
                                 if have.get(k) != want.get(k))
             raise ConfigError(f"{out} holds a {what} run with other settings or inputs "
-                              f"({changed}); use another --out, or --overwrite to replace it")
+                              f"({changed}); {hint}")
     if overwrite:
         log(f"[{what}] --overwrite: deleting earlier results in {out}")
         for part in parts:

@@ -155,7 +155,8 @@ def checkpoints(out: str, storage_cfg: StorageConfig) -> list[str]:
         files = storage.list_files(storage.join(out, "ray-train"), storage_cfg)
     except storage.StorageNotFoundError:
         return []
-    return sorted(storage.parent(f) for f in files if re.search(r"/step_\d{6}/state\.pt$", f))
+    found = [storage.parent(f) for f in files if re.search(r"/step_\d{6,}/state\.pt$", f)]
+    return sorted(found, key=lambda d: int(d.rsplit("_", 1)[1]))  # step 10⁶ has 7 digits
 
 
 def prune_checkpoints(out: str, keep: int, storage_cfg: StorageConfig) -> None:

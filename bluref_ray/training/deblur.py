@@ -306,6 +306,7 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     storage.check_reachable(pairs, storage_cfg)
     storage.makedirs(out, storage_cfg)
     storage.delete_temporaries(out, storage_cfg, recursive=False)  # a killed run's writes
+    _check_resume(out, pairs, tc, storage_cfg, log)
     resume = latest_checkpoint(out, storage_cfg)
     if resume and checkpoint_step(resume) >= tc.steps:
         log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
@@ -325,6 +326,24 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     fit_task(DeblurTask, tc, out, storage_cfg, datasets={"train": dataset},
              callbacks=callbacks, val=val, quiet=cfg.ray.quiet)
     return finish_training(out, pairs, cfg, time.time() - t0, command, log)
+
+
+#: Training settings a resume must keep: what the weights and optimizer state were made with.
+#: Steps, workers, cadences and validation may change between a run and its resumption.
+RESUME_KEEPS = ("model", "loss", "tau", "supervised", "lr", "weight_decay", "crop", "color_aug",
+                "init", "seed")
+
+
+def _check_resume(out: str, pairs: str, tc: TrainConfig, storage_cfg: StorageConfig,
+                  log: Callable[[str], None]) -> None:
+    """Refuse to go on in ``out`` from a run of other settings or pairs (``OUT/_train.json``
+    records them): its checkpoint would be resumed, or its model exported, as this run's."""
+    from bluref_ray.pipeline.common import prepare_out
+
+    want = {"pairs": storage.normalize(pairs),
+            "settings": {k: getattr(tc, k) for k in RESUME_KEEPS}}
+    prepare_out(out, "_train.json", want, False, (), storage_cfg, log, "training",
+                hint="use another --out, or delete it to start over")
 
 
 def checkpoint_step(step_uri: str) -> int:

@@ -177,7 +177,9 @@ def train_loop(config: dict) -> None:
     rank0 = worker.rank == 0
     say = (lambda _line: None) if config.get("quiet") else (lambda line: print(line, flush=True))
     tb_dir = tensorboard_dir(out)
-    writer = SummaryWriter(tb_dir, purge_step=start) if rank0 else None
+    # events after the checkpoint's step are the killed run's and are logged again; the
+    # checkpoint's own step (its validation, its images) stays
+    writer = SummaryWriter(tb_dir, purge_step=start + 1) if rank0 else None
     if state and rank0:
         say(f"[{task.name}] going on from the checkpoint of step {start}")
     per_rank = cfg.batch_size // worker.world
