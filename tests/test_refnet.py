@@ -160,9 +160,24 @@ def test_a_video_frame_waits_for_its_reference_and_gets_the_sharpest_nearby():
     ref_of = sharpest_nearby(scores, 2)
     assert ref_of == [2, 2, 3, 2, 2, 6, 7, 6]  # never itself: 3 is the sharpest near 2
     assert sharpest_nearby([0.5], 2) == [0]  # alone: itself
+    assert sharpest_nearby([5.0, -1.0, 0.2], 2) == [2, 0, 0]  # unreadable (-1): never a reference
     frames = [SimpleNamespace(index=i, rgb=np.full((2, 2, 3), i, np.uint8)) for i in range(8)]
     got = [(f.index, int(r[0, 0, 0])) for f, r in _with_references(iter(frames), ref_of)]
     assert got == list(enumerate(ref_of))  # in order, each with its reference's pixels
+
+
+def test_deblurring_with_a_reference_keeps_no_graph():
+    """Whole frames go through Ref-NAFNet at once: with autograd on, every activation of the
+    frame would be kept."""
+    from bluref_ray.config import DeblurConfig
+    from bluref_ray.pipeline.deblur import deblur_frames
+
+    model = build_model("refnafnet-tiny").eval()
+    grad = []
+    model.register_forward_hook(lambda *_: grad.append(torch.is_grad_enabled()))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 24, 40, 3), np.uint8)
+    out = deblur_frames(model, frames, DeblurConfig(), torch.device("cpu"), frames[::-1].copy())
+    assert out.shape == frames.shape and grad == [False]
 
 
 def test_train_ref_on_pseudo_pairs_then_eval_and_deblur_with_references(

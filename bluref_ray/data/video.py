@@ -134,7 +134,8 @@ class VideoWriter:
             if not even:
                 raise ValueError(f"{path}: avi needs an even frame size, got {width}x{height}")
             self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"qscale": "2"}
+            self.stream.options = {"qmin": "2", "qmax": "2"}  # mpeg4 at quantizer 2 ("qscale"
+            # is no option of the codec: it was dropped, and the default quantizer used)
         else:
             self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
             self.stream.options = {"crf": str(crf), "preset": "medium"}

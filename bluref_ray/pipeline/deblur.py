@@ -184,8 +184,9 @@ def deblur_frames(model: torch.nn.Module, frames: np.ndarray, cfg: DeblurConfig,
         ``[N, H, W, 3]`` uint8 (and references ``[N, H', W', 3]``) → ``[N, H, W, 3]`` uint8.
     """
     x = to_float(frames, device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        if references is not None:
+    with torch.inference_mode(), \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        if references is not None:  # whole frames: no activations kept for a backward
             y = model(x, to_float(references, device))
         else:
             y = tiled_forward(model, x, cfg.tile, cfg.tile_overlap)
@@ -220,7 +221,8 @@ def sharpest_nearby(scores: list[float], delta: int) -> list[int]:
     cands = [Candidate(i, "", s) for i, s in enumerate(scores)]
     out = []
     for t in range(len(scores)):
-        ref = choose(cands[max(0, t - delta):t + delta + 1], t, delta, "sharpest")
+        near = [c for c in cands[max(0, t - delta):t + delta + 1] if c.score >= 0]
+        ref = choose(near, t, delta, "sharpest")  # a score of -1: unreadable, never a reference
         out.append(ref.index if ref else t)
     return out
 
