@@ -311,7 +311,7 @@ def test_a_run_that_makes_no_pair_fails_with_what_to_change(ray_cluster, tiny_da
     assert str(e.value).startswith("0 pairs from 24 blurry frames")
     assert storage.exists(f"{out}/summary.json")  # the rejects and the summary are kept
     code = main(["pseudo-gt", str(tmp_path / "ingest"), "--out", out, "--max-refs", "3",
-                 "--quiet"])
+                 "--targets-per-shard", "3", "--quiet"])  # the same shards: a resume
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code != 0 and len(errors) == 1 and "ingest.protocol=paper" in errors[0]
     # the paper protocol (the default for a paired tree) gives the same tree references
