@@ -200,10 +200,10 @@ def test_checkpoints_sort_by_step_past_a_million_and_cadences_must_be_positive(t
 
 def test_a_round_made_from_another_model_is_made_again(ray_cluster, tiny_frames, tmp_path):
     """Rerun with more steps: round 1 trains on, so round 2's pairs (made from round 1's
-    earlier model) are stale and made again; --overwrite makes every round from scratch.
+    earlier model) are stale and made again; --overwrite deletes every round's work.
     Settings out of range are refused."""
     from bluref_ray.config import PseudoGTConfig
-    from bluref_ray.refine import run_refine
+    from bluref_ray.refine import prepare_round, run_refine
 
     out = str(tmp_path / "refine")
     cfg = dataclasses.replace(_cfg(steps=2, checkpoint_every=2, val=None),
@@ -222,11 +222,10 @@ def test_a_round_made_from_another_model_is_made_again(ray_cluster, tiny_frames,
     assert any("round 2: made from another model" in m for m in logs)
     assert [row["round"] for row in r["rounds"]] == [1, 2]
     assert read_checkpoint(f"{out}/round_1/train/model.pt")["step"] == 4
-    again = dataclasses.replace(more, pseudo_gt=dataclasses.replace(more.pseudo_gt,
-                                                                      overwrite=True))
-    run_refine(tiny_frames, out, again, log=lambda _m: None)
-    final = json.loads((tmp_path / "refine" / "round_1" / "train" / "final.json").read_text())
-    assert final["start_step"] == 0  # trained from scratch, not taken from the run before
+    # --overwrite: the round's pairs and training go, and are made again from scratch
+    prepare_round(f"{out}/round_1", 1, None, True, None, lambda _m: None)
+    assert not (tmp_path / "refine" / "round_1" / "train").exists()
+    assert not (tmp_path / "refine" / "round_1" / "pseudo_gt").exists()
     for bad, match in ((RefineConfig(steps_later=0), "steps_later=0"),
                        (PseudoGTConfig(limit=0), "limit=0")):
         key = "refine" if isinstance(bad, RefineConfig) else "pseudo_gt"
