@@ -240,6 +240,12 @@ def test_killed_blur2blur_resumes_from_its_last_checkpoint(ray_cluster, tiny_fra
         "ray.progress_bars=false", *(f"blur2blur.{s}" for s in settings)]), log=logs.append)
     assert any("resuming from" in m and f"step_{stopped:06d}" in m for m in logs), logs
     assert read_checkpoint(str(out / "translator.pt"))["step"] == stopped + 2
+    # other weights of the losses would go on from these ones: refused, the setting named
+    with pytest.raises(ConfigError, match=r"holds a blur2blur run with other settings or inputs "
+                                          r"\(settings.adversarial: [0-9.]+ there, [0.]+ now\)"):
+        train_blur2blur(tiny_frames, str(out), load_config(None, [
+            "ray.progress_bars=false", *(f"blur2blur.{s}" for s in settings),
+            "blur2blur.adversarial=0"]), log=logs.append)
 
 
 def test_supervised_training_straight_from_a_paired_tree(ray_cluster, tiny_data, tmp_path):

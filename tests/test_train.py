@@ -176,8 +176,10 @@ def test_a_training_of_other_settings_is_not_resumed_into_the_same_out(ray_clust
     cfg = _cfg(steps=2, checkpoint_every=2, val=None)
     train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
     other = _cfg(steps=2, checkpoint_every=2, val=None, lr=TINY_TRAIN.lr / 10)
-    with pytest.raises(ConfigError, match=r"holds a training run with other settings.*'lr': "
-                                          r".*there.*delete it to start over"):
+    with pytest.raises(ConfigError, match=r"holds a training run with other settings or "
+                                          r"inputs \(settings.lr: [0-9.e-]+ there, "
+                                          r"[0-9.e-]+ now\); "
+                                          r"use another --out, or delete it to start over"):
         train_deblurrer(tiny_pairs, out, other, log=lambda _m: None)
     more = train_deblurrer(tiny_pairs, out, _cfg(steps=4, checkpoint_every=2, val=None),
                            log=lambda _m: None)
@@ -196,6 +198,22 @@ def test_checkpoints_sort_by_step_past_a_million_and_cadences_must_be_positive(t
     for name in ("checkpoint_every", "log_every", "val_every"):
         with pytest.raises(ConfigError, match=f"train.{name}=0"):
             TrainConfig(**{name: 0}).validate()
+
+
+def test_the_latest_checkpoint_passes_over_one_cut_short_by_a_kill(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"step": 4}, buf)
+    whole = buf.getvalue()
+    for step, blob in ((2, whole), (4, whole), (6, whole[: len(whole) // 2])):
+        d = tmp_path / "ray-train" / f"step_{step:06d}"
+        d.mkdir(parents=True)
+        (d / "state.pt").write_bytes(blob)
+    assert latest_checkpoint(str(tmp_path), None).endswith("step_000004")
+    for d in (tmp_path / "ray-train").iterdir():
+        (d / "state.pt").write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path), None) is None
 
 
 def test_a_round_made_from_another_model_is_made_again(ray_cluster, tiny_frames, tmp_path):

@@ -39,9 +39,7 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
                 log(f"[{what}] resuming: deleted {gone} unfinished file(s) of the run before")
             return
         if have != want and not overwrite:
-            changed = "; ".join(f"{k}: {have.get(k)} there, {want.get(k)} now"
-                                for k in sorted(set(have) | set(want))
-                                if have.get(k) != want.get(k))
+            changed = "; ".join(_changes(have, want))
             raise ConfigError(f"{out} holds a {what} run with other settings or inputs "
                               f"({changed}); {hint}")
     if overwrite:
@@ -50,6 +48,18 @@ def prepare_out(out: str, marker: str, want: dict, overwrite: bool, parts: tuple
             storage.delete(storage.join(out, part), storage_cfg)
     storage.makedirs(out, storage_cfg)
     storage.write_text(marker_uri, json.dumps(want, indent=1), storage_cfg)
+
+
+def _changes(have: dict, want: dict, prefix: str = "") -> list[str]:
+    """``key: old there, new now`` for each key whose value differs, nested keys dotted."""
+    found = []
+    for k in sorted(set(have) | set(want)):
+        a, b = have.get(k), want.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            found.append(f"{prefix}{k}: {a} there, {b} now")
+    return found
 
 
 def delete_leftovers(out: str, parts: tuple[str, ...], storage_cfg: StorageConfig) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import os
 import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 
 import torch
@@ -173,10 +175,46 @@ def prune_checkpoints(out: str, keep: int, storage_cfg: StorageConfig) -> None:
             storage.delete(old, storage_cfg)
 
 
+#: Training settings that may change between a run and its resumption: how long, where and
+#: how fast it runs, what it reports. Every other setting of a training section is what the
+#: weights and the optimizer state were made with, and a resume must keep it.
+RUN_CONTROL = frozenset({
+    "steps", "batch_size", "crops_per_frame", "workers", "use_gpu", "cpus_per_worker",
+    "threads", "amp", "val", "val_frames", "val_every", "log_every", "checkpoint_every",
+    "max_failures", "keep_checkpoints", "deblurrer"})
+
+
+def check_resume(out: str, inputs: dict[str, str], tc, storage_cfg: StorageConfig,
+                 log: Callable[[str], None], what: str) -> None:
+    """Refuse to go on in ``out`` from a training of other inputs or settings: its checkpoint
+    would be resumed, or its model exported, as this run's. ``OUT/_train.json`` records the
+    ``inputs`` (URIs) and every setting of the section ``tc`` but those in
+    :data:`RUN_CONTROL`.
+
+    Raises:
+        ConfigError: ``out`` holds a training of other inputs or settings.
+    """
+    from bluref_ray.pipeline.common import prepare_out
+
+    settings = {f.name: getattr(tc, f.name) for f in dataclasses.fields(tc)
+                if f.name not in RUN_CONTROL}
+    want = json.loads(json.dumps({**inputs, "settings": settings}))  # as read back
+    prepare_out(out, "_train.json", want, False, (), storage_cfg, log, what,
+                hint="use another --out, or delete it to start over")
+
+
 def latest_checkpoint(out: str, storage_cfg: StorageConfig) -> str | None:
-    """URI of the newest ``OUT/ray-train/step_NNNNNN`` that holds a ``state.pt``."""
-    found = checkpoints(out, storage_cfg)
-    return found[-1] if found else None
+    """URI of the newest ``OUT/ray-train/step_NNNNNN`` whose ``state.pt`` is whole: one cut
+    short by a kill while it was written (no zip directory at its end) is passed over, so that
+    a rerun resumes or exports the one before it instead of failing on it."""
+    for step_dir in reversed(checkpoints(out, storage_cfg)):
+        try:
+            with storage.open_input(storage.join(step_dir, "state.pt"), storage_cfg) as f:
+                if zipfile.is_zipfile(f):  # reads only the end of the file
+                    return step_dir
+        except storage.StorageNotFoundError:
+            continue
+    return None
 
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, out: str,

@@ -41,6 +41,7 @@ from bluref_ray.data.images import decode_image, random_flips, to_float
 from bluref_ray.losses import confidence_level
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
+    check_resume,
     export_model,
     latest_checkpoint,
     settle_workers,
@@ -328,22 +329,10 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     return finish_training(out, pairs, cfg, time.time() - t0, command, log)
 
 
-#: Training settings a resume must keep: what the weights and optimizer state were made with.
-#: Steps, workers, cadences and validation may change between a run and its resumption.
-RESUME_KEEPS = ("model", "loss", "tau", "supervised", "lr", "weight_decay", "crop", "color_aug",
-                "init", "seed")
-
-
 def _check_resume(out: str, pairs: str, tc: TrainConfig, storage_cfg: StorageConfig,
                   log: Callable[[str], None]) -> None:
-    """Refuse to go on in ``out`` from a run of other settings or pairs (``OUT/_train.json``
-    records them): its checkpoint would be resumed, or its model exported, as this run's."""
-    from bluref_ray.pipeline.common import prepare_out
-
-    want = {"pairs": storage.normalize(pairs),
-            "settings": {k: getattr(tc, k) for k in RESUME_KEEPS}}
-    prepare_out(out, "_train.json", want, False, (), storage_cfg, log, "training",
-                hint="use another --out, or delete it to start over")
+    """Refuse to go on in ``out`` from a run of other settings or pairs."""
+    check_resume(out, {"pairs": storage.normalize(pairs)}, tc, storage_cfg, log, "training")
 
 
 def checkpoint_step(step_uri: str) -> int:

@@ -33,9 +33,13 @@ import torch
 from bluref_ray import storage
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
+    check_resume,
+    export_model,
     fit,
+    latest_checkpoint,
     report_checkpoint,
     resume_state,
+    settle_workers,
     sync_tensorboard,
     tensorboard_dir,
 )
@@ -290,12 +294,13 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
     import io
 
     from bluref_ray.ray_utils import init_ray
-    from bluref_ray.training.common import export_model, latest_checkpoint, settle_workers
 
     storage_cfg = cfg.storage.resolved()
     out = storage.normalize(out)
     storage.check_reachable(out, storage_cfg)
     storage.makedirs(out, storage_cfg)
+    check_resume(out, {k: storage.normalize(v) for k, v in config.items() if isinstance(v, str)},
+                 tc, storage_cfg, log, section)
     resume = latest_checkpoint(out, storage_cfg)
     t0 = time.time()
     if resume and int(resume.rstrip("/").rsplit("_", 1)[1]) >= tc.steps:
