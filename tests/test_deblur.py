@@ -137,6 +137,29 @@ def test_deblur_folder_with_a_corrupt_image_and_resume(ray_cluster, tmp_path):
     assert s2["skipped"] == 2 and s2["done"] == 0 and len(s2["failed"]) == 1
 
 
+class _NoBrightFrames(nn.Module):
+    """A network of one's own that fails on some inputs (a bright tile)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.min() > 0.9):
+            raise RuntimeError("this model cannot take bright frames")
+        return x
+
+
+def test_a_model_failing_on_one_file_names_it_and_deblurs_the_others(ray_cluster, tmp_path):
+    model = str(tmp_path / "own.pt")
+    torch.jit.save(torch.jit.script(_NoBrightFrames()), model)
+    src = tmp_path / "photos"
+    src.mkdir()
+    cv2.imwrite(str(src / "bright.png"), np.full((40, 40, 3), 250, np.uint8))
+    cv2.imwrite(str(src / "dark.png"), np.full((40, 40, 3), 20, np.uint8))
+    s = run_deblur(model, [str(src)], str(tmp_path / "out"), CFG, log=lambda _m: None)
+    assert s["done"] == 1 and [f["input"] for f in s["failed"]] == [str(src / "bright.png")]
+    assert "bright.png" in s["failed"][0]["error"]
+    assert "cannot take bright frames" in s["failed"][0]["error"]
+    assert (tmp_path / "out" / "dark.png").is_file()
+
+
 def test_deblur_runs_a_chain_of_checkpoints_given_as_a_plus_b(ray_cluster, tmp_path,
                                                                monkeypatch):
     from bluref_ray.models import chain_checkpoint, read_checkpoint

@@ -400,8 +400,10 @@ class DeblurWorker:
             raise  # S3 down past storage.outage_s: the job stops (it resumes when run again)
         except (ImageError, VideoError, StorageError) as e:
             error = str(e) if src in str(e) else f"{src}: {e}"
-        except (ValueError, OSError, torch.cuda.OutOfMemoryError) as e:
-            hint = " (lower deblur.tile)" if isinstance(e, torch.cuda.OutOfMemoryError) else ""
+        except (ValueError, OSError, RuntimeError, torch.jit.Error) as e:  # the last two: the
+            # model's own (a TorchScript network of the user's raises torch.jit.Error)
+            memory = isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate" in str(e)
+            hint = " (lower deblur.tile)" if memory else ""
             error = f"{src}: {type(e).__name__}: {e}{hint}"
         if error and self.device.type == "cuda":
             torch.cuda.empty_cache()
