@@ -109,6 +109,48 @@ def test_deblur_round_trips_a_video(ray_cluster, tmp_path):
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporary files left
 
 
+def test_a_portrait_video_tagged_bt709_full_range_comes_out_upright_in_its_own_colours(
+        ray_cluster, tmp_path):
+    """A phone's portrait clip (landscape pixels, a display rotation) in BT.709 full range:
+    frames are read upright, and the output (an identity model) plays upright, tagged as the
+    input and encoded with its matrix; before, it came out untagged in BT.601 limited range, so
+    that a player showed other colours (and the clip sideways)."""
+    src = tmp_path / "in" / "portrait.mp4"
+    src.parent.mkdir()
+    landscape = _video(str(tmp_path / "plain.mp4"))  # [6, 48, 64, 3]
+    landscape[:, :6, :6] = 255  # a white corner, top left of the stored pixels
+    with av.open(str(src), "w") as c:
+        stream = c.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "0"}
+        cc = stream.codec_context
+        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = 1, 2, 1, 1
+        stream.set_display_rotation(-90)  # shown turned a quarter clockwise
+        for rgb in landscape:
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=1, dst_color_range=2)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    shown = [d for d in decode_frames(str(src))]
+    assert shown[0].rgb.shape == (64, 48, 3) and shown[0].colour == (1, 2, 1, 1)
+    assert shown[0].rgb[:6, -6:].min() > 240  # the corner, now top right
+    assert np.abs(shown[0].rgb.astype(int) - np.rot90(landscape[0], -1)).mean() < 5  # 4:2:0
+    model = str(tmp_path / "identity.pt")
+    torch.jit.save(torch.jit.script(nn.Identity()), model)
+    cfg = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, crf=0))
+    s = run_deblur(model, [str(src.parent)], str(tmp_path / "out"), cfg, log=lambda _m: None)
+    assert s["done"] == 1, s["failed"]
+    out = [d for d in decode_frames(str(tmp_path / "out" / "portrait.mp4"))]
+    assert out[0].colour == (1, 2, 1, 1)
+    with av.open(str(tmp_path / "out" / "portrait.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == 0  # upright pixels, nothing left to turn
+    diff = np.abs(np.stack([d.rgb for d in out]).astype(int)
+                  - np.stack([d.rgb for d in shown]).astype(int))
+    assert diff.mean() < 1.5, diff.mean()
+
+
 def test_deblur_folder_with_a_corrupt_image_and_resume(ray_cluster, tmp_path):
     ckpt = _checkpoint(str(tmp_path / "model.pt"))
     src = tmp_path / "photos"

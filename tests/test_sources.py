@@ -61,6 +61,32 @@ def test_grayscale_and_16bit_frames_become_rgb8(tmp_path):
     np.testing.assert_array_equal(frames[2].rgb, frames[0].rgb)  # 16-bit scaled back exactly
 
 
+def _exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF segment holding only the orientation tag (0x0112)."""
+    import struct
+
+    tiff = (b"MM\x00*" + struct.pack(">IH", 8, 1)
+            + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0))
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def test_a_jpeg_is_read_upright_by_its_exif_orientation(tmp_path):
+    """A camera's portrait shot: landscape pixels, tag 6 (turn a quarter clockwise to show)."""
+    d = tmp_path / "cam"
+    d.mkdir()
+    base = _img()
+    base[:6, :6] = 255  # a white corner, top left of the stored pixels
+    jpeg = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    (d / "000000.jpg").write_bytes(_exif_orientation(jpeg, 6))
+    (d / "000001.jpg").write_bytes(_exif_orientation(jpeg, 1))
+    (clip,) = discover(str(d))
+    turned, plain = (f.rgb for f in read_frames(clip))
+    assert turned.shape == (56, 40, 3) and plain.shape == (40, 56, 3)
+    assert turned[:6, -6:].min() > 240 and plain[:6, :6].min() > 240
+    np.testing.assert_array_equal(turned, np.rot90(plain, -1))
+
+
 def test_corrupt_and_odd_sized_frames_are_rejected_the_rest_go_on(tmp_path):
     d = tmp_path / "cam"
     d.mkdir()

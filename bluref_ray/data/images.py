@@ -48,14 +48,19 @@ def to_rgb8(img: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, str]:
-    """Decode PNG/JPEG/TIFF/BMP bytes to RGB uint8.
+    """Decode PNG/JPEG/TIFF/BMP bytes to RGB uint8 (a JPEG upright by its EXIF orientation).
 
     Raises:
         ImageError: if the bytes are empty or not a readable image; the message names ``name``.
     """
     if not data:
         raise ImageError(f"{name}: empty file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # a JPEG is turned upright by its EXIF orientation (cameras store portrait shots as
+    # landscape pixels with a tag); IMREAD_UNCHANGED, which keeps alpha and 16 bits for the
+    # other formats, would ignore the tag
+    upright = data[:2] == b"\xff\xd8"
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if upright else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise ImageError(f"{name}: not a readable image ({len(data)} bytes)")
     try:

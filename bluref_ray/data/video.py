@@ -30,12 +30,28 @@ class VideoError(ValueError):
 
 @dataclass
 class DecodedFrame:
-    """One decoded frame: its index in the stream, time in seconds, and RGB pixels."""
+    """One decoded frame: its index in the stream, time in seconds, and RGB pixels, turned
+    upright as the video is meant to be shown (its display rotation applied).
+
+    ``colour``: the stream's colour tags (matrix, range, primaries, transfer) as FFmpeg numbers;
+    :class:`VideoWriter` encodes and tags its output with them, so that a player shows the
+    output in the colours it shows the input.
+    """
 
     index: int
     time: float
     rgb: np.ndarray  # [H, W, 3] uint8
     pixel_format: str
+    colour: tuple[int, int, int, int] | None = None
+
+
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame's RGB pixels (converted with the frame's own colour matrix and range),
+    rotated by its display matrix (phones and body cameras record portrait video as landscape
+    frames with a rotation to show them by)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
 def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
@@ -77,7 +93,9 @@ def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
             try:
                 for frame in container.decode(stream):
                     t = frame.time if frame.time is not None else n / rate
-                    yield DecodedFrame(n, float(t), frame.to_ndarray(format="rgb24"), pix_fmt)
+                    colour = (frame.colorspace, frame.color_range, frame.color_primaries,
+                              frame.color_trc)
+                    yield DecodedFrame(n, float(t), _upright(frame), pix_fmt, colour)
                     n += 1
                     if max_frames is not None and n >= max_frames:
                         return
@@ -113,6 +131,11 @@ def fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+#: BT.601 (SMPTE 170M) matrix, primaries and transfer, limited range: what FFmpeg converts RGB
+#: by when no colour is given.
+BT601 = (6, 1, 6, 6)
+
+
 class VideoWriter:
     """Encode RGB frames to a local video file: H.264 for mp4/mkv/mov, MPEG-4 Part 2 for avi.
 
@@ -121,9 +144,16 @@ class VideoWriter:
         width, height: frame size.
         fps: frame rate.
         crf: H.264 constant rate factor (0 = lossless, 18 ≈ visually lossless).
+        colour: colour tags (matrix, range, primaries, transfer as FFmpeg numbers): the frames
+            are turned into YUV with this matrix and range, and the output is tagged with all
+            four. By default BT.601 in limited range, tagged as such (a player that guesses
+            would take BT.709 for HD sizes). A source's tags (:attr:`DecodedFrame.colour`) keep
+            a video's colours; an untagged source (or None) gives an untagged output, converted
+            as FFmpeg does by default (BT.601), so that a player guesses alike for both.
     """
 
-    def __init__(self, path: str, width: int, height: int, fps: float, crf: int = 12) -> None:
+    def __init__(self, path: str, width: int, height: int, fps: float, crf: int = 12,
+                 colour: tuple[int, int, int, int] | None = BT601) -> None:
         self.container = av.open(path, mode="w")
         avi = path.lower().endswith(".avi")
         self.stream = self.container.add_stream("mpeg4" if avi else "libx264",
@@ -139,10 +169,19 @@ class VideoWriter:
         else:
             self.stream.pix_fmt = "yuv420p" if even else "yuv444p"
             self.stream.options = {"crf": str(crf), "preset": "medium"}
+        self.matrix = self.range = None
+        if colour is not None and (colour[1] or any(v not in (0, 2) for v in colour)):
+            cc = self.stream.codec_context  # (0 and 2 stand for unspecified, but range 2: full)
+            cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = colour
+            self.matrix = colour[0] if colour[0] not in (0, 2) else None
+            self.range = colour[1] or None
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one ``[H, W, 3]`` uint8 RGB frame."""
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if self.matrix is not None or self.range is not None:
+            frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=self.matrix,
+                                   dst_color_range=self.range)
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 

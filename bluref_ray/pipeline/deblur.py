@@ -343,7 +343,8 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
                         step = float(np.median(np.diff([d.time for d in batch]))) \
                             if len(batch) > 1 else 0.0
                         fps = 1.0 / step if step > 0 else 30.0
-                    writer = VideoWriter(local, shape[1], shape[0], fps, cfg.crf)
+                    writer = VideoWriter(local, shape[1], shape[0], fps, cfg.crf,
+                                         batch[0].colour)
                 refs = np.stack([r for _, r in batch_refs]) if reference else None
                 for rgb in deblur_frames(model, np.stack([d.rgb for d in batch]), cfg, device,
                                          refs):
