@@ -31,6 +31,7 @@ import torch
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError
 from bluref_ray.data.images import as_saved, decode_image, to_float, to_uint8
+from bluref_ray.metrics import NIQE_MIN_SIZE
 from bluref_ray.storage import StorageConfig
 
 #: Per-frame scores, ``CHUNK`` frames a file: a killed run, started again, resumes from them.
@@ -79,6 +80,25 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _scored_frames(blurry: dict[str, list], data: list[str],
+                   log: Callable[[str], None]) -> dict[str, int]:
+    """How many frames each metric scored (PSNR/SSIM need the ground truth, NIQE a frame of
+    at least ``NIQE_MIN_SIZE`` px, not flat); a line says which are left out, and why."""
+    n = len(blurry["psnr"])
+    scored = {k: sum(v is not None for v in blurry[k]) for k in ("psnr", "niqe")}
+    if scored["psnr"] < n:
+        log(f"[eval] {n - scored['psnr']} of {n} frames have no ground truth (a sharp/ folder "
+            f"beside blur/ in {', '.join(data)}): PSNR and SSIM are over the "
+            f"{scored['psnr']} others" if scored["psnr"] else
+            f"[eval] no frame of {', '.join(data)} has a ground truth (a sharp/ folder beside "
+            "blur/): NIQE only")
+    if scored["niqe"] < n:
+        log(f"[eval] {n - scored['niqe']} of {n} frames are under {NIQE_MIN_SIZE} px or flat: "
+            f"NIQE is over the {scored['niqe']} others" if scored["niqe"] else
+            f"[eval] every frame is under {NIQE_MIN_SIZE} px or flat: no NIQE")
+    return scored
+
+
 def _grid_name(n: int) -> str:
     return f"grid_{n:02d}.png"
 
@@ -124,7 +144,6 @@ def _score_frame(f: dict, nets: dict, refs: dict, metrics, cfg: Config,
                  device: torch.device) -> tuple[dict, dict, np.ndarray, np.ndarray | None]:
     """One frame's scores (``{"uri", "gt_uri", "reference", method: {psnr, ssim, niqe}}``),
     the methods' outputs and the decoded blurry frame and truth."""
-    from bluref_ray.metrics import NIQE_MIN_SIZE
     from bluref_ray.models.tiling import tiled_forward
 
     sc = cfg.storage.resolved()
@@ -152,7 +171,8 @@ def _score_frame(f: dict, nets: dict, refs: dict, metrics, cfg: Config,
     none = [None] * len(outputs)
     psnr = metrics.psnr(batch, truth).tolist() if truth is not None else none
     ssim = metrics.ssim(batch, truth).tolist() if truth is not None else none
-    niqe = metrics.niqe(batch).tolist() if min(batch.shape[-2:]) >= NIQE_MIN_SIZE else none
+    niqe = [None if math.isnan(v) else v for v in metrics.niqe(batch).tolist()] \
+        if min(batch.shape[-2:]) >= NIQE_MIN_SIZE else none  # NaN: a flat frame
     for i, m in enumerate(outputs):
         row[m] = {"psnr": psnr[i], "ssim": ssim[i], "niqe": niqe[i]}
     return row, outputs, blurry, gt
@@ -230,14 +250,17 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
               for m in methods}
     table = [{"method": m, **{k: _mean(v) for k, v in scores[m].items()},
               "frames": len(frames)} for m in methods]
+    scored = _scored_frames(scores["blurry"], data, log)
     result = {"methods": table, "frames": per_frame, "models": models, "data": data,
-              "reference": reference if refs else None}
+              "reference": reference if refs else None, "scored_frames": scored}
     storage.write_text(storage.join(out, "eval.json"), json.dumps(result, indent=1), sc)
     images = [(_grid_name(i), f"{frames[i]['clip_id']} frame {frames[i]['index']}")
               for i in range(min(grids, len(frames)))]
     sections = [{"heading": "Metrics", "rows": table, "columns": COLUMNS,
                  "text": f"{len(frames)} frames of {', '.join(data)}. PSNR and SSIM on RGB "
-                         "against the ground truth (where known); NIQE needs no reference."},
+                         f"against the ground truth, over the {scored['psnr']} frames that "
+                         f"have one; NIQE needs no reference, over the {scored['niqe']} frames "
+                         f"of at least {NIQE_MIN_SIZE} px with structure to score."},
                 {"heading": "Images", "images": images}]
     if nets and table[0]["psnr"] is not None:
         round_plot(list(range(1, len(nets) + 1)), {

@@ -142,6 +142,9 @@ class ImageMetrics:
             images ``[B, 3, H, W]`` (or ``[B, 1, H, W]``) float in ``[0, 1]``, H and W at least
             :data:`NIQE_MIN_SIZE` → ``[B]`` float32 on the CPU.
 
+        An image without structure to score (a flat frame: a covered lens, a black night
+        frame, a diverged model's output) gets NaN: its block statistics are not finite.
+
         Raises:
             ValueError: if the images are smaller than NIQE's 96×96 blocks.
             FileNotFoundError: if the NIQE parameter file is missing.
@@ -152,8 +155,18 @@ class ImageMetrics:
         if min(h, w) < NIQE_MIN_SIZE:
             raise ValueError(f"NIQE needs images of at least {NIQE_MIN_SIZE}×{NIQE_MIN_SIZE} "
                              f"pixels (it works on {NIQE_MIN_SIZE}-px blocks); got {h}×{w}")
-        out = self._metric("niqe")(self._prepare(images))
-        return out.reshape(-1).float().cpu()
+        metric, prepared = self._metric("niqe"), self._prepare(images)
+        try:
+            return metric(prepared).reshape(-1).float().cpu()
+        except RuntimeError:  # torch.linalg on non-finite statistics: find the image(s)
+            return torch.stack([self._niqe_or_nan(metric, im[None]) for im in prepared])
+
+    @staticmethod
+    def _niqe_or_nan(metric, image: torch.Tensor) -> torch.Tensor:
+        try:
+            return metric(image).reshape(()).float().cpu()
+        except RuntimeError:
+            return torch.tensor(float("nan"))
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

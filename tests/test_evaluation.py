@@ -34,14 +34,17 @@ def tiny_model(tmp_path_factory) -> str:
 def test_eval_scores_blurry_and_models_against_ground_truth(tiny_data, tiny_model, tmp_path):
     frames = eval_frames([f"{tiny_data}/test"], 4, None)
     assert len(frames) == 4 and all(f["gt_uri"] for f in frames)
+    logs: list[str] = []
     r = evaluate({"a": tiny_model, "b": tiny_model}, [f"{tiny_data}/test"], str(tmp_path), Config(),
-                 max_frames=4, log=lambda _m: None)
+                 max_frames=4, log=logs.append)
     by = {m["method"]: m for m in r["methods"]}
     expect = np.mean([_psnr(cv2.imread(f["uri"]), cv2.imread(f["gt_uri"])) for f in frames])
     assert by["blurry"]["psnr"] == pytest.approx(expect, abs=0.01)
     assert by["a"]["psnr"] == pytest.approx(by["b"]["psnr"]) and 0 < by["a"]["ssim"] <= 1
     assert by["a"]["niqe"] is None  # 72×128 frames are below NIQE's 96-px blocks
+    assert "[eval] every frame is under 96 px or flat: no NIQE" in logs
     saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["scored_frames"] == {"psnr": 4, "niqe": 0}
     assert len(saved["frames"]) == 4
     html = (tmp_path / "report.html").read_text()
     assert "PSNR (dB)" in html and "grid_00.png" in html and (tmp_path / "grid_00.png").exists()
@@ -55,6 +58,21 @@ def test_eval_cli_and_errors(tiny_data, tiny_model, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| mine |" in printed and "report:" in printed
+    # a tree whose sharp/ is missing: NIQE only, and a line says why PSNR is not there; a flat
+    # frame (a covered lens) has no NIQE, and is left out of its mean
+    blur_only = tmp_path / "blur_only" / "seq" / "blur"
+    blur_only.mkdir(parents=True)
+    textured = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (100, 120, 3),
+                                                                   dtype=np.uint8), (0, 0), 1.5)
+    cv2.imwrite(str(blur_only / "000000.png"), textured)
+    cv2.imwrite(str(blur_only / "000001.png"), np.full((100, 120, 3), 90, np.uint8))
+    logs: list[str] = []
+    r = evaluate({}, [str(tmp_path / "blur_only")], str(tmp_path / "b"), Config(),
+                 log=logs.append)
+    assert r["methods"][0]["psnr"] is None and np.isfinite(r["methods"][0]["niqe"])
+    assert r["scored_frames"] == {"psnr": 0, "niqe": 1}
+    assert any("no frame of" in m and "has a ground truth (a sharp/ folder" in m for m in logs)
+    assert any("1 of 2 frames are under 96 px or flat" in m for m in logs)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(ConfigError, match="no frames"):

@@ -366,3 +366,10 @@ def test_validation_without_ground_truth_scores_niqe(tmp_path):
     assert 0 < v["niqe_blurry"] < 100 and np.isfinite(v["niqe"])
     assert v["example"].shape == (3, 96, 256)  # blurry | deblurred
     assert "NIQE" in describe_validation(v)
+    # a flat frame (a covered lens) has no NIQE: left out of the means, the training goes on
+    flat = np.full((96, 128, 3), 40, np.uint8)
+    pairs = load_pair_images(frames, None)
+    with_flat = validate(build_model("nafnet-tiny"), [*pairs, (flat, None)], torch.device("cpu"))
+    assert with_flat["niqe_blurry"] == pytest.approx(v["niqe_blurry"], rel=1e-5)
+    only_flat = validate(build_model("nafnet-tiny"), [(flat, None)], torch.device("cpu"))
+    assert np.isnan(only_flat["niqe"]) and np.isnan(only_flat["niqe_blurry"])

@@ -60,8 +60,8 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, ...]],
 
     With ground truth: PSNR and SSIM (pyiqa) against it (``psnr``, ``ssim``, ``psnr_blurry``,
     ``ssim_blurry``). Without (``None`` in place of the truth): NIQE (``niqe``,
-    ``niqe_blurry``; lower is better). A model whose output is not finite (it diverged) scores
-    PSNR and SSIM 0 and NIQE infinity.
+    ``niqe_blurry``; lower is better; over the frames with structure to score, NaN if none). A
+    model whose output is not finite (it diverged) scores PSNR and SSIM 0 and NIQE infinity.
     """
     from bluref_ray.metrics import ImageMetrics
 
@@ -71,7 +71,7 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, ...]],
     with_gt = images[0][1] is not None if images else True
     keys = ("psnr", "ssim", "psnr_blurry", "ssim_blurry") if with_gt else ("niqe", "niqe_blurry")
     sums = dict.fromkeys(keys, 0.0)
-    example = None
+    example, niqe_frames = None, 0
     for blurry, gt, *ref in images:
         x = to_float(blurry, device)
         inputs = (x, to_float(ref[0], device)) if ref else (x,)
@@ -87,13 +87,19 @@ def validate(model: torch.nn.Module, images: list[tuple[np.ndarray, ...]],
             sums["ssim_blurry"] += float(metrics.ssim(x, y)[0])
         else:
             y = None
-            sums["niqe"] += _niqe(metrics, pred) if finite else float("inf")
-            sums["niqe_blurry"] += float(metrics.niqe(x)[0])
+            blurry_niqe = float(metrics.niqe(x)[0])
+            if math.isfinite(blurry_niqe):  # a flat frame (a covered lens) has no NIQE
+                sums["niqe"] += _niqe(metrics, pred) if finite else float("inf")
+                sums["niqe_blurry"] += blurry_niqe
+                niqe_frames += 1
         if example is None:
             example = torch.cat([x[0], torch.nan_to_num(pred[0])]
                                 + ([y[0]] if y is not None else []), dim=2)
     model.train(was_training)
-    result = {k: v / max(len(images), 1) for k, v in sums.items()}
+    if with_gt:
+        result = {k: v / max(len(images), 1) for k, v in sums.items()}
+    else:  # NaN: no frame had structure to score
+        result = {k: v / niqe_frames if niqe_frames else float("nan") for k, v in sums.items()}
     result["example"] = example
     return result
 
