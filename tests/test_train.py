@@ -174,7 +174,7 @@ def test_a_training_of_other_settings_is_not_resumed_into_the_same_out(ray_clust
     the new run's; steps may grow."""
     out = str(tmp_path / "train")
     cfg = _cfg(steps=2, checkpoint_every=2, val=None)
-    train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
+    first = train_deblurrer(tiny_pairs, out, cfg, log=lambda _m: None)
     other = _cfg(steps=2, checkpoint_every=2, val=None, lr=TINY_TRAIN.lr / 10)
     with pytest.raises(ConfigError, match=r"holds a training run with other settings or "
                                           r"inputs \(settings.lr: [0-9.e-]+ there, "
@@ -184,6 +184,11 @@ def test_a_training_of_other_settings_is_not_resumed_into_the_same_out(ray_clust
     more = train_deblurrer(tiny_pairs, out, _cfg(steps=4, checkpoint_every=2, val=None),
                            log=lambda _m: None)
     assert more.steps == 4
+    # the seconds of training count both runs, and a rerun of the finished one keeps them
+    assert first.seconds > 0 and more.seconds > first.seconds
+    again = train_deblurrer(tiny_pairs, out, _cfg(steps=4, checkpoint_every=2, val=None),
+                            log=lambda _m: None)
+    assert again.seconds == more.seconds
 
 
 def test_checkpoints_sort_by_step_past_a_million_and_cadences_must_be_positive(tmp_path):

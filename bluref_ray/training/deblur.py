@@ -274,7 +274,7 @@ class TrainSummary:
 
     model: str  #: ``OUT/model.pt``
     steps: int
-    seconds: float  #: of this run's training (0 when the output was already complete)
+    seconds: float  #: of training, over every run that made it (a resume adds its own)
     crops_per_s: float | None  #: steady state, after the first 10% of the steps
     weight_checksums: list[float] | None  #: one per DDP worker: equal when in sync
     history: list[dict]  #: every validation: ``{"step", "psnr", ...}``
@@ -361,7 +361,7 @@ def finish_training(out: str, pairs: str, cfg: Config, seconds: float,
     except storage.StorageNotFoundError:
         final_info = {}
     summary = TrainSummary(
-        model=target, steps=ckpt["step"], seconds=seconds,
+        model=target, steps=ckpt["step"], seconds=final_info.get("train_seconds", seconds),
         crops_per_s=final_info.get("crops_per_s"),
         weight_checksums=final_info.get("weight_checksums"), history=history,
         val=history[-1] if history else None, config=dataclasses.asdict(cfg.train),

@@ -7,13 +7,13 @@ updates) and, optionally, a validation. The loop owns everything else:
 - the worker: rank, world size, the device Ray assigned, threads, the seed (the same initial
   weights on every rank), bfloat16 autocast on CUDA only (:class:`Worker`);
 - resume from the newest checkpoint, and checkpoints every ``checkpoint_every`` steps
-  (``OUT/ray-train/step_NNNNNN/state.pt``: every net, optimizer and schedule, the step and the
-  validation history);
+  (``OUT/ray-train/step_NNNNNN/state.pt``: every net, optimizer and schedule, the step, the
+  validation history and the seconds of training so far, over every run that made it);
 - DDP (every net of the task is wrapped; gloo on CPUs, NCCL on GPUs, chosen by :func:`fit`);
 - the log cadence: TensorBoard scalars and one printed line every ``log_every`` steps, images ten
   times less often, validation every ``val_every`` steps;
 - ``OUT/final.json`` after the last step: the step, each rank's weight checksum (equal when the
-  ranks are in sync) and the steady-state rate.
+  ranks are in sync), the steady-state rate and the seconds of training (resumes included).
 
 A task with two networks and two optimizers (a GAN's generator and discriminator) names both in
 ``nets`` and ``optimizers`` and updates them in turn in :meth:`Task.step` with :meth:`Task.update`.
@@ -172,11 +172,12 @@ def train_loop(config: dict) -> None:
     torch.set_num_threads(getattr(cfg, "threads", None) or max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     task: Task = config["task"](cfg, worker, config)
-    start, history = 0, []
+    start, history, before = 0, [], 0.0
     state = resume_state(out, storage_cfg, device)
     if state:  # an earlier run's checkpoint, or this run's after Ray Train replaced workers
         start = task.load(state)
         history = state.get("history", [])
+        before = float(state.get("train_seconds", 0.0))  # of the runs that made it
     task.ddp = {k: ray.train.torch.prepare_model(m) for k, m in task.nets.items()}
     rank0 = worker.rank == 0
     say = (lambda _line: None) if config.get("quiet") else (lambda line: print(line, flush=True))
@@ -207,7 +208,10 @@ def train_loop(config: dict) -> None:
         if writer:
             writer.flush()
             sync_tensorboard(tb_dir, out, storage_cfg)
-        report_checkpoint(task.state(done, history) if rank0 else None, metrics, done)
+        state = None
+        if rank0:
+            state = {**task.state(done, history), "train_seconds": before + time.time() - t0}
+        report_checkpoint(state, metrics, done)
 
     for step, batch in zip(range(start, cfg.steps), task.batches(start)):
         logs = task.step(batch, step)
@@ -233,7 +237,7 @@ def train_loop(config: dict) -> None:
             if t_warm and done > warm else None
         storage.write_text(storage.join(out, "final.json"), json.dumps(
             {"step": done, "start_step": start, "weight_checksums": sums,
-             f"{task.items}_per_s": steady}),
+             f"{task.items}_per_s": steady, "train_seconds": before + time.time() - t0}),
             storage_cfg)
         writer.close()
 
@@ -320,6 +324,17 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
     history = torch.load(io.BytesIO(storage.read_bytes(state_uri, storage_cfg)),
                          map_location="cpu", weights_only=True).get("history", [])
     log(f"[{section}] model written to {target}")
-    return {"model": target, "steps": ckpt["step"], "seconds": time.time() - t0,
+    return {"model": target, "steps": ckpt["step"],
+            "seconds": _train_seconds(out, storage_cfg, time.time() - t0),
             "history": history, "val": history[-1] if history else None}
+
+
+def _train_seconds(out: str, storage_cfg: StorageConfig, default: float) -> float:
+    """Seconds of training of a finished run in ``out``, over every run that made it (from
+    ``OUT/final.json``; ``default`` where an older loop wrote no figure there)."""
+    try:
+        final = json.loads(storage.read_text(storage.join(out, "final.json"), storage_cfg))
+    except storage.StorageNotFoundError:
+        return default
+    return float(final.get("train_seconds", default))
 
