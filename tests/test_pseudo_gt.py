@@ -185,6 +185,8 @@ def test_missing_and_odd_sized_references_are_rejected_the_others_go_on(ray_clus
     uses_bad = {x for x, ref in ref_of.items() if int(ref.rsplit(":", 1)[1]) in (ref_a, ref_b)}
     assert done == set(ref_of) - uses_bad and done
     assert s.rejected == len(uses_bad)
+    assert set(s.reject_reasons) == {"reference … unusable",
+                                     "reference … is …, the blurry frame is …"}, s.reject_reasons
 
 
 def test_deblurrer_checkpoint_output_is_matched(ray_cluster, tiny_frames, tmp_path):

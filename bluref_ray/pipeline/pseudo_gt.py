@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -426,7 +427,14 @@ def _shard_stats(uri: str, storage_cfg: StorageConfig | None) -> dict:
             "psnr_blurry": float(sum(b for _, b in q))}
 
 
+def reason_kind(reason: str) -> str:
+    """What a reject reason says, without the particulars: frame ids, paths and sizes (any
+    word with a digit) as ``…``, up to the first colon, so that the frames rejected for one
+    cause count together (``reference cam:000012 unusable: …`` → ``reference … unusable``)."""
+    return re.sub(r"[^\s,;]*\d[^\s,;]*", "…", reason).split(": ")[0][:80]
+
+
 def _reject_stats(uri: str, storage_cfg: StorageConfig | None) -> dict[str, int]:
-    """Rejects of one file by reason (its first words)."""
+    """Rejects of one file by the kind of their reason (:func:`reason_kind`)."""
     t = schema.read_table(uri, schema.PSEUDO_REJECTS, storage_cfg, ["reason"])
-    return dict(Counter(r.split(":")[0][:80] for r in t.column("reason").to_pylist()))
+    return dict(Counter(reason_kind(r) for r in t.column("reason").to_pylist()))
