@@ -237,12 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Settings whose values never go into what a command records (checkpoints, locks).
+SECRETS = ("access_key", "secret_key")
+
+
+def hide_secrets(argv: Sequence[str]) -> list[str]:
+    """The command line with the values of the S3 keys replaced by ``<hidden>``: as
+    ``--secret-key S``, ``--secret-key=S`` or ``--set storage.secret_key=S``. The command is
+    recorded in every exported checkpoint, which people share."""
+    flags = tuple("--" + k.replace("_", "-") for k in SECRETS)
+    keys = tuple(f"storage.{k}=" for k in SECRETS)
+    out, hide_next = [], False
+    for a in argv:
+        if hide_next:
+            out.append("<hidden>")
+        elif a.startswith(tuple(f + "=" for f in flags)) or a.startswith(keys):
+            out.append(a.split("=", 1)[0] + "=<hidden>")
+        else:
+            out.append(a)
+        hide_next = a in flags
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bluref``; returns the exit code."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.argv = argv = hide_secrets(argv)  # what is recorded of the command
     try:
         if not args.holds_out:
             return args.func(args)

@@ -130,6 +130,18 @@ def test_option_values_keep_their_type(tmp_path):
     assert cfg.ingest.threshold is None and cfg.ray.progress_bars is False
 
 
+def test_the_recorded_command_hides_the_s3_keys():
+    """The command line goes into every exported checkpoint, and checkpoints get shared."""
+    from bluref_ray.cli import hide_secrets
+
+    argv = ["train", "pairs", "--secret-key", "S1", "--access-key=A1", "--set",
+            "storage.secret_key=S2", "--set", "train.lr=0.001", "--out", "o"]
+    shown = " ".join(hide_secrets(argv))
+    assert not any(k in shown for k in ("S1", "A1", "S2"))
+    assert shown == ("train pairs --secret-key <hidden> --access-key=<hidden> --set "
+                     "storage.secret_key=<hidden> --set train.lr=0.001 --out o")
+
+
 def test_job_entrypoint_takes_the_cli_options():
     job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
     out = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True,
