@@ -3,6 +3,7 @@ resume after a kill) on the test cluster."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from bluref_ray.cli import build_parser
 from bluref_ray.config import ConfigError, load_config
 from bluref_ray.sweep import load_sweep, parse_sweep, run_sweep
-from bluref_ray.sweep.spec import ingest_config, trial_config
+from bluref_ray.sweep.spec import candidate_values, ingest_config, trial_config
 from bluref_ray.sweep.trials import cache_key, default_concurrency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,10 @@ def test_every_example_sweep_file_is_valid():
     ({"space": {"N": [2]}, "metric": "lpips"}, "metric='lpips'"),
     ({"space": {"N": [2]}, "asha": {"grace": 3}}, "asha: unknown key"),
     ({"space": {"N": [2]}, "set": {"train.steps": "many"}}, "train.steps"),
+    ({"space": {"ingest.delta": [5, 30]}}, r"space.ingest.delta: .*set once for the whole "
+                                           r"sweep .*pseudo_gt.\* and train.\*"),
+    ({"space": {"lr": {"loguniform": ["1e-2", "1e-4"]}}}, "low < high"),
+    ({"space": {"lr": {"loguniform": ["1e-4", "tiny"]}}}, "'tiny' is not a number"),
 ])
 def test_bad_sweep_files_are_clear_errors(raw, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -83,6 +88,16 @@ def test_trial_settings_shorthands_ingest_and_concurrency():
         cache_key(other.pseudo_gt, spec.data, icfg.ingest)  # lr: same pseudo-GT
     assert cache_key(cfg.pseudo_gt, spec.data, icfg.ingest) != \
         cache_key(trial_config(base, {"tau": 0.5}).pseudo_gt, spec.data, icfg.ingest)
+    smoke = dataclasses.replace(cfg.pseudo_gt, limit=6)  # a smoke run's is not a whole one
+    assert "-limit6-" in cache_key(smoke, spec.data, icfg.ingest)
+    assert cache_key(smoke, spec.data, icfg.ingest) != cache_key(cfg.pseudo_gt, spec.data,
+                                                                   icfg.ingest)
+    # YAML reads 1e-4 (no dot) as a string: a range of them is read as numbers
+    spec_str = _spec(space={"lr": {"loguniform": ["1e-4", "1e-2"]}})
+    assert candidate_values(spec_str, "lr") == [1e-4, 1e-2]
+    # the base pseudo_gt.delta sizes the ingest too
+    wide = _spec(space={"N": [2]}, set={"pseudo_gt.delta": 30})
+    assert ingest_config(wide, load_config(None, wide.set)).ingest.delta == 30
     tc = base.train
     assert default_concurrency(tc, {"CPU": 2}) == 1
     assert default_concurrency(tc, {"CPU": 16}) == 8

@@ -31,6 +31,8 @@ SHORTHANDS: dict[str, tuple[str, ...]] = {
 METRICS = {"psnr": ("val_psnr", "max", "PSNR (dB)"), "ssim": ("val_ssim", "max", "SSIM"),
            "niqe": ("val_niqe", "min", "NIQE (lower is better)")}
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+#: The config sections a trial varies (the others are set once, for the whole sweep).
+TRIAL_SECTIONS = ("pseudo_gt", "train")
 SPEC_KEYS = ("out", "data", "val", "config", "set", "space", "samples", "metric", "asha",
              "concurrency", "cache")
 
@@ -144,12 +146,25 @@ def _domain(spec: SweepSpec, name: str) -> tuple[str, Any]:
         raise ConfigError(f"{_where(spec, name)}: use one of {', '.join(DOMAINS)} "
                           f"(e.g. {{grid: [4, 6]}}), a list, or a single value; got {value}")
     kind, arg = next(iter(value.items()))
+    if kind in ("uniform", "loguniform", "randint") and isinstance(arg, list):
+        arg = [_number(spec, name, v) for v in arg]  # YAML reads 1e-4 (no dot) as a string
+        if kind == "randint":
+            arg = [int(v) for v in arg]
     if kind in ("grid", "choice"):
         if not isinstance(arg, list) or not arg:
             raise ConfigError(f"{_where(spec, name)}: {kind} needs a non-empty list")
     elif not (isinstance(arg, list) and len(arg) == 2 and arg[0] < arg[1]):
         raise ConfigError(f"{_where(spec, name)}: {kind} needs [low, high] with low < high")
     return kind, arg
+
+
+def _number(spec: SweepSpec, name: str, v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise ConfigError(f"{_where(spec, name)}: {v!r} is not a number") from None
+    return v
 
 
 def candidate_values(spec: SweepSpec, name: str) -> list:
@@ -181,6 +196,10 @@ def check_spec(spec: SweepSpec) -> None:
                 raise ConfigError(f"{_where(spec, name)}: not a setting; use a shorthand "
                                   f"({', '.join(SHORTHANDS)}) or a dotted setting such as "
                                   "train.weight_decay")
+            if section not in TRIAL_SECTIONS:  # ingest etc. run once, for the whole sweep
+                raise ConfigError(f"{_where(spec, name)}: {key} is set once for the whole sweep "
+                                  f"(in `set:`), not per trial; a trial varies only "
+                                  f"{' and '.join(s + '.*' for s in TRIAL_SECTIONS)}")
             if kind in ("uniform", "loguniform") and section_types(cls)[attr] is not float:
                 raise ConfigError(f"{_where(spec, name)}: {key} is not a float setting; use "
                                   "grid, choice or randint")
@@ -224,8 +243,8 @@ def ingest_config(spec: SweepSpec, base: Config) -> Config:
     """Ingest once for the whole space: N and Δ at their largest."""
     refs = max([base.ingest.max_refs, base.pseudo_gt.max_refs]
                + [int(v) for v in values_of(spec, "pseudo_gt.max_refs")])
-    delta = max([base.ingest.delta] + [int(v) for v in values_of(spec, "pseudo_gt.delta")
-                                       if v is not None])
+    deltas = [base.pseudo_gt.delta, *values_of(spec, "pseudo_gt.delta")]
+    delta = max([base.ingest.delta] + [int(v) for v in deltas if v is not None])
     return dataclasses.replace(base, ingest=dataclasses.replace(base.ingest, max_refs=refs,
                                                                 delta=delta))
 

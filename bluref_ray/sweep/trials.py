@@ -18,11 +18,16 @@ TRIAL_MEMORY = 256 * 2**20
 
 def cache_key(pg, data: tuple[str, ...], ingest) -> str:
     """Readable, unique name of a pseudo-GT in the cache: its settings, then a hash of them
-    and of the data and ingest settings they were made from."""
-    digest = hashlib.sha256(json.dumps(
-        [settings_hash(pg), list(data), settings_hash(ingest)]).encode()).hexdigest()[:10]
+    and of the data and ingest settings they were made from. ``pseudo_gt.limit`` (an execution
+    setting, but one that leaves frames out) names a pseudo-GT of its own: a smoke run's is
+    never reused as a whole one."""
+    made_of = [settings_hash(pg), list(data), settings_hash(ingest)]
+    if pg.limit is not None:
+        made_of.append({"limit": pg.limit})
+    digest = hashlib.sha256(json.dumps(made_of).encode()).hexdigest()[:10]
     delta = f"-D{pg.delta}" if pg.delta is not None else ""
-    return f"{pg.matcher}-{pg.strategy}-N{pg.max_refs}{delta}-tau{pg.tau:g}-{digest}"
+    limit = f"-limit{pg.limit}" if pg.limit is not None else ""
+    return f"{pg.matcher}-{pg.strategy}-N{pg.max_refs}{delta}-tau{pg.tau:g}{limit}-{digest}"
 
 
 class PseudoGTCache:
