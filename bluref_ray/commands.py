@@ -414,7 +414,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.config, {"out": args.out, "data": args.data, "val": args.val,
                                     "samples": args.samples, "concurrency": args.concurrency},
                       args.overrides)
-    s = run_sweep(spec, log=_log(args), overwrite=args.overwrite, verbose=0 if args.quiet else 1)
+    from bluref_ray.sweep.spec import base_config
+    from bluref_ray.writer import exclusive_output
+
+    with exclusive_output(spec.out, base_config(spec).storage.resolved(),
+                          f"bluref sweep {args.config}"):  # one sweep per OUT (and cache actor)
+        s = run_sweep(spec, log=_log(args), overwrite=args.overwrite,
+                      verbose=0 if args.quiet else 1)
     print(f"\nbluref sweep finished in {s['seconds'] / 60:.1f} min: {len(s['rows'])} trials")
     print(s["table"])
     failed = [r for r in s["rows"] if r["status"] == "error"]

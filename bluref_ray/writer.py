@@ -116,6 +116,15 @@ def exclusive_output(out: str, cfg: StorageConfig | None = None, command: str = 
         while not stop.wait(ttl_s / 4):
             me["heartbeat"] = time.time()
             with contextlib.suppress(Exception):  # a missed beat only shortens the claim
+                now = _read(uri, cfg)
+                if now is not None and now.get("owner") != me["owner"]:
+                    # our claim lapsed (a stall past the TTL) and another command took it:
+                    # never write over its claim; say so once
+                    print(f"bluref: warning: {out} was taken over by "
+                          f"{now.get('command', 'another command')} (pid {now.get('pid')} on "
+                          f"{now.get('host')}) after this command stalled for over "
+                          f"{ttl_s:.0f} s; both now write there", file=sys.stderr, flush=True)
+                    return
                 storage.write_text(uri, json.dumps(me), cfg)
 
     thread = threading.Thread(target=beat, name="bluref-writer-heartbeat", daemon=True)
