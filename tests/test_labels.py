@@ -264,6 +264,23 @@ def test_paired_tree_protocols(tmp_path, protocol):
         assert all(f.split(":")[1] == "sharp" for f in r["references"])
 
 
+def test_an_unreadable_blurry_file_keeps_a_paired_tree_paired(tmp_path):
+    """The protocol comes from the files: one truncated blur/ file does not turn a paired
+    tree into a camera's (whose only references would be that index's sharp frame)."""
+    _tree(tmp_path / "seq", 24, set(range(24)))
+    broken = tmp_path / "seq" / "blur" / "000012.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    (clip,) = discover(str(tmp_path))
+    table, rejects = ingest_clip(clip, IngestConfig(max_refs=6, delta=10))
+    assert rejects.num_rows == 1
+    blurry = [r for r in table.to_pylist() if r["role"] == "blurry"]
+    assert len(blurry) == 23 and {r["protocol"] for r in blurry} == {"paper"}
+    assert all(len(r["references"]) >= 5 for r in blurry)
+    # the camera protocol keeps index 12's sharp frame out: it is the unreadable frame's truth
+    table, _ = ingest_clip(clip, IngestConfig(max_refs=6, delta=10, protocol="camera"))
+    assert not any(r["references"] for r in table.to_pylist())
+
+
 def test_camera_tree_defaults_to_the_camera_protocol(tmp_path):
     _tree(tmp_path / "seq", 24, {3, 4, 10, 15, 16, 17})
     (clip,) = discover(str(tmp_path))

@@ -170,14 +170,23 @@ def _label(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
 
 def clip_protocol(clip: Clip, rows: list[dict], cfg: IngestConfig) -> str:
     """``paper`` or ``camera`` (see ``ingest.protocol``): ``auto`` takes ``paper`` for a paired
-    tree, whose every sharp index also has a blurry frame."""
+    tree, whose every sharp index also has a blurry frame. Decided from the files the tree
+    holds, not from the frames that decoded: one unreadable blurry file does not make a paired
+    tree a camera's (which would leave its frames nearly without references)."""
     if cfg.protocol != "auto":
         return cfg.protocol
     if clip.kind != "tree":
         return "camera"
-    blurry = {r["frame_index"] for r in rows if r["role"] == "blurry"}
-    sharp = {r["frame_index"] for r in rows if r["role"] == "sharp"}
+    blurry, sharp = _indices(clip, rows, "blurry"), _indices(clip, rows, "sharp")
     return "paper" if sharp and sharp <= blurry else "camera"
+
+
+def _indices(clip: Clip, rows: list[dict], role: str) -> set[int]:
+    """The indices of a role: of the clip's files where it lists them (trees), else of the
+    frames read."""
+    if clip.files:
+        return {f.index for f in clip.files if f.role == role}
+    return {r["frame_index"] for r in rows if r["role"] == role}
 
 
 def _add_references(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
@@ -186,7 +195,8 @@ def _add_references(clip: Clip, rows: list[dict], cfg: IngestConfig) -> None:
     # camera: the sharp frame at a blurry frame's index is that frame's ground truth, which a
     # camera never records, so only sharp frames without a blurry twin are references. paper:
     # every other index's sharp frame is (pick_references never gives a frame its own index).
-    blurry_idx = {r["frame_index"] for r in blurry} if protocol == "camera" else set()
+    # (a blurry file that could not be read still makes its index's sharp frame a truth)
+    blurry_idx = _indices(clip, rows, "blurry") if protocol == "camera" else set()
     sharp_idx = [r["frame_index"] for r in rows
                  if r["role"] == "sharp" and r["frame_index"] not in blurry_idx]
     refs = pick_references(np.array([r["frame_index"] for r in blurry], np.int64),
