@@ -69,3 +69,19 @@ def test_the_configuration_reference_is_current():
     assert page == reference_markdown(), (
         "docs/configuration.md is out of date: python -m bluref_ray.config.reference > "
         "docs/configuration.md")
+
+
+def test_path_settings_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    """A relative checkpoint or folder sent to an actor or a training worker would be read
+    from the folder that worker runs in, on its node."""
+    from bluref_ray.config import Blur2BlurConfig, PseudoGTConfig, TrainConfig
+    from bluref_ray.models import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    t = absolute_paths(TrainConfig(init="round_1/model.pt", val="data/test"))
+    assert (t.init, t.val) == (f"{tmp_path}/round_1/model.pt", f"{tmp_path}/data/test")
+    pg = absolute_paths(PseudoGTConfig(deblurrer="a.pt+b.pt"))
+    assert pg.deblurrer == f"{tmp_path}/a.pt+{tmp_path}/b.pt"  # each part of a chain
+    assert pg.matcher_checkpoint == PseudoGTConfig().matcher_checkpoint  # package://
+    b = absolute_paths(Blur2BlurConfig(known="s3://bucket/known", kernel="k.pt"))
+    assert (b.known, b.kernel, b.deblurrer) == ("s3://bucket/known", f"{tmp_path}/k.pt", None)

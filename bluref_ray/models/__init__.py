@@ -11,7 +11,9 @@ by ``+``) and builds that chain from the two files.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 from typing import Any
 
 import torch
@@ -208,6 +210,31 @@ def resolve_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) -> st
             raise storage.StorageNotFoundError(f"checkpoint {part}: not found{within}")
         out.append(part)
     return "+".join(out)
+
+
+#: Settings that name files or folders (checkpoints, chains ``A+B``, data), in any section.
+PATH_SETTINGS = ("init", "deblurrer", "kernel", "known", "pairs", "val", "images", "backbone",
+                 "matcher_checkpoint")
+
+
+def absolute_paths(section: Any) -> Any:
+    """The config section with its path settings (:data:`PATH_SETTINGS`) absolute, as the
+    driver sees them: a relative path sent to a Ray actor or training worker would be taken
+    from the folder that worker runs in, on its node. Each part of a chain ``A+B`` is made
+    absolute; ``package://`` and ``s3://`` URIs stay as they are."""
+
+    def absolute(uri: str) -> str:
+        if uri.startswith("package://"):
+            return uri
+        whole = storage.normalize(uri)
+        if "+" not in uri or storage.is_s3(whole) or os.path.exists(whole):
+            return whole
+        return "+".join(storage.normalize(part) for part in uri.split("+"))
+
+    found = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+             if f.name in PATH_SETTINGS}
+    return dataclasses.replace(section, **{k: absolute(v) for k, v in found.items()
+                                           if isinstance(v, str) and v})
 
 
 def load_checkpoint(uri: str, storage_cfg: StorageConfig | None = None,

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 from bluref_ray import schema, storage, tables
 from bluref_ray.config import Config, ConfigError, PseudoGTConfig, settings_hash
 from bluref_ray.data.windows import load_windows
+from bluref_ray.models import absolute_paths
 from bluref_ray.pipeline.common import (
     WRITE_CPUS,
     Progress,
@@ -228,6 +229,7 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     from bluref_ray.ray_utils import init_ray, iter_rows
 
     t0 = time.time()
+    cfg = dataclasses.replace(cfg, pseudo_gt=absolute_paths(cfg.pseudo_gt))  # as actors need
     pg, storage_cfg = cfg.pseudo_gt, cfg.storage.resolved()
     out = storage.normalize(out)
 

@@ -39,6 +39,7 @@ from bluref_ray import schema, storage, tables
 from bluref_ray.config import Config, ConfigError, TrainConfig
 from bluref_ray.data.images import decode_image, random_flips, to_float
 from bluref_ray.losses import confidence_level
+from bluref_ray.models import absolute_paths
 from bluref_ray.storage import StorageConfig
 from bluref_ray.training.common import (
     check_resume,
@@ -300,6 +301,7 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
 
     from bluref_ray.ray_utils import init_ray
 
+    cfg = dataclasses.replace(cfg, train=absolute_paths(cfg.train))  # as the workers need
     tc = cfg.train
     storage_cfg = cfg.storage.resolved()
     out = storage.normalize(out)

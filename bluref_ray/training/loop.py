@@ -297,8 +297,10 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
     """
     import io
 
+    from bluref_ray.models import absolute_paths
     from bluref_ray.ray_utils import init_ray
 
+    tc = absolute_paths(tc)  # relative paths as the driver sees them, not each worker
     storage_cfg = cfg.storage.resolved()
     out = storage.normalize(out)
     storage.check_reachable(out, storage_cfg)
