@@ -87,6 +87,27 @@ def test_a_jpeg_is_read_upright_by_its_exif_orientation(tmp_path):
     np.testing.assert_array_equal(turned, np.rot90(plain, -1))
 
 
+def test_names_that_are_times_or_share_a_number_keep_every_file_in_order(tmp_path):
+    """Epoch-millisecond names (past int32, and Δ would count milliseconds), two cameras or two
+    formats in one folder (one number twice): every file kept, indices by place."""
+    for folder, names in (("times", ["1686830000000.png", "1686830000033.png",
+                                     "1686830000066.png"]),
+                          ("mixed", ["front_0001.jpg", "rear_0001.jpg", "0002.png", "0002.jpg"]),
+                          ("frames", ["1.png", "2.png", "10.png"])):
+        (tmp_path / folder).mkdir()
+        for n in names:
+            cv2.imwrite(str(tmp_path / folder / n), _img(seed=len(n)))
+    clips = {c.uri.rsplit("/", 1)[1]: c for c in discover(str(tmp_path))}
+    index = {k: [(f.index, f.uri.rsplit("/", 1)[1]) for f in c.files] for k, c in clips.items()}
+    assert index["times"] == [(0, "1686830000000.png"), (1, "1686830000033.png"),
+                              (2, "1686830000066.png")]
+    assert index["mixed"] == [(0, "front_0001.jpg"), (1, "rear_0001.jpg"), (2, "0002.jpg"),
+                              (3, "0002.png")]
+    assert index["frames"] == [(1, "1.png"), (2, "2.png"), (10, "10.png")]  # frame numbers
+    (table, _) = ingest_clip(clips["times"], IngestConfig())
+    assert sorted(table.column("frame_index").to_pylist()) == [0, 1, 2]
+
+
 def test_corrupt_and_odd_sized_frames_are_rejected_the_rest_go_on(tmp_path):
     d = tmp_path / "cam"
     d.mkdir()

@@ -236,6 +236,10 @@ class IngestConfig:
                               "(none: no second pass)")
         if self.label_mild_window < 1:
             raise ConfigError(f"ingest.label_mild_window={self.label_mild_window}: must be >= 1")
+        if not self.frame_rate > 0:
+            raise ConfigError(f"ingest.frame_rate={self.frame_rate}: must be > 0")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"ingest.max_frames={self.max_frames}: must be >= 1 (or none: all)")
         if self.protocol not in ("auto", "paper", "camera"):
             raise ConfigError(f"ingest.protocol={self.protocol!r}: use 'auto', 'paper' or "
                               "'camera'")

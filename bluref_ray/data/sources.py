@@ -108,15 +108,34 @@ def _frame_number(uri: str, position: int) -> int:
     return int(m.group(1)) if m else position
 
 
-def _numbered(files: list[str]) -> dict[str, tuple[int, str]]:
-    """stem → (frame index, uri), indices from the trailing digits of the name."""
-    files = sorted(files)
-    return {f.rsplit("/", 1)[-1].rsplit(".", 1)[0]: (_frame_number(f, i), f)
-            for i, f in enumerate(files)}
+#: Frame numbers above this are not frame numbers but times (epoch milliseconds, ROS
+#: nanoseconds): 10⁷ frames are 93 hours at 30 fps.
+MAX_FRAME_NUMBER = 10**7
+
+
+def _numbered(*roles: list[str]) -> list[dict[str, tuple[int, str]]]:
+    """Per list of files (a tree's blur/ and sharp/, or one folder): stem → (frame index, uri).
+
+    The index is the number the name ends with (``000123.png``, ``frame_123.jpg``), shared by
+    the files of one stem across the lists. Where those numbers cannot be frame indices (names
+    that are times, above :data:`MAX_FRAME_NUMBER`; two names with one number, such as
+    ``front_0001`` and ``rear_0001`` or ``0002.png`` and ``0002.jpg``), every file keeps its
+    place instead: the index is its stem's rank in (number, name) order, so that no file is
+    dropped and ``ingest.delta`` still counts frames.
+    """
+    stems = [{f.rsplit("/", 1)[-1]: f for f in files} for files in roles]  # name → uri
+    names = sorted({n for r in stems for n in r})
+    stem_of = {n: n.rsplit(".", 1)[0] if len(roles) > 1 else n for n in names}
+    number = {st: _frame_number(st, i) for i, st in enumerate(sorted(set(stem_of.values())))}
+    if (max(number.values(), default=0) > MAX_FRAME_NUMBER
+            or len(set(number.values())) < len(number)):
+        number = {st: i for i, st in enumerate(sorted(number, key=lambda st: (number[st], st)))}
+    return [{stem_of[n]: (number[stem_of[n]], uri) for n, uri in sorted(r.items())}
+            for r in stems]
 
 
 def _tree_clip(rel: str, seq_uri: str, blur_files: list[str], sharp_files: list[str]) -> Clip:
-    blur, sharp = _numbered(blur_files), _numbered(sharp_files)
+    blur, sharp = _numbered(blur_files, sharp_files)
     files = [FrameFile(idx, "blurry", uri, sharp[stem][1] if stem in sharp else None)
              for stem, (idx, uri) in blur.items()]
     files += [FrameFile(idx, "sharp", uri) for idx, uri in sharp.values()]
@@ -143,14 +162,16 @@ def discover(source: str, storage_cfg: StorageConfig | None = None) -> list[Clip
         elif ext in IMAGE_EXTENSIONS:
             by_dir[storage.parent(f)].append(f)
     used: set[str] = set()
+    children: dict[str, dict[str, str]] = defaultdict(dict)  # folder → lower-case name → folder
+    for d in by_dir:
+        children[storage.parent(d)][storage.basename(d).lower()] = d
     for d in sorted(by_dir):
         name, seq = storage.basename(d).lower(), storage.parent(d)
         if name in BLUR_DIRS + ALT_BLUR_DIRS:
-            if name in ALT_BLUR_DIRS and any(storage.join(seq, b) in by_dir for b in BLUR_DIRS):
+            if name in ALT_BLUR_DIRS and any(b in children[seq] for b in BLUR_DIRS):
                 used.add(d)  # GoPro ships blur and blur_gamma; use blur
                 continue
-            sharp_dir = next((storage.join(seq, s) for s in SHARP_DIRS
-                              if storage.join(seq, s) in by_dir), None)
+            sharp_dir = next((children[seq][s] for s in SHARP_DIRS if s in children[seq]), None)
             if sharp_dir:
                 clips.append(_tree_clip(_rel(seq, root), seq, by_dir[d], by_dir[sharp_dir]))
                 used.update((d, sharp_dir))
@@ -164,7 +185,7 @@ def discover(source: str, storage_cfg: StorageConfig | None = None) -> list[Clip
                 clips.append(_tree_clip(rel.strip("/"), d, by_dir[d], by_dir[sharp_dir]))
                 used.update((d, sharp_dir))
     for d in sorted(set(by_dir) - used):
-        numbered = _numbered(by_dir[d])
+        (numbered,) = _numbered(by_dir[d])
         files_ = sorted((FrameFile(idx, "", uri) for idx, uri in numbered.values()),
                         key=lambda f: f.index)
         clips.append(Clip(make_clip_id(_rel(d, root)), "images", d, files_))

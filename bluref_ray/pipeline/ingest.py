@@ -50,6 +50,7 @@ from bluref_ray.data.sharpness import (
     widen_blurry,
 )
 from bluref_ray.data.sources import Clip, Frame, Reject, discover, read_frames
+from bluref_ray.data.video import VIDEO_EXTENSIONS
 from bluref_ray.pipeline.common import Progress, delete_leftovers, prepare_out
 from bluref_ray.storage import StorageConfig
 
@@ -270,7 +271,7 @@ def run_ingest(sources: list[str], out: str, cfg: Config,
         clips += found
     if not clips:
         raise storage.StorageNotFoundError(
-            f"no videos ({', '.join(('mp4', 'avi', 'mov', 'mkv'))}) or frame folders found "
+            f"no videos ({', '.join(e[1:] for e in VIDEO_EXTENSIONS)}) or frame folders found "
             f"under {', '.join(sources)}")
     dupes = [k for k, v in Counter(c.clip_id for c in clips).items() if v > 1]
     if dupes:
