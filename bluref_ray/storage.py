@@ -240,6 +240,10 @@ def raise_if_unreachable(e: BaseException, op: str, uri: str,
 T = TypeVar("T")
 
 
+#: An attempt that ran this long before failing reached the storage meanwhile (seconds).
+PROGRESS_S = 60.0
+
+
 def retry_while_unreachable(fn: Callable[[], T], cfg: StorageConfig | None) -> T:
     """``fn()``, started again while it raises :class:`StorageUnreachableError`, with backoff
     from 0.5 s to 10 s, for up to ``storage.outage_s``; then one error that says so. For work
@@ -247,10 +251,15 @@ def retry_while_unreachable(fn: Callable[[], T], cfg: StorageConfig | None) -> T
     limit = (cfg or DEFAULT).resolved().outage_s
     t0, delay = None, 0.5
     while True:
+        started = time.monotonic()
         try:
             return fn()
         except StorageUnreachableError as e:
-            t0 = t0 if t0 is not None else time.monotonic()  # the outage's start, not fn's
+            if t0 is None or time.monotonic() - started > PROGRESS_S:
+                # the outage's start, not fn's; an attempt that ran for minutes got through
+                # for a while: its failure starts a new outage (two blips an hour apart in
+                # one long video are not one outage of an hour)
+                t0, delay = time.monotonic(), 0.5
             waited = time.monotonic() - t0
             if "(storage.outage_s)" in str(e):
                 raise  # retried already, within fn

@@ -179,6 +179,24 @@ def test_outage_retries_count_from_the_first_failure_and_give_up_once():
     assert storage.retry_while_unreachable(slow_then_down_once, cfg) == "done"
     assert len(calls) == 2
 
+    # two blips far apart (a retry that worked for a long while in between) are two outages
+    calls.clear()
+
+    def blip_work_blip():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            time.sleep(1.5)  # works for longer than the window, then meets a second blip
+        if len(calls) <= 2:
+            raise storage.StorageUnreachableError("s3://b/k: down")
+        return "done"
+
+    old, storage.PROGRESS_S = storage.PROGRESS_S, 1.0
+    try:
+        assert storage.retry_while_unreachable(blip_work_blip, cfg) == "done"
+    finally:
+        storage.PROGRESS_S = old
+    assert len(calls) == 3
+
     def always_down():
         raise storage.StorageUnreachableError("s3://b/k: down")
 
