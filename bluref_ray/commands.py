@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -434,6 +435,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("best: none (no trial ran to the end)")
     print(f"written: {storage.join(spec.out, 'results.md')}, results.csv, best.json, "
           f"{', '.join(s['plots']) or 'no plots'} and {s['report']}")
+    if s.get("unfinished"):
+        print(f"bluref sweep: interrupted with {s['unfinished']} trial(s) unfinished: the "
+              "results above are partial; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

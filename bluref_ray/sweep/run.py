@@ -97,8 +97,12 @@ def run_sweep(spec: SweepSpec, log: Callable[[str], None] = print, overwrite: bo
                                       storage_filesystem=fs, verbose=verbose))
     grid = tuner.fit()
     ray.kill(cache_actor)
-    log("[sweep] 3/3 results")
+    # Tune takes Ctrl+C itself: it stops the trials and returns; those it stopped are neither
+    # terminated nor errored
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    log("[sweep] 3/3 results" + (f" (interrupted: {unfinished} trial(s) unfinished; the same "
+                                 "command resumes them)" if unfinished else ""))
     rows = result_rows(grid, spec, base, cache, icfg.ingest, sc)
     summary = write_results(spec, rows, sc)
-    summary.update(seconds=time.time() - t0, metric=spec.metric)
+    summary.update(seconds=time.time() - t0, metric=spec.metric, unfinished=unfinished)
     return summary
