@@ -86,15 +86,17 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
+def _build(cls: type, data: dict | None, where: str) -> Any:
+    if data is None:  # a section whose keys are all commented out
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = section_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(names))}")
+        what = f"{where}: unknown key(s)" if where else "unknown section(s)"
+        raise ConfigError(f"{what} {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -127,7 +129,6 @@ def load_config(path: str | None = None, overrides: list[str] | dict | None = No
         ConfigError: naming the file and key that is wrong.
     """
     data: dict = {}
-    where = path or "<defaults>"
     if path:
         try:
             text = storage.read_text(path)
@@ -146,8 +147,11 @@ def load_config(path: str | None = None, overrides: list[str] | dict | None = No
     try:
         cfg = _build(Config, data, "")
         return cfg.validate()
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:  # name where the wrong value came from: --set, or the file
+        given = next((k for k, _ in items if str(e).startswith(k)), None)
+        if given is not None:
+            raise ConfigError(f"--set {e}") from None
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
 
 
 def _split_override(text: str) -> tuple[str, str]:

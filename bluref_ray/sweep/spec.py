@@ -269,7 +269,9 @@ def param_space(spec: SweepSpec) -> dict:
 
 
 def spec_hash(spec: SweepSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True, default=str).encode()
+    """What a resumed sweep must keep: everything but how many trials run at once."""
+    kept = {k: v for k, v in spec.to_json().items() if k != "concurrency"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]
 
 
