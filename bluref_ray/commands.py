@@ -414,7 +414,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep(args.config, {"out": args.out, "data": args.data, "val": args.val,
                                     "samples": args.samples, "concurrency": args.concurrency},
-                      args.overrides)
+                      [*args.overrides, *(["ray.quiet=true"] if args.quiet else [])])
     from bluref_ray.sweep.spec import base_config
     from bluref_ray.writer import exclusive_output
 
@@ -456,7 +456,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from bluref_ray.demo import DEMO_SETTINGS, run_demo
 
     explicit = [f"{k}={v}" for k, v in vars(args).items() if "." in k]
-    cfg = load_config(args.config, [*DEMO_SETTINGS, *args.overrides, *explicit])
+    quiet = ["ray.quiet=true"] if args.quiet else []
+    cfg = load_config(args.config, [*DEMO_SETTINGS, *args.overrides, *explicit, *quiet])
     s = run_demo(args.out, cfg, log=_log(args))
     print(f"\nbluref demo finished in {s['seconds'] / 60:.1f} min")
     print(s["markdown"])

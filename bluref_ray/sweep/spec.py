@@ -269,8 +269,10 @@ def param_space(spec: SweepSpec) -> dict:
 
 
 def spec_hash(spec: SweepSpec) -> str:
-    """What a resumed sweep must keep: everything but how many trials run at once."""
+    """What a resumed sweep must keep: everything but how many trials run at once and how Ray
+    runs and prints (``ray.*``: --quiet, the address)."""
     kept = {k: v for k, v in spec.to_json().items() if k != "concurrency"}
+    kept["set"] = {k: v for k, v in kept["set"].items() if not k.startswith("ray.")}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()
                           ).hexdigest()[:12]
 
