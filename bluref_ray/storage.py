@@ -409,14 +409,41 @@ def read_text(uri: str, cfg: StorageConfig | None = None) -> str:
 
 def upload_file(local_path: str, uri: str, cfg: StorageConfig | None = None) -> None:
     """Copy a local file to ``uri`` atomically, streaming (memory does not grow with its size);
-    started again from the local file while S3 cannot be reached (``storage.outage_s``)."""
+    started again from the local file while S3 cannot be reached (``storage.outage_s``). On S3
+    one multipart upload to the key itself, so there is no size limit (a server-side copy of a
+    temporary object stops at 5 GiB)."""
     _upload(uri, local_path, cfg)
 
 
 @outlasts_outages
 def _upload(uri: str, local_path: str, cfg: StorageConfig | None) -> None:
-    with open(local_path, "rb") as src, errors("write", uri, cfg), open_atomic(uri, cfg) as dst:
-        shutil.copyfileobj(src, dst, length=8 << 20)
+    uri = normalize(uri)
+    if not is_s3(uri):
+        with open(local_path, "rb") as src, errors("write", uri, cfg), \
+                open_atomic(uri, cfg) as dst:
+            shutil.copyfileobj(src, dst, length=8 << 20)
+        return
+    # Straight to the key: a multipart upload is visible only once complete (a kill leaves
+    # nothing), and a temporary object's move is a server-side copy, which S3 refuses past
+    # 5 GiB (a long video could never be written). The size is checked after: a failed upload
+    # that the stream completed anyway is deleted, never left as a finished file.
+    fs, path = resolve(uri, cfg)
+    fs = _s3((cfg or DEFAULT).resolved(), background_writes=False)
+    size = os.path.getsize(local_path)
+    with open(local_path, "rb") as src, errors("write", uri, cfg):
+        try:
+            with fs.open_output_stream(path) as dst:
+                shutil.copyfileobj(src, dst, length=8 << 20)
+            written = fs.get_file_info(path).size
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if fs.get_file_info(path).size != size:
+                    fs.delete_file(path)
+            raise
+    if written != size:
+        with contextlib.suppress(Exception):
+            fs.delete_file(path)
+        raise StorageError(f"write {uri}: {written} of {size} bytes arrived; deleted")
 
 
 @outlasts_outages
