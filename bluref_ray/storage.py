@@ -353,7 +353,8 @@ def open_atomic(uri: str, cfg: StorageConfig | None = None) -> Iterator[BinaryIO
     """
     uri = normalize(uri)
     fs, path = resolve(uri, cfg)
-    tmp_name = f".{basename(uri)}.{uuid.uuid4().hex[:8]}.tmp"
+    # (the name cut to fit the 255-byte limit of a file name with the 15 bytes added)
+    tmp_name = f".{basename(uri).encode()[:200].decode(errors='ignore')}.{uuid.uuid4().hex[:8]}.tmp"
     if is_s3(uri):
         fs = _s3((cfg or DEFAULT).resolved(), background_writes=False)
         tmp = f"{path.rsplit('/', 1)[0]}/{tmp_name}"
