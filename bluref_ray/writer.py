@@ -71,16 +71,29 @@ def _busy(out: str, other: dict, ttl_s: float) -> OutputBusyError:
 
 
 def _claim_local(uri: str, me: dict) -> bool:
-    """Create ``uri`` exclusively; False if it exists."""
+    """Create ``uri`` exclusively, whole: the claim is written to a file of its own first and
+    linked to ``uri`` (an empty file created first could be read by a second command as no
+    claim, and replaced, while the first writes into it); False if ``uri`` exists."""
     path = storage.resolve(uri)[1]
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    mine = f"{path}.{me['owner']}"
+    with open(mine, "w") as f:
+        json.dump(me, f)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(mine, path)
+        return True
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
-    return True
+    except OSError:  # a file system without hard links: create exclusively, then fill
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    finally:
+        os.remove(mine)
 
 
 @contextlib.contextmanager
