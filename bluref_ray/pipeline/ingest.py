@@ -183,9 +183,9 @@ def clip_protocol(clip: Clip, rows: list[dict], cfg: IngestConfig) -> str:
 
 
 def _indices(clip: Clip, rows: list[dict], role: str) -> set[int]:
-    """The indices of a role: of the clip's files where it lists them (trees), else of the
-    frames read."""
-    if clip.files:
+    """The indices of a role: of a tree's files (their folder gives the role), else of the
+    frames read (labelled)."""
+    if clip.kind == "tree":
         return {f.index for f in clip.files if f.role == role}
     return {r["frame_index"] for r in rows if r["role"] == role}
 
