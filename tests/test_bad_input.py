@@ -211,7 +211,7 @@ REFUSED = [
     ("config with an unknown section",
      lambda f, p, t, s: ["ingest", s, "--out", str(t / "o"),
                          "--config", _yaml(t, "ingets:\n  delta: 3\n")],
-     r"bad\.yaml: : unknown key\(s\) ingets"),
+     r"bad\.yaml: unknown section\(s\) ingets; known: blur2blur"),
     ("config value of the wrong type",
      lambda f, p, t, s: ["ingest", s, "--out", str(t / "o"),
                          "--config", _yaml(t, "ingest:\n  delta: many\n")],
