@@ -58,7 +58,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _print_ingest(summary: dict) -> None:
-    print(f"ingested {summary['clips']} clips: {summary['frames']} frames "
+    run = summary.get("this_run") or {}
+    resumed = f" ({run['skipped']} done by an earlier run)" if run.get("skipped") else ""
+    print(f"ingested {summary['clips']} clips{resumed}: {summary['frames']} frames "
           f"({summary['blurry']} blurry, {summary['sharp']} sharp), "
           f"{summary['mean_references']:.2f} references per blurry frame "
           f"({', '.join(f'{n} clips {p}' for p, n in summary['protocols'].items())} protocol), "
