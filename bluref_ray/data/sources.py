@@ -126,7 +126,10 @@ def _numbered(*roles: list[str]) -> list[dict[str, tuple[int, str]]]:
     stems = [{f.rsplit("/", 1)[-1]: f for f in files} for files in roles]  # name → uri
     names = sorted({n for r in stems for n in r})
     stem_of = {n: n.rsplit(".", 1)[0] if len(roles) > 1 else n for n in names}
-    number = {st: _frame_number(st, i) for i, st in enumerate(sorted(set(stem_of.values())))}
+    first = {}  # stem → a file name of it (its number read from the whole name)
+    for n in names:
+        first.setdefault(stem_of[n], n)
+    number = {st: _frame_number(first[st], i) for i, st in enumerate(sorted(first))}
     if (max(number.values(), default=0) > MAX_FRAME_NUMBER
             or len(set(number.values())) < len(number)):
         number = {st: i for i, st in enumerate(sorted(number, key=lambda st: (number[st], st)))}
