@@ -237,16 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Settings whose values never go into what a command records (checkpoints, locks).
-SECRETS = ("access_key", "secret_key")
-
-
 def hide_secrets(argv: Sequence[str]) -> list[str]:
     """The command line with the values of the S3 keys replaced by ``<hidden>``: as
     ``--secret-key S``, ``--secret-key=S`` or ``--set storage.secret_key=S``. The command is
     recorded in every exported checkpoint, which people share."""
-    flags = tuple("--" + k.replace("_", "-") for k in SECRETS)
-    keys = tuple(f"storage.{k}=" for k in SECRETS)
+    flags = tuple("--" + k.replace("_", "-") for k in storage.SECRETS)
+    keys = tuple(f"storage.{k}=" for k in storage.SECRETS)
     out, hide_next = [], False
     for a in argv:
         if hide_next:

@@ -31,6 +31,10 @@ from typing import BinaryIO, TypeVar
 
 import pyarrow.fs as pafs
 
+#: The settings of :class:`StorageConfig` that are secrets: never recorded (command lines kept
+#: in checkpoints and locks, a sweep's ``sweep.json``).
+SECRETS = ("access_key", "secret_key")
+
 
 class StorageError(OSError):
     """A storage operation failed; the message names the URI and the cause."""

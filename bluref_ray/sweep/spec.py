@@ -59,7 +59,7 @@ class SweepSpec:
         d = dataclasses.asdict(self)
         d.pop("source")
         d["data"] = list(self.data)
-        d["set"] = {k: "<hidden>" if k.endswith(("access_key", "secret_key")) else v
+        d["set"] = {k: "<hidden>" if k.endswith(storage.SECRETS) else v
                     for k, v in self.set.items()}
         return d
 

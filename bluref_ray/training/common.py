@@ -176,8 +176,9 @@ def prune_checkpoints(out: str, keep: int, storage_cfg: StorageConfig) -> None:
 
 
 #: Training settings that may change between a run and its resumption: how long, where and
-#: how fast it runs, what it reports. Every other setting of a training section is what the
-#: weights and the optimizer state were made with, and a resume must keep it.
+#: how fast it runs, what it reports, and (Blur2Blur) the deblurrer chained after the trained
+#: translator. Every other setting of a training section is what the weights and the optimizer
+#: state were made with, and a resume must keep it.
 RUN_CONTROL = frozenset({
     "steps", "batch_size", "crops_per_frame", "workers", "use_gpu", "cpus_per_worker",
     "threads", "amp", "val", "val_frames", "val_every", "log_every", "checkpoint_every",

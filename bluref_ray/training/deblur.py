@@ -309,7 +309,8 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     storage.check_reachable(pairs, storage_cfg)
     storage.makedirs(out, storage_cfg)
     storage.delete_temporaries(out, storage_cfg, recursive=False)  # a killed run's writes
-    _check_resume(out, pairs, tc, storage_cfg, log)
+    # a run of other settings or pairs in OUT would be resumed, or exported, as this one
+    check_resume(out, {"pairs": storage.normalize(pairs)}, tc, storage_cfg, log, "training")
     resume = latest_checkpoint(out, storage_cfg)
     if resume and checkpoint_step(resume) >= tc.steps:
         log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
@@ -329,12 +330,6 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     fit_task(DeblurTask, tc, out, storage_cfg, datasets={"train": dataset},
              callbacks=callbacks, val=val, quiet=cfg.ray.quiet)
     return finish_training(out, pairs, cfg, time.time() - t0, command, log)
-
-
-def _check_resume(out: str, pairs: str, tc: TrainConfig, storage_cfg: StorageConfig,
-                  log: Callable[[str], None]) -> None:
-    """Refuse to go on in ``out`` from a run of other settings or pairs."""
-    check_resume(out, {"pairs": storage.normalize(pairs)}, tc, storage_cfg, log, "training")
 
 
 def checkpoint_step(step_uri: str) -> int:
