@@ -8,6 +8,7 @@ then ``--config FILE`` (YAML), then ``--set section.key=value``, then explicit `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 from bluref_ray import __version__, commands, storage
 from bluref_ray.config import (
     Blur2BlurConfig,
+    Config,
     ConfigError,
     DeblurConfig,
     IngestConfig,
@@ -85,8 +87,8 @@ def _out(parser: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def _common(parser: argparse.ArgumentParser, *sections: tuple) -> None:
     parser.add_argument("--config", metavar="FILE",
-                        help="YAML config with sections storage, ray, synth, ingest "
-                             "(local path or s3://)")
+                        help="YAML config (local path or s3://) with any of the sections "
+                             + ", ".join(f.name for f in dataclasses.fields(Config)))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override one setting by its dotted name, e.g. ingest.delta=20 "
@@ -94,6 +96,14 @@ def _common(parser: argparse.ArgumentParser, *sections: tuple) -> None:
     for sec in sections:
         _add_section(parser, *sec)
     parser.add_argument("--quiet", action="store_true", help="print only the final result")
+
+
+def _with_default(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A command's own option says its default in its help, unless the help already does."""
+    default, helptext = kwargs.get("default"), kwargs.get("help", "")
+    if default in (None, [], False) or "default" in helptext:
+        return kwargs
+    return {**kwargs, "help": f"{helptext} (default: %(default)s)"}
 
 
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -228,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         short, description = c.texts
         p = sub.add_parser(c.name, help=short, description=description)
         for flags, kwargs in c.args:
-            p.add_argument(*flags, **kwargs)
+            p.add_argument(*flags, **_with_default(kwargs))
         if c.out is not None:
             _out(p, None if c.out is True else c.out)
         if c.sections is not None:

@@ -107,6 +107,19 @@ def _build(cls: type, data: dict | None, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _known_key(dotted: str) -> None:
+    """An override names a known section and key (or the error names the override)."""
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    section, _, key = dotted.partition(".")
+    if section not in sections:
+        raise ConfigError(f"--set {dotted}: unknown section {section!r}; known: "
+                          f"{', '.join(sorted(sections))}")
+    names = sorted(f.name for f in dataclasses.fields(section_types(Config)[section]))
+    if key.split(".")[0] not in names:
+        raise ConfigError(f"--set {dotted}: {section} has no key {key.split('.')[0]!r}; known: "
+                          f"{', '.join(names)}")
+
+
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
@@ -143,6 +156,7 @@ def load_config(path: str | None = None, overrides: list[str] | dict | None = No
     items = overrides.items() if isinstance(overrides, dict) else [
         _split_override(o) for o in (overrides or [])]
     for key, value in items:  # strings are converted by coerce(), by the field's type
+        _known_key(key)
         _set_dotted(data, key, value)
     try:
         cfg = _build(Config, data, "")
