@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
+import av
 import cv2
 import numpy as np
 import pytest
 
 from bluref_ray.config import IngestConfig
 from bluref_ray.data.sources import Reject, discover, read_frames
+from bluref_ray.data.video import decode_frames
 from bluref_ray.pipeline.ingest import ingest_clip
 
 
@@ -154,3 +158,20 @@ def test_broken_videos_are_rejects(tmp_path, payload, expect):
     items = list(read_frames(clip))
     assert len(items) == 1 and isinstance(items[0], Reject)
     assert "bad.mp4" in items[0].reason and expect in items[0].reason
+
+
+def test_video_times_count_from_its_first_frame(tmp_path):
+    """A stream that starts late (a cut from a longer recording, an MPEG-TS clock) gives
+    timestamps from its first frame, as the frames table promises."""
+    path = str(tmp_path / "late.mp4")
+    with av.open(path, "w") as c:
+        stream = c.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = Fraction(1, 25)
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(_img(48, 64, i), format="rgb24")
+            frame.pts = 250 + i  # the recording's clock: 10 s in
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode())
+    times = [f.time for f in decode_frames(path)]
+    assert times == pytest.approx([0.0, 0.04, 0.08, 0.12], abs=1e-6)

@@ -30,8 +30,8 @@ class VideoError(ValueError):
 
 @dataclass
 class DecodedFrame:
-    """One decoded frame: its index in the stream, time in seconds, and RGB pixels, turned
-    upright as the video is meant to be shown (its display rotation applied).
+    """One decoded frame: its index in the stream, time in seconds from the first frame, and RGB
+    pixels, turned upright as the video is meant to be shown (its display rotation applied).
 
     ``colour``: the stream's colour tags (matrix, range, primaries, transfer) as FFmpeg numbers;
     :class:`VideoWriter` encodes and tags its output with them, so that a player shows the
@@ -91,8 +91,11 @@ def decode_frames(uri: str, storage_cfg: StorageConfig | None = None,
             rate = float(stream.average_rate or stream.guessed_rate or 30)
             pix_fmt = stream.codec_context.pix_fmt or "unknown"
             try:
+                start = None  # seconds from the first frame: a stream may start at any time
                 for frame in container.decode(stream):
                     t = frame.time if frame.time is not None else n / rate
+                    start = t if start is None else start
+                    t -= start
                     colour = (frame.colorspace, frame.color_range, frame.color_primaries,
                               frame.color_trc)
                     yield DecodedFrame(n, float(t), _upright(frame), pix_fmt, colour)
