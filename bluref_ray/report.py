@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -248,8 +249,9 @@ def write_report(out_uri: str, title: str, sections: Sequence[dict],
             name, caption = _image_name(image[0]), image[1]
             if len(image) > 2:
                 save_png(storage.join(out_uri, name), image[2], storage_cfg)
-            md.append(f"![{caption}]({name})\n\n*{caption}*\n")
-            body.append(f'<figure><img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+            link = urllib.parse.quote(name)  # names with spaces, '#' or '%' (clip labels)
+            md.append(f"![{caption}]({link})\n\n*{caption}*\n")
+            body.append(f'<figure><img src="{html.escape(link)}" alt="{html.escape(caption)}">'
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
             f"</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body)

@@ -56,7 +56,8 @@ def test_write_report(tmp_path):
                  "columns": [("round", "Round", "{}"), ("psnr", "PSNR (dB)", "{:.2f}"),
                              ("ssim", "SSIM", "{:.3f}")],
                  "images": [("grid.png", "samples"),
-                            ("plots/conf.png", "confidence", np.full((4, 4), 9, np.uint8))]}]
+                            ("plots/conf.png", "confidence", np.full((4, 4), 9, np.uint8)),
+                            ("cam #2 100%.png", "a clip's name", np.zeros((4, 4), np.uint8))]}]
     md_uri, html_uri = write_report(out, "Round 1", sections)
     md, page = open(md_uri).read(), open(html_uri).read()
     for doc in (md, page):
@@ -66,6 +67,8 @@ def test_write_report(tmp_path):
     assert "| Round | PSNR (dB) | SSIM |" in md
     assert cv2.imread(os.path.join(out, "plots", "conf.png")) is not None
     assert os.path.isfile(os.path.join(out, "grid.png"))
+    assert os.path.isfile(os.path.join(out, "cam #2 100%.png"))  # linked by its quoted name
+    assert "(cam%20%232%20100%25.png)" in md and 'src="cam%20%232%20100%25.png"' in page
     with pytest.raises(ValueError, match="heading"):
         write_report(out, "bad", [{"heading": "x", "tabel": "typo"}])
     with pytest.raises(ValueError, match="relative"):
