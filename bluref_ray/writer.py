@@ -46,10 +46,19 @@ def _read(uri: str, cfg: StorageConfig | None) -> dict | None:
         return None  # none, or half-written by a writer killed mid-write: not a live claim
 
 
+def _pid_namespace() -> str:
+    """Which processes a PID names here: containers that share a host name (Docker with the
+    host's network) each have their own PIDs ("" where the system does not say)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _gone(other: dict, ttl_s: float) -> bool:
     if time.time() - float(other.get("heartbeat", 0)) > ttl_s:
         return True
-    if other.get("host") == socket.gethostname():
+    if other.get("host") == socket.gethostname() and other.get("pid_ns") == _pid_namespace():
         try:
             os.kill(int(other.get("pid", 0)), 0)
         except ProcessLookupError:
@@ -111,6 +120,7 @@ def exclusive_output(out: str, cfg: StorageConfig | None = None, command: str = 
     storage.check_reachable(out, cfg)  # a wrong endpoint fails at once, not after retries
     uri = storage.join(out, LOCK)
     me = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+          "pid_ns": _pid_namespace(),
           "command": command or " ".join(sys.argv[:6]), "started": time.time(),
           "heartbeat": time.time()}
     local = not storage.is_s3(out)

@@ -11,12 +11,14 @@ import pytest
 
 from bluref_ray import storage
 from bluref_ray.cli import main
-from bluref_ray.writer import LOCK, OutputBusyError, exclusive_output
+from bluref_ray.writer import LOCK, OutputBusyError, _pid_namespace, exclusive_output
 
 
-def _claim(out, pid: int, host: str | None = None, age_s: float = 0.0) -> None:
+def _claim(out, pid: int, host: str | None = None, age_s: float = 0.0,
+           pid_ns: str | None = None) -> None:
     storage.write_text(storage.join(str(out), LOCK), json.dumps({
         "owner": "other", "host": host or socket.gethostname(), "pid": pid,
+        "pid_ns": _pid_namespace() if pid_ns is None else pid_ns,
         "command": "bluref ingest src", "started": time.time() - age_s,
         "heartbeat": time.time() - age_s}))
 
@@ -59,6 +61,10 @@ def test_a_live_writer_is_named_and_a_dead_one_is_taken_over(tmp_path, other_pro
     _claim(out, dead.pid)  # a killed command of this host: its folder is free at once
     with exclusive_output(str(out)):
         assert json.loads((out / LOCK).read_text())["owner"] != "other"
+    _claim(out, dead.pid, pid_ns="pid:[1]")  # another container with this host name: its
+    with pytest.raises(OutputBusyError):     # PIDs are not ours, only its heartbeat tells
+        with exclusive_output(str(out), ttl_s=60):
+            pass
     _claim(out, 1, host="elsewhere", age_s=10)  # alive on another machine
     with pytest.raises(OutputBusyError, match="on elsewhere"):
         with exclusive_output(str(out), ttl_s=60):
