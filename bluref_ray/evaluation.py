@@ -30,7 +30,7 @@ import torch
 
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError
-from bluref_ray.data.images import as_saved, decode_image, to_float, to_uint8
+from bluref_ray.data.images import ImageError, as_saved, decode_image, to_float, to_uint8
 from bluref_ray.metrics import NIQE_MIN_SIZE
 from bluref_ray.storage import StorageConfig
 
@@ -80,6 +80,20 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _log_left_out(rows: list[dict], methods: list[str], log: Callable[[str], None]) -> None:
+    """Say which frames no method could score (unreadable) and where a model's output was not
+    finite (its scores are over the other frames: the table's ``frames`` column)."""
+    unreadable = sum("unreadable" in r for r in rows)
+    if unreadable:
+        log(f"[eval] {unreadable} of {len(rows)} frames could not be read; every method is "
+            "scored over the others")
+    for m in methods:
+        failed = sum(bool(r[m].get("failed")) for r in rows)
+        if failed:
+            log(f"[eval] {m}: output not finite (NaN or inf) on {failed} of {len(rows)} frames; "
+                "scored over the others")
+
+
 def _scored_frames(blurry: dict[str, list], data: list[str],
                    log: Callable[[str], None]) -> dict[str, int]:
     """How many frames each metric scored (PSNR/SSIM need the ground truth, NIQE a frame of
@@ -115,6 +129,10 @@ def _run_key(models: dict[str, str], nets: dict, frames: list[dict], refs: dict,
     another), frames, references, tiling, pseudo-GT, grids and the device (bfloat16 on CUDA)."""
     weights = {k: float(sum(p.detach().double().sum() for p in n.parameters()))
                for k, n in nets.items()}
+    from bluref_ray.models import resolve_checkpoint
+
+    models = {k: resolve_checkpoint(v, cfg.storage.resolved()) for k, v in models.items()}
+    pairs = storage.normalize(pairs) if pairs else None  # the same files however spelled
     what = {"models": models, "weights": weights, "frames": frames, "refs": refs,
             "tile": cfg.deblur.tile, "overlap": cfg.deblur.tile_overlap, "pairs": pairs,
             "grids": grids, "device": device.type}
@@ -164,18 +182,26 @@ def _score_frame(f: dict, nets: dict, refs: dict, metrics, cfg: Config,
             pred = net(x, ref) if getattr(net, "takes_reference", False) else \
                 tiled_forward(net, x, tile=cfg.deblur.tile, overlap=cfg.deblur.tile_overlap)
         outputs[label] = as_saved(pred)
+    failed = [m for m, o in outputs.items() if not bool(torch.isfinite(o).all())]
     row = {"uri": f["uri"], "gt_uri": f["gt_uri"], "reference": refs.get(f["uri"])}
     # all methods of a frame in one batch: pyiqa's SSIM (float64 filters) dominates on CPU
-    batch = torch.cat(list(outputs.values()))
+    batch = torch.cat([x if m in failed else o for m, o in outputs.items()])  # scores dropped
     truth = y.expand_as(batch) if y is not None else None
     none = [None] * len(outputs)
     psnr = metrics.psnr(batch, truth).tolist() if truth is not None else none
     ssim = metrics.ssim(batch, truth).tolist() if truth is not None else none
     niqe = [None if math.isnan(v) else v for v in metrics.niqe(batch).tolist()] \
         if min(batch.shape[-2:]) >= NIQE_MIN_SIZE else none  # NaN: a flat frame
-    for i, m in enumerate(outputs):
-        row[m] = {"psnr": psnr[i], "ssim": ssim[i], "niqe": niqe[i]}
+    for i, m in enumerate(outputs):  # a model's NaN/inf output: no score, counted as failed
+        row[m] = {"psnr": None, "ssim": None, "niqe": None, "failed": True} if m in failed \
+            else {"psnr": psnr[i], "ssim": ssim[i], "niqe": niqe[i]}
     return row, outputs, blurry, gt
+
+
+def _unreadable(f: dict, methods: list[str], error: ImageError) -> dict:
+    """The row of a frame (or its truth or reference) that cannot be decoded: no scores."""
+    return {"uri": f["uri"], "gt_uri": f["gt_uri"], "unreadable": str(error),
+            **{m: {"psnr": None, "ssim": None, "niqe": None} for m in methods}}
 
 
 @torch.no_grad()
@@ -235,7 +261,13 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
             continue
         rows = []
         for n in range(first, min(first + CHUNK, len(frames))):
-            row, outputs, blurry, gt = _score_frame(frames[n], nets, refs, metrics, cfg, device)
+            try:
+                row, outputs, blurry, gt = _score_frame(frames[n], nets, refs, metrics, cfg,
+                                                        device)
+            except ImageError as e:  # one broken file: left out, named, the rest scored
+                log(f"[eval] left out: {e}")
+                rows.append(_unreadable(frames[n], methods, e))
+                continue
             rows.append(row)
             if n < grids:  # saved at once: a resumed run skips this frame
                 ps = pseudo.get(frames[n]["uri"])
@@ -249,13 +281,15 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
     scores = {m: {k: [r[m][k] for r in per_frame] for k in ("psnr", "ssim", "niqe")}
               for m in methods}
     table = [{"method": m, **{k: _mean(v) for k, v in scores[m].items()},
-              "frames": len(frames)} for m in methods]
+              "frames": sum("unreadable" not in r and not r[m].get("failed") for r in per_frame)}
+             for m in methods]
+    _log_left_out(per_frame, methods, log)
     scored = _scored_frames(scores["blurry"], data, log)
     result = {"methods": table, "frames": per_frame, "models": models, "data": data,
               "reference": reference if refs else None, "scored_frames": scored}
     storage.write_text(storage.join(out, "eval.json"), json.dumps(result, indent=1), sc)
     images = [(_grid_name(i), f"{frames[i]['clip_id']} frame {frames[i]['index']}")
-              for i in range(min(grids, len(frames)))]
+              for i in range(min(grids, len(frames))) if "unreadable" not in per_frame[i]]
     sections = [{"heading": "Metrics", "rows": table, "columns": COLUMNS,
                  "text": f"{len(frames)} frames of {', '.join(data)}. PSNR and SSIM on RGB "
                          f"against the ground truth, over the {scored['psnr']} frames that "

@@ -174,7 +174,7 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     """PSNR in dB (data range 1) of each image over the pixels in ``mask`` (e.g. confident ones).
 
     A float mask weights the pixels, a bool mask selects them (in every channel). Images whose
-    mask is empty get NaN; a zero error gives ``max_db``.
+    mask is empty get NaN, as do NaN predictions; a zero error gives ``max_db``.
 
     Shape:
         pred, target ``[B, C, H, W]``, mask ``[B, 1, H, W]`` or ``[B, H, W]`` → ``[B]`` float32.
@@ -186,5 +186,5 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     total = weight.expand_as(err).sum(dim=(1, 2, 3))
     mse = err.sum(dim=(1, 2, 3)) / total.clamp_min(1e-12)
     psnr = 10.0 * torch.log10(1.0 / mse.clamp_min(1e-300))
-    psnr = torch.where(mse > 0, psnr, torch.full_like(psnr, max_db))
-    return torch.where(total > 0, psnr, torch.full_like(psnr, math.nan)).float()
+    psnr = torch.where(mse > 0, psnr, torch.full_like(psnr, max_db))  # NaN error stays NaN
+    return torch.where((total > 0) & ~mse.isnan(), psnr, torch.full_like(psnr, math.nan)).float()

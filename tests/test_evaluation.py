@@ -100,3 +100,40 @@ def test_killed_eval_resumes_and_writes_the_results_of_an_uninterrupted_run(tiny
     for grid in full.glob("grid_*.png"):
         assert (out / grid.name).read_bytes() == grid.read_bytes()
     assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".")]
+
+
+def test_a_broken_frame_and_a_diverged_model_are_left_out_and_said(tiny_data, tiny_model,
+                                                                    tmp_path, monkeypatch):
+    """One unreadable frame is left out (named), not a crash; a model whose output is NaN is
+    scored over no frame, not as a perfect one; eval.json stays strict JSON; the same files
+    given by a relative path resume the run's scores."""
+    import shutil
+
+    data = tmp_path / "test"
+    shutil.copytree(f"{tiny_data}/test", data)
+    frames = eval_frames([str(data)], 4, None)
+    with open(frames[1]["uri"], "wb") as f:
+        f.write(b"\x89PNG truncated")
+    broken = build_model("nafnet-tiny")
+    with torch.no_grad():
+        for p in broken.parameters():
+            p.fill_(float("nan"))
+    nan_uri = str(tmp_path / "nan.pt")
+    save_checkpoint(broken, nan_uri, "nafnet", {"width": 16, "enc_blocks": [1, 1, 2],
+                                                "middle_blocks": 2, "dec_blocks": [1, 1, 1]})
+    logs: list[str] = []
+    r = evaluate({"good": tiny_model, "nan": nan_uri}, [str(data)], str(tmp_path / "e"),
+                 Config(), max_frames=4, log=logs.append)
+    by = {m["method"]: m for m in r["methods"]}
+    assert by["blurry"]["frames"] == by["good"]["frames"] == 3 and by["nan"]["frames"] == 0
+    assert by["nan"]["psnr"] is None and np.isfinite(by["good"]["psnr"])
+    assert any("left out" in m and os.path.basename(frames[1]["uri"]) in m for m in logs)
+    assert any("nan: output not finite (NaN or inf) on 3 of 4 frames" in m for m in logs)
+    json.loads((tmp_path / "e" / "eval.json").read_text(),
+               parse_constant=lambda c: pytest.fail(f"{c} in eval.json"))
+    monkeypatch.chdir(tmp_path)
+    logs = []
+    evaluate({"good": os.path.relpath(tiny_model), "nan": "nan.pt"}, ["test"], "e", Config(),
+             max_frames=4, log=logs.append)
+    assert "4 already scored" in logs[0]
+    assert "grid_01.png" not in (tmp_path / "e" / "report.md").read_text()  # no picture

@@ -105,3 +105,5 @@ def test_masked_psnr_over_the_masked_pixels_only():
     assert torch.isnan(got[2])  # an empty mask
     weights = mask[:, None].float() * 0.5  # a float mask weights: uniform weights, same PSNR
     assert masked_psnr(pred, target, weights)[0].item() == pytest.approx(got[0].item(), abs=1e-4)
+    diverged = torch.full_like(pred, float("nan"))  # a diverged model is not a perfect one
+    assert masked_psnr(diverged, target, mask)[:2].isnan().all()
