@@ -88,6 +88,18 @@ def test_deterministic_for_a_seed(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "a/train/clip_0000/sharp/000000.png").read_bytes() != (
         tmp_path / "c/train/clip_0000/sharp/000000.png").read_bytes()
+    # the same settings again: the same files; other settings into the same folder: refused,
+    # naming what changed, and nothing of the dataset there is touched
+    assert synthesize(str(tmp_path / "a"), cfg, log=lambda _m: None)["clips"] == a["clips"]
+    before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=rf"holds a dataset made with other settings \(seed: "
+                                          rf"{cfg.seed} there, {cfg.seed + 1} now\)"):
+        synthesize(str(tmp_path / "a"), dataclasses.replace(cfg, seed=cfg.seed + 1),
+                   log=lambda _m: None)
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no manifest.json: not a dataset of bluref synth"):
+        synthesize(str(tmp_path / "mine"), cfg, log=lambda _m: None)
 
 
 def test_blurry_share_and_exposures(tmp_path):

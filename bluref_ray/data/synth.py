@@ -230,11 +230,15 @@ def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = N
     cfg.validate()
     cfg = cfg.resolved()
     out = storage.normalize(out)
+    manifest: dict = {"generator": "bluref synth", "config": asdict(cfg), "clips": []}
+    _same_dataset(out, manifest["config"], storage_cfg)
     storage.makedirs(out, storage_cfg)
+    # written first, as unfinished: a killed run leaves a record of the settings its files have
+    storage.write_text(storage.join(out, "manifest.json"),
+                       json.dumps({**manifest, "unfinished": True}, indent=1), storage_cfg)
     source = _read_source_video(cfg, storage_cfg) if cfg.video else None
     clips_wanted = [(s, n) for s, count in zip(SPLITS, (cfg.train_clips, cfg.test_clips))
                     for n in range(count)]
-    manifest: dict = {"generator": "bluref synth", "config": asdict(cfg), "clips": []}
     offset = 0
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -264,6 +268,30 @@ def synthesize(out: str, cfg: SynthConfig, storage_cfg: StorageConfig | None = N
     storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=1),
                        storage_cfg)
     return manifest
+
+
+def _same_dataset(out: str, config: dict, storage_cfg: StorageConfig | None) -> None:
+    """Refuse to write over a dataset of other settings: its frames, kept where the new plan
+    writes none (an index sharp now, blurry then; a clip fewer), would pair with the new ones.
+    The same settings make the same files, so a run again (a killed one too) rewrites them."""
+    try:
+        old = json.loads(storage.read_text(storage.join(out, "manifest.json"), storage_cfg))
+    except storage.StorageNotFoundError:
+        if any(storage.exists(storage.join(out, d), storage_cfg) for d in (*SPLITS, "videos")):
+            raise ConfigError(f"{out} holds {'/'.join(SPLITS)}/ or videos/ folders but no "
+                              "manifest.json: not a dataset of bluref synth; choose another "
+                              "--out or delete them") from None
+        return
+    except ValueError:
+        old = {}
+    now = json.loads(json.dumps(config))  # as JSON reads it back (tuples become lists)
+    then = old.get("config", {}) if isinstance(old, dict) else {}
+    changed = [f"{k}: {then.get(k)!r} there, {v!r} now" for k, v in now.items()
+               if then.get(k) != v]
+    if changed:
+        raise ConfigError(f"{out} holds a dataset made with other settings ({'; '.join(changed)})"
+                          "; its files would mix with the new ones: choose another --out or "
+                          "delete it")
 
 
 def held_out_scenes(cfg: SynthConfig, clips: list[dict]) -> list[str]:
