@@ -163,6 +163,8 @@ def _checkpoint(tmp_path, name: str, what: str) -> str:
         path.write_bytes(b"")
     elif what == "kernel":
         save_checkpoint(build_model("kernel-tiny"), str(path), "kernel-tiny", {})
+    elif what == "refnet":
+        save_checkpoint(build_model("refnafnet-tiny"), str(path), "refnafnet-tiny", {})
     elif what == "matcher":
         from importlib import resources
 
@@ -261,6 +263,10 @@ REFUSED = [
      lambda f, p, t, s: ["eval", s, "--model", _checkpoint(t, "matcher.pt", "matcher"),
                          "--out", str(t / "o")],
      r"matcher\.pt: a 'dense-matcher' checkpoint, not a deblurrer"),
+    ("a Ref-NAFNet as the deblurrer whose output is matched",
+     lambda f, p, t, s: ["pseudo-gt", f, "--out", str(t / "o"), "--set",
+                         f"pseudo_gt.deblurrer={_checkpoint(t, 'ref.pt', 'refnet')}"],
+     r"pseudo_gt\.deblurrer: .*ref\.pt is a Ref-NAFNet, which reads a reference frame"),
     ("checkpoint that does not exist",
      lambda f, p, t, s: ["deblur", str(t / "nope.pt"), s, "--out", str(t / "o")],
      r"nope\.pt.*not found"),

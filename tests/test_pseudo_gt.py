@@ -351,3 +351,26 @@ def test_the_torch_path_runs_on_the_cpu_against_the_dis_path(tiny_frames):
     assert abs(c_torch - c_dis) < 0.03, gains
     g_second, c_second = gains["dis+torch second match"]
     assert g_second > g_dis - 0.3 and abs(c_second - c_dis) < 0.03, gains
+
+
+def test_a_window_redone_without_rejects_drops_the_old_ones_and_a_lost_truth_is_no_crash(
+        tmp_path):
+    """A killed window's rejects (written before its shard) do not outlive a redo that has
+    none (the frame would count as a pair and a reject); a ground truth that is gone or broken
+    leaves only the quality figure out."""
+    from bluref_ray.pipeline.pairs import _psnr_on_confident, write_window
+
+    out = str(tmp_path)
+    reject = {"clip_id": "c", "frame_id": "c:blurry:000001", "frame_index": 1,
+              "source_uri": "x.png", "reason": "x.png: missing"}
+    write_window(out, "w0", [], [reject], None)
+    assert (tmp_path / "rejects" / "w0.parquet").exists()
+    write_window(out, "w0", [], [], None)
+    assert not (tmp_path / "rejects" / "w0.parquet").exists()
+    frame = np.zeros((8, 8, 3), np.uint8)
+    conf = np.full((8, 8), 255, np.uint8)
+    assert _psnr_on_confident(str(tmp_path / "gone.png"), frame, frame, conf, 0.7,
+                              None) == (None, None)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    assert _psnr_on_confident(str(tmp_path / "broken.png"), frame, frame, conf, 0.7,
+                              None) == (None, None)

@@ -17,7 +17,7 @@ import torch
 
 from bluref_ray import schema, storage
 from bluref_ray.config import PseudoGTConfig
-from bluref_ray.data.images import decode_image, encode_png, to_float, to_uint8
+from bluref_ray.data.images import ImageError, decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.windows import Window
 from bluref_ray.fusion import Align, Check, aligner, dis_rematch, fuse, torch_rematch
 from bluref_ray.losses import confidence_level
@@ -166,8 +166,12 @@ def _psnr_on_confident(gt_uri: str, blurry: np.ndarray, pseudo: np.ndarray, conf
                        tau: float, storage_cfg: StorageConfig | None
                        ) -> tuple[float | None, float | None]:
     """PSNR of the pseudo-sharp image and of the blurry frame against the ground truth, over
-    the pixels stored as confident; ``None`` where the truth has another size or no pixel is."""
-    gt, _ = decode_image(storage.read_bytes(gt_uri, storage_cfg), gt_uri)
+    the pixels stored as confident; ``None`` where the truth has another size, cannot be read
+    (a figure only: the pair is made all the same) or no pixel is."""
+    try:
+        gt, _ = decode_image(storage.read_bytes(gt_uri, storage_cfg), gt_uri)
+    except (storage.StorageNotFoundError, ImageError):
+        return None, None
     mask = torch.from_numpy(conf_u8 >= confidence_level(tau))
     if gt.shape != blurry.shape or not mask.any():
         return None, None
@@ -182,9 +186,13 @@ def shard_uri(out: str, name: str) -> str:
 
 def write_window(out: str, shard: str, rows: list[dict], rejects: list[dict],
                  storage_cfg: StorageConfig | None) -> None:
-    """Rejects first, then the shard: the shard's presence marks the window done."""
+    """Rejects first, then the shard: the shard's presence marks the window done. A window
+    redone without rejects deletes those of an earlier, killed try (its cause since fixed)."""
+    uri = storage.join(out, "rejects", f"{shard}.parquet")
     if rejects:
-        schema.write_table(pa.Table.from_pylist(rejects, schema=schema.PSEUDO_REJECTS),
-                           storage.join(out, "rejects", f"{shard}.parquet"), storage_cfg)
+        schema.write_table(pa.Table.from_pylist(rejects, schema=schema.PSEUDO_REJECTS), uri,
+                           storage_cfg)
+    else:
+        storage.delete(uri, storage_cfg)
     schema.write_table(pa.Table.from_pylist(rows, schema=schema.PSEUDO_PAIRS),
                        shard_uri(out, shard), storage_cfg)

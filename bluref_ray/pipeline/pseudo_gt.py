@@ -151,12 +151,16 @@ def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
         from bluref_ray.models import load_image_model
 
         try:
-            load_image_model(pg.deblurrer, storage_cfg)
+            model = load_image_model(pg.deblurrer, storage_cfg)[0]
         except storage.StorageNotFoundError:
             raise ConfigError(f"pseudo_gt.deblurrer: checkpoint {pg.deblurrer} does not "
                               "exist") from None
         except ValueError as e:
             raise ConfigError(f"pseudo_gt.deblurrer: {e}") from None
+        if getattr(model, "takes_reference", False):
+            raise ConfigError(f"pseudo_gt.deblurrer: {pg.deblurrer} is a Ref-NAFNet, which reads "
+                              "a reference frame; matching needs a deblurrer of the blurry frame "
+                              "alone (a model.pt of bluref train or refine)")
 
 
 def load_task(batch: dict[str, np.ndarray], pg: PseudoGTConfig, done: frozenset,
