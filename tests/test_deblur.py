@@ -244,6 +244,13 @@ def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "a.txt").write_text("x")
     with pytest.raises(ValueError, match="empty"):
         plan([str(tmp_path / "empty")], str(tmp_path / "out"))
+    (tmp_path / "empty" / "a.png").write_bytes(b"")  # inputs under --out: said so
+    with pytest.raises(ValueError, match="lie under --out .*empty, whose files are never inputs"):
+        plan([str(tmp_path / "empty")], str(tmp_path / "empty"))
+    (tmp_path / "empty" / "a.PNG").write_bytes(b"")  # names that differ in case only
+    (tmp_path / "empty" / "a.jpg").write_bytes(b"")
+    assert [r["name"] for r in plan([str(tmp_path / "empty")], str(tmp_path / "out"))] == [
+        "a_PNG.png", "a_jpg.png", "a_png.png"]
 
 
 def test_a_video_breaking_mid_way_leaves_no_output(tmp_path, monkeypatch):

@@ -132,6 +132,8 @@ def test_bad_settings_are_refused(tmp_path):
         synthesize(str(tmp_path), dataclasses.replace(TINY, k_min=9, k_max=3))
     with pytest.raises(ConfigError, match="blurry_share"):
         synthesize(str(tmp_path), dataclasses.replace(TINY, blurry_share=1.5))
+    with pytest.raises(ConfigError, match="video_ext=avi needs an even synth.height"):
+        synthesize(str(tmp_path), dataclasses.replace(TINY, video_ext="avi", width=57))
     with pytest.raises(ConfigError, match="synth.look='gopro'"):
         synthesize(str(tmp_path), dataclasses.replace(TINY, look="gopro"))
     with pytest.raises(ConfigError, match="synth.depth=1.0"):

@@ -137,6 +137,10 @@ class SynthConfig:
                               f"{', '.join(PHOTOS)}")
         if self.video_ext not in ("mp4", "mkv", "avi", "mov"):
             raise ConfigError(f"synth.video_ext={self.video_ext!r}: use mp4, mkv, avi or mov")
+        if self.video_ext == "avi" and self.write_videos and (self.height % 2 or self.width % 2):
+            raise ConfigError(f"synth.video_ext=avi needs an even synth.height and synth.width "
+                              f"(MPEG-4 Part 2), got {self.width}x{self.height}; use mp4 or an "
+                              "even size")
         if self.look not in LOOKS:
             raise ConfigError(f"synth.look={self.look!r}: use {' or '.join(LOOKS)}")
         r = self.resolved()

@@ -157,15 +157,16 @@ class VideoWriter:
 
     def __init__(self, path: str, width: int, height: int, fps: float, crf: int = 12,
                  colour: tuple[int, int, int, int] | None = BT601) -> None:
-        self.container = av.open(path, mode="w")
         avi = path.lower().endswith(".avi")
+        even = width % 2 == 0 and height % 2 == 0
+        if avi and not even:  # before the file is opened (the caller names the output)
+            raise ValueError(f"avi needs an even frame size, got {width}x{height}; use mp4, mkv "
+                             "or mov")
+        self.container = av.open(path, mode="w")
         self.stream = self.container.add_stream("mpeg4" if avi else "libx264",
                                                 rate=fps_fraction(fps))
         self.stream.width, self.stream.height = width, height
-        even = width % 2 == 0 and height % 2 == 0
         if avi:
-            if not even:
-                raise ValueError(f"{path}: avi needs an even frame size, got {width}x{height}")
             self.stream.pix_fmt = "yuv420p"
             self.stream.options = {"qmin": "2", "qmax": "2"}  # mpeg4 at quantizer 2 ("qscale"
             # is no option of the codec: it was dropped, and the default quantizer used)

@@ -140,6 +140,7 @@ def plan(inputs: list[str], out: str,
     """
     out = storage.normalize(out)
     found: list[tuple[str, str, str]] = []  # (src, path below out, kind)
+    inside = 0  # files under out: never inputs (a run's own outputs)
     for given in inputs:
         uri = storage.normalize(given)
         storage.check_reachable(uri, storage_cfg)
@@ -151,8 +152,14 @@ def plan(inputs: list[str], out: str,
             files, root = storage.list_files(uri, storage_cfg), uri
         for f in files:
             kind = file_kind(f)
-            if kind and f != out and not f.startswith(out.rstrip("/") + "/"):
+            if kind and (f == out or f.startswith(out.rstrip("/") + "/")):
+                inside += 1
+            elif kind:
                 found.append((f, storage.relative(f, root), kind))
+    if not found and inside:
+        raise ValueError(f"the inputs {', '.join(inputs)} lie under --out {out}, whose files are "
+                         "never inputs (they are this command's outputs); choose an --out "
+                         "outside them")
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) or videos "
                          f"({', '.join(VIDEO_EXTENSIONS)}) found in {', '.join(inputs)}")
@@ -162,9 +169,9 @@ def plan(inputs: list[str], out: str,
     rows = []
     for name, group in by_name.items():
         for src, rel, kind in group:
-            if len(group) > 1:
+            if len(group) > 1:  # a.png and a.jpg (or a.PNG): a_png.png, a_jpg.png, a_PNG.png
                 stem, ext = _split_ext(rel)
-                name = output_name(f"{stem}_{ext.lstrip('.')}{ext}", kind)
+                name = output_name(f"{stem}_{rel[len(stem) + 1:]}{ext}", kind)
             rows.append({"src": src, "dst": storage.join(out, name), "name": name, "kind": kind})
     names = [r["name"] for r in rows]
     if len(set(names)) != len(names):  # same relative path under two input folders
@@ -343,8 +350,11 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
                         step = float(np.median(np.diff([d.time for d in batch]))) \
                             if len(batch) > 1 else 0.0
                         fps = 1.0 / step if step > 0 else 30.0
-                    writer = VideoWriter(local, shape[1], shape[0], fps, cfg.crf,
-                                         batch[0].colour)
+                    try:
+                        writer = VideoWriter(local, shape[1], shape[0], fps, cfg.crf,
+                                             batch[0].colour)
+                    except ValueError as e:  # named by the output, not the temporary file
+                        raise VideoError(f"{src}: {dst}: {e}", n) from None
                 refs = np.stack([r for _, r in batch_refs]) if reference else None
                 for rgb in deblur_frames(model, np.stack([d.rgb for d in batch]), cfg, device,
                                          refs):
