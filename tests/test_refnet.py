@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -181,9 +182,10 @@ def test_deblurring_with_a_reference_keeps_no_graph():
 
 
 def test_train_ref_on_pseudo_pairs_then_eval_and_deblur_with_references(
-        ray_cluster, tiny_frames, tiny_pairs, tiny_data, tmp_path):
-    """No ground truth anywhere in training: BluRef's pseudo-pairs as targets; then `bluref
-    eval` and `bluref deblur` give the model its references."""
+        ray_cluster, tiny_frames, tiny_pairs, tiny_data, tmp_path, monkeypatch):
+    """No ground truth anywhere in training: BluRef's pseudo-pairs as targets (given by paths
+    relative to where the command runs: Ray Train's workers run elsewhere); then `bluref eval`
+    and `bluref deblur` give the model its references."""
     from bluref_ray.evaluation import evaluate
     from bluref_ray.models import load_checkpoint
     from bluref_ray.pipeline.deblur import run_deblur
@@ -192,8 +194,9 @@ def test_train_ref_on_pseudo_pairs_then_eval_and_deblur_with_references(
     cfg = load_config(None, ["ray.num_cpus=2", "ray.quiet=true", "refnet.steps=4",
                              "refnet.batch_size=2", "refnet.crop=32", "refnet.log_every=2",
                              "refnet.checkpoint_every=2", "refnet.max_frames=4",
-                             f"refnet.pairs={tiny_pairs}"])
-    r = train_ref(tiny_frames, str(tmp_path / "ref"), cfg, log=lambda _m: None)
+                             f"refnet.pairs={os.path.relpath(tiny_pairs, tmp_path)}"])
+    monkeypatch.chdir(tmp_path)
+    r = train_ref(os.path.relpath(tiny_frames), "ref", cfg, log=lambda _m: None)
     model, ckpt = load_checkpoint(r["model"])
     assert isinstance(model, RefNAFNet) and r["steps"] == 4
     assert ckpt["kwargs"]["match_features"] == "matcher"

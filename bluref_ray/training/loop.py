@@ -305,8 +305,9 @@ def run_task(task: type[Task], tc, section: str, out: str, cfg, log, command: st
     out = storage.normalize(out)
     storage.check_reachable(out, storage_cfg)
     storage.makedirs(out, storage_cfg)
-    check_resume(out, {k: storage.normalize(v) for k, v in config.items() if isinstance(v, str)},
-                 tc, storage_cfg, log, section)
+    # the data's paths too: Ray Train runs each worker in a folder of its own
+    config = {k: storage.normalize(v) if isinstance(v, str) else v for k, v in config.items()}
+    check_resume(out, config, tc, storage_cfg, log, section)
     resume = latest_checkpoint(out, storage_cfg)
     t0 = time.time()
     if resume and int(resume.rstrip("/").rsplit("_", 1)[1]) >= tc.steps:
