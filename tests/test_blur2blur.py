@@ -275,6 +275,21 @@ def test_bad_blur2blur_settings_are_clear_errors(tiny_frames, tiny_data, tmp_pat
         train_blur2blur(tiny_frames, str(tmp_path / "x"), load_config(None, [
             *QUIET, f"blur2blur.known={tiny_data}/train", f"blur2blur.kernel={tmp_path}/k.pt",
             f"blur2blur.deblurrer={tmp_path}/k.pt+{tmp_path}/gone.pt"]))
+    known = [*QUIET, f"blur2blur.known={tiny_data}/train"]
+    with pytest.raises(ConfigError, match=r"blur2blur.kernel: .*k\.pt: not a PyTorch checkpoint"):
+        train_blur2blur(tiny_frames, str(tmp_path / "x"), load_config(None, [
+            *known, f"blur2blur.kernel={tmp_path}/k.pt"]))
+    save_checkpoint(build_model("nafnet-tiny"), str(tmp_path / "naf.pt"), "nafnet-tiny", {})
+    save_checkpoint(build_model("kernel-tiny"), str(tmp_path / "kw.pt"), "kernel-tiny", {})
+    with pytest.raises(ConfigError, match="a 'nafnet-tiny' checkpoint, not a blur-kernel"):
+        train_blur2blur(tiny_frames, str(tmp_path / "x"), load_config(None, [
+            *known, f"blur2blur.kernel={tmp_path}/naf.pt"]))
+    with pytest.raises(ConfigError, match=r"crop=48: patchgan-tiny judges the coarsest scale too "
+                                          r"\(12 px\) and needs 16 px there; use a crop of at "
+                                          r"least 64"):
+        train_blur2blur(tiny_frames, str(tmp_path / "x"), load_config(None, [
+            *known, f"blur2blur.kernel={tmp_path}/kw.pt", "blur2blur.crop=48",
+            "blur2blur.discriminator=patchgan-tiny"]))
     with pytest.raises(ConfigError, match="at least 2 clips"):
         split_clips(["only"], 0.6, 0)
     blurry, sharp = split_clips([f"c{i}" for i in range(10)], 0.6, 0)

@@ -170,6 +170,37 @@ class TranslatorTask(Task):
             [batch["blurry"][0], self.last["translated"][0], batch["known"][0]], 2)}
 
 
+def _check_networks(bc, sc) -> None:
+    """Refuse on the driver what would fail in the workers after a while: a kernel checkpoint
+    that is no kernel extractor, a deblurrer that needs a reference frame, crops too small for
+    the discriminator at the coarsest scale it judges (instance norm needs 2×2 maps)."""
+    from bluref_ray.models import PRESETS, build_model, load_image_model, read_checkpoint
+
+    try:
+        arch = read_checkpoint(bc.kernel, sc).get("arch", "?")
+    except ValueError as e:
+        raise ConfigError(f"blur2blur.kernel: {e}") from None
+    if (PRESETS[arch][0] if arch in PRESETS else arch) != "kernel-wizard":
+        raise ConfigError(f"blur2blur.kernel={bc.kernel}: a {arch!r} checkpoint, not a blur-kernel "
+                          "extractor (bluref train-kernel writes one)")
+    if bc.deblurrer:
+        try:
+            net = load_image_model(bc.deblurrer, sc)[0]
+        except ValueError as e:
+            raise ConfigError(f"blur2blur.deblurrer: {e}") from None
+        if getattr(net, "takes_reference", False):
+            raise ConfigError(f"blur2blur.deblurrer={bc.deblurrer}: a Ref-NAFNet reads a reference "
+                              "frame; the known-blur deblurrer reads the frame alone")
+    disc = build_model(bc.discriminator)
+    coarsest = pyramid(torch.zeros(1, 1, bc.crop, bc.crop))[0].shape[-1]
+    norm = any(isinstance(m, torch.nn.InstanceNorm2d) for m in disc.modules())
+    if norm and coarsest < disc.min_size:
+        raise ConfigError(f"blur2blur.crop={bc.crop}: {bc.discriminator} judges the coarsest "
+                          f"scale too ({coarsest} px) and needs {disc.min_size} px there; use a "
+                          f"crop of at least {disc.min_size * 4} or a patchgan-plain "
+                          "discriminator")
+
+
 def train_blur2blur(frames: str, out: str, cfg: Config, log: Callable[[str], None] = print,
                     command: str | None = None) -> dict:
     """Train (or resume) the translator on the camera's frames (an ingest output).
@@ -194,6 +225,7 @@ def train_blur2blur(frames: str, out: str, cfg: Config, log: Callable[[str], Non
                 resolve_checkpoint(uri, sc)
         except storage.StorageNotFoundError as e:
             raise ConfigError(f"blur2blur.{key}={uri}: no such checkpoint ({e})") from None
+    _check_networks(bc, sc)
     log(f"[blur2blur] {bc.translator} against {bc.discriminator}: {bc.steps} steps of "
         f"{bc.batch_size} crops of {bc.crop}px; known blur from {bc.known} through {bc.kernel}")
     result = run_task(TranslatorTask, bc, "blur2blur", out, cfg, log,

@@ -72,6 +72,31 @@ def model_spec(name: str) -> tuple[str, dict]:
     return arch, dict(kwargs)
 
 
+def _check_model(tc: TrainConfig, storage_cfg: StorageConfig) -> None:
+    """Refuse on the driver what every worker would fail on: a network that is not a deblurrer
+    of one frame, or a ``train.init`` whose weights do not fit it."""
+    from bluref_ray.models import IMAGE_TO_IMAGE, build_model, read_checkpoint
+
+    arch, kwargs = model_spec(tc.model)
+    if arch not in IMAGE_TO_IMAGE or arch in ("refnafnet", "chain", "exported"):
+        raise ConfigError(f"train.model={tc.model!r}: not a deblurrer of one frame; use "
+                          "nafnet-tiny, nafnet-width32, nafnet-width64, restormer-tiny or "
+                          "restormer (Ref-NAFNet: bluref train-ref)")
+    if not tc.init:
+        return
+    try:
+        ckpt = read_checkpoint(tc.init, storage_cfg)
+    except storage.StorageNotFoundError:
+        raise ConfigError(f"train.init={tc.init}: no such checkpoint") from None
+    except ValueError as e:
+        raise ConfigError(f"train.init: {e}") from None
+    try:
+        build_model(arch, **kwargs).load_state_dict(ckpt.get("state_dict") or {})
+    except RuntimeError:
+        raise ConfigError(f"train.init={tc.init}: a {ckpt.get('arch')!r} checkpoint, whose "
+                          f"weights do not fit train.model={tc.model}") from None
+
+
 def shards_dir(pairs: str, storage_cfg: StorageConfig | None) -> str:
     """The shard folder of a ``bluref pseudo-gt`` output (or the folder itself)."""
     pairs = storage.normalize(pairs)
@@ -312,6 +337,8 @@ def train_deblurrer(pairs: str, out: str, cfg: Config, log: Callable[[str], None
     # a run of other settings or pairs in OUT would be resumed, or exported, as this one
     check_resume(out, {"pairs": storage.normalize(pairs)}, tc, storage_cfg, log, "training")
     resume = latest_checkpoint(out, storage_cfg)
+    if not resume:
+        _check_model(tc, storage_cfg)
     if resume and checkpoint_step(resume) >= tc.steps:
         log(f"[train] {out} already holds step {checkpoint_step(resume)} of {tc.steps}")
         return finish_training(out, pairs, cfg, 0.0, command, log)
