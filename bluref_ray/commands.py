@@ -105,9 +105,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
     storage_cfg = cfg.storage.resolved()
     log = _log(args)
     for target in args.outputs:
-        with exclusive_output(target, storage_cfg, f"bluref compact {target}"):
+        folders = tables.table_folders(target, storage_cfg)
+        # one table folder (OUT/frames): the job that writes it holds its output, OUT
+        holder = storage.parent(folders[0]) if folders == [storage.normalize(target)] and \
+            storage.basename(folders[0]) in tables.TABLE_FOLDERS else target
+        with exclusive_output(holder, storage_cfg, f"bluref compact {target}"):
             done = [(f, tables.compact(f, storage_cfg, part_mib=args.part_mib, log=log))
-                    for f in tables.table_folders(target, storage_cfg)]
+                    for f in folders]
         for folder, r in done:
             print(f"{folder}: {r.files_before} → {r.files_after} files ({r.files_merged} merged "
                   f"into {r.parts_written} parts, {r.rows} rows; {r.leftovers_deleted} "

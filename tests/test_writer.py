@@ -112,3 +112,18 @@ def test_a_command_on_a_busy_folder_exits_2_and_touches_nothing(tmp_path, other_
     assert f"{out} is being written by another command" in err and "Traceback" not in err
     assert (out / "frames" / "done.parquet").read_bytes() == b"kept"
     assert json.loads((out / LOCK).read_text())["owner"] == "other"
+
+
+@pytest.mark.faults
+def test_compacting_one_table_of_an_output_being_written_is_refused(tmp_path, other_process,
+                                                                    capsys):
+    """`bluref compact OUT/frames` waits for the job writing OUT, as `bluref compact OUT` does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    (out / "frames").mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1]}), out / "frames" / "unit.parquet")
+    _claim(out, other_process)
+    assert main(["compact", str(out / "frames")]) == 2
+    assert "is being written by another command (bluref ingest src" in capsys.readouterr().err
