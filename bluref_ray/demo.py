@@ -98,10 +98,10 @@ def run_demo(out: str, cfg: Config, log: Callable[[str], None] = print) -> dict:
     table.append({**by_method["supervised"], "steps": budget})
     round_plot([r["round"] for r in rounds], {
         "BluRef (test)": [by_method[f"BluRef round {r['round']}"]["psnr"] for r in rounds],
-        "pseudo-GT (train, confident px)": [r["pseudo_psnr"] for r in rounds],
-        "supervised, same budget": [by_method["supervised"]["psnr"]],
-        "blurry input": [by_method["blurry"]["psnr"]]},
-        storage.join(out, "eval", "rounds.png"), sc, title="bluref demo: PSNR per round")
+        "pseudo-GT (train, confident px)": [r["pseudo_psnr"] for r in rounds]},
+        storage.join(out, "eval", "rounds.png"), sc, title="bluref demo: PSNR per round",
+        references={"supervised, same budget": by_method["supervised"]["psnr"],
+                    "blurry input": by_method["blurry"]["psnr"]})
     summary = {"table": table, "label_accuracy": accuracy, "seconds": time.time() - t0,
                "report": ev["report"], "ingest": ingest, "rounds": rounds,
                "markdown": markdown_table(table, TABLE)}

@@ -298,8 +298,9 @@ def evaluate(models: dict[str, str], data: list[str], out: str, cfg: Config,
                 {"heading": "Images", "images": images}]
     if nets and table[0]["psnr"] is not None:
         round_plot(list(range(1, len(nets) + 1)), {
-            "model output": [t["psnr"] for t in table[1:]], "blurry": [table[0]["psnr"]]},
-            storage.join(out, "psnr.png"), sc, title=" → ".join(nets))
+            "model output": [t["psnr"] for t in table[1:]]},
+            storage.join(out, "psnr.png"), sc, title=" → ".join(nets),
+            references={"blurry": table[0]["psnr"]}, xlabel="model, in the order given")
         sections.insert(1, {"heading": "PSNR per model", "images": [
             ("psnr.png", "PSNR per model, in the order given (x: model number)")]})
     md, html = write_report(out, "bluref eval", sections, sc)

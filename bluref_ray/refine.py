@@ -140,7 +140,6 @@ def write_refine_report(out: str, rows: list[dict], cfg: Config) -> None:
     storage.write_text(storage.join(out, "refine.md"), markdown_table(rows, COLUMNS) + "\n", sc)
     series = {"pseudo-GT (confident px)": [r["pseudo_psnr"] for r in rows],
               "deblurred (val)": [r["val_psnr"] for r in rows]}
-    if rows[0].get("val_psnr_blurry") is not None:
-        series["blurry (val)"] = [rows[0]["val_psnr_blurry"]]
     round_plot([r["round"] for r in rows], series, storage.join(out, "refine.png"), sc,
-               title="BluRef per refinement round")
+               title="BluRef per refinement round",
+               references={"blurry (val)": rows[0].get("val_psnr_blurry")})

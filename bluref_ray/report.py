@@ -119,30 +119,35 @@ def save_png(uri: str, rgb: np.ndarray, storage_cfg: StorageConfig | None = None
 
 def round_plot(rounds: Sequence[int], series: dict[str, Sequence[float | None]],
                path_or_uri: str, storage_cfg: StorageConfig | None = None,
-               ylabel: str = "PSNR (dB)", title: str | None = None) -> str:
+               ylabel: str = "PSNR (dB)", title: str | None = None,
+               references: dict[str, float | None] | None = None,
+               xlabel: str = "refinement round") -> str:
     """Plot metrics per refinement round as a PNG line chart; returns the URI written.
 
     Args:
         rounds: the x values (round numbers).
-        series: name → one value per round (None or NaN leaves a gap), or a single value drawn
-            as a dashed horizontal reference line (e.g. the blurry input's PSNR).
+        series: name → one value per round (None or NaN leaves a gap).
         path_or_uri: where the PNG goes (local path or ``s3://``).
+        references: name → one value drawn as a dashed horizontal line (e.g. the blurry
+            input's PSNR), however many rounds there are.
     """
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = new_plot()
     for name, values in series.items():
         ys = [math.nan if v is None else float(v) for v in values]
-        if len(ys) == 1 and len(rounds) != 1:
-            ax.axhline(ys[0], linestyle="--", color="gray", label=name)
-        elif len(ys) == len(rounds):
-            ax.plot(list(rounds), ys, marker="o", label=name)
-        else:
+        if len(ys) != len(rounds):
             raise ValueError(f"series {name!r} has {len(ys)} values for {len(rounds)} rounds")
+        ax.plot(list(rounds), ys, marker="o", label=name)
+    styles = iter(["--", ":", "-."] * 3)
+    for name, value in (references or {}).items():
+        if value is not None:
+            ax.axhline(float(value), linestyle=next(styles), color="gray", label=name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="refinement round", ylabel=ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title or "")
-    return save_plot(fig, ax, path_or_uri, storage_cfg, legend=bool(series))
+    return save_plot(fig, ax, path_or_uri, storage_cfg,
+                     legend=bool(series) or bool(references))
 
 
 def new_plot():

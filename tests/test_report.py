@@ -32,10 +32,17 @@ def test_image_grid_shapes_and_placeholders():
 def test_round_plot_writes_png(tmp_path):
     path = str(tmp_path / "plots" / "rounds.png")
     out = round_plot([0, 1, 2], {"BluRef (val PSNR)": [27.0, 28.1, 28.5],
-                                 "pseudo-GT PSNR": [30.0, None, 31.2], "blurry": [25.0]}, path)
+                                 "pseudo-GT PSNR": [30.0, None, 31.2]}, path,
+                     references={"blurry": 25.0})
     assert out == path
     img = cv2.imread(path)
     assert img is not None and img.ndim == 3 and img.shape[0] > 100
+    # one round: the reference is still a line across, not a second point at round 1
+    one = round_plot([1], {"model": [28.0]}, str(tmp_path / "one.png"),
+                     references={"blurry": 25.0, "unknown": None}, xlabel="model")
+    pixels = cv2.imread(one)
+    gray_rows = ((np.abs(pixels.astype(int) - 128).max(-1) < 8).sum(1))  # matplotlib's gray
+    assert gray_rows.max() > pixels.shape[1] // 2, "no dashed line across the plot"
     with pytest.raises(ValueError, match="2 values for 3 rounds"):
         round_plot([0, 1, 2], {"x": [1.0, 2.0]}, path)
 
