@@ -247,6 +247,8 @@ def test_bad_refnet_settings_are_clear_errors(tiny_frames, tmp_path):
 
     with pytest.raises(ConfigError, match="refnet.reference='best'"):
         Config(refnet=RefNetConfig(reference="best")).validate()
+    with pytest.raises(ConfigError, match="refnet.crop=98: must be a multiple of 4"):
+        Config(refnet=RefNetConfig(crop=98)).validate()
     with pytest.raises(ConfigError, match="refnet.vgg19_weights"):
         load_match_features(RefNAFNet(**{**SMALL, "match_features": "vgg19"}))
     from bluref_ray.training.loop import Worker

@@ -533,6 +533,9 @@ class RefNetConfig(_TrainingRun):
             raise ConfigError(f"refnet.delta={self.delta}: must be >= 1")
         if self.reference_crop < 1:
             raise ConfigError(f"refnet.reference_crop={self.reference_crop}: must be >= 1")
+        if self.crop % 4:  # the 1/2 and 1/4 scale outputs cover whole 4×4 blocks of the crop
+            raise ConfigError(f"refnet.crop={self.crop}: must be a multiple of 4 (its 1/2 and "
+                              "1/4 scale outputs are compared with the target at those scales)")
         if self.fft_weight < 0 or not 0.0 <= self.tau <= 1.0:
             raise ConfigError("refnet.fft_weight must be >= 0 and refnet.tau within [0, 1]")
         if self.match_features not in ("matcher", "vgg19"):

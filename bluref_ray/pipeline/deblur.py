@@ -343,7 +343,8 @@ def deblur_video(model: torch.nn.Module, src: str, dst: str, cfg: DeblurConfig,
             for batch_refs in _batches(pairs, FRAMES_PER_BATCH):
                 batch = [d for d, _ in batch_refs]
                 shape = shape or batch[0].rgb.shape
-                if any(d.rgb.shape != shape for d in batch):
+                if any(d.rgb.shape != shape or (reference == "auto" and r.shape != shape)
+                       for d, r in batch_refs):  # a reference may lie a few frames on
                     raise VideoError(f"{src}: the frame size changes within the video", n)
                 if writer is None:
                     if fps is None:  # from the frame times, else a common default
