@@ -123,10 +123,14 @@ def torch_rematch(flow: TorchDIS | None = None, sigma_px: float = 1.0) -> Rematc
 
 
 class _Accumulator:
-    """Running confidence-weighted sum of aligned references (matches ≥ τ only)."""
+    """Running confidence-weighted sum of aligned references (matches ≥ τ only); where none
+    matched, the running image is the query and the result the ``blurry`` frame (the query
+    itself unless it is a deblurrer's output)."""
 
-    def __init__(self, query: torch.Tensor, tau: float) -> None:
+    def __init__(self, query: torch.Tensor, tau: float, blurry: torch.Tensor | None = None
+                 ) -> None:
         self.query, self.tau = query, tau
+        self.blurry = query if blurry is None else blurry
         self.sum = torch.zeros_like(query)
         self.weight = torch.zeros_like(query[:, :1])
         self.best = torch.zeros_like(query[:, :1])
@@ -142,13 +146,13 @@ class _Accumulator:
         self.weight[sel] += w
         self.best[sel] = torch.maximum(self.best[sel], conf)
 
-    def image(self) -> torch.Tensor:
+    def image(self, unmatched: torch.Tensor | None = None) -> torch.Tensor:
         fused = self.sum / self.weight.clamp_min(1e-8)
-        return torch.where(self.weight > 0, fused, self.query)
+        return torch.where(self.weight > 0, fused, self.query if unmatched is None else unmatched)
 
     def result(self, refs_used: torch.Tensor) -> Fusion:
         coverage = (self.best >= self.tau).flatten(1).float().mean(1)
-        return Fusion(self.image(), self.best, coverage, refs_used)
+        return Fusion(self.image(self.blurry), self.best, coverage, refs_used)
 
 
 def _check(query: torch.Tensor, refs: torch.Tensor, available: torch.Tensor | None
@@ -162,14 +166,15 @@ def _check(query: torch.Tensor, refs: torch.Tensor, available: torch.Tensor | No
 
 
 def _every_reference(query: torch.Tensor, refs: torch.Tensor, align: Align, tau: float,
-                     available: torch.Tensor | None, running: bool) -> Fusion:
+                     available: torch.Tensor | None, running: bool,
+                     blurry: torch.Tensor | None = None) -> Fusion:
     """Add every reference, matched to the query (or, if ``running``, to the fusion so far).
 
     The matcher gets one reference slot of the whole batch at a time (B pairs per call), so
     memory stays that of B pairs whatever N is.
     """
     avail = _check(query, refs, available)
-    acc = _Accumulator(query, tau)
+    acc = _Accumulator(query, tau, blurry)
     for k in range(refs.shape[1]):
         idx = avail[:, k].nonzero(as_tuple=True)[0]
         if len(idx):
@@ -180,27 +185,30 @@ def _every_reference(query: torch.Tensor, refs: torch.Tensor, align: Align, tau:
 
 
 def weighted_average(query: torch.Tensor, refs: torch.Tensor, align: Align, tau: float = 0.7,
-                     available: torch.Tensor | None = None) -> Fusion:
+                     available: torch.Tensor | None = None,
+                     blurry: torch.Tensor | None = None) -> Fusion:
     """Match every reference to the query independently, then average by confidence.
 
     Shape:
         query ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
-    return _every_reference(query, refs, align, tau, available, running=False)
+    return _every_reference(query, refs, align, tau, available, running=False, blurry=blurry)
 
 
 def sequential_accumulation(query: torch.Tensor, refs: torch.Tensor, align: Align,
-                            tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
+                            tau: float = 0.7, available: torch.Tensor | None = None,
+                            blurry: torch.Tensor | None = None) -> Fusion:
     """Fuse references one by one; the running fused image is the next matching input.
 
     Shape:
         query ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
-    return _every_reference(query, refs, align, tau, available, running=True)
+    return _every_reference(query, refs, align, tau, available, running=True, blurry=blurry)
 
 
 def progressive_average(query: torch.Tensor, refs: torch.Tensor, align: Align,
-                        tau: float = 0.7, available: torch.Tensor | None = None) -> Fusion:
+                        tau: float = 0.7, available: torch.Tensor | None = None,
+                        blurry: torch.Tensor | None = None) -> Fusion:
     """Add references in order, each only where pixels are still below τ; then fuse all.
 
     A reference is not matched at all for a query whose pixels are all covered already.
@@ -209,7 +217,7 @@ def progressive_average(query: torch.Tensor, refs: torch.Tensor, align: Align,
         query ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` → :class:`Fusion`.
     """
     avail = _check(query, refs, available)
-    acc = _Accumulator(query, tau)
+    acc = _Accumulator(query, tau, blurry)
     used = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
     for k in range(refs.shape[1]):
         uncovered = acc.best < tau  # [B, 1, H, W]
@@ -388,9 +396,9 @@ def fuse(strategy: str, query: torch.Tensor, refs: torch.Tensor, align: Align,
          kernel_size: int = 41, check: Check | None = Check()) -> Fusion:
     """Run one of :data:`STRATEGIES` by name.
 
-    ``reblur`` also takes ``rematch`` (default: :func:`dis_rematch`), when ``query`` is not
-    the blurry frame itself (a deblurrer's output), the ``blurry`` frame, and the physical
-    ``check`` (None: none).
+    When ``query`` is not the blurry frame itself (a deblurrer's output), ``blurry`` is: it
+    fills the pixels no reference covers. ``reblur`` also takes ``rematch`` (default:
+    :func:`dis_rematch`) and the physical ``check`` (None: none).
     """
     fns = {"weighted": weighted_average, "sequential": sequential_accumulation,
            "progressive": progressive_average}
@@ -399,4 +407,4 @@ def fuse(strategy: str, query: torch.Tensor, refs: torch.Tensor, align: Align,
                               blurry, kernel_size, check)
     if strategy not in fns:
         raise ValueError(f"unknown fusion strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    return fns[strategy](query, refs, align, tau, available)
+    return fns[strategy](query, refs, align, tau, available, blurry)

@@ -130,6 +130,13 @@ def test_missing_references_are_skipped_and_shapes_checked():
     f = weighted_average(query, refs, _zero_flow_full_confidence, available=available)
     assert torch.equal(f.image[0], refs[0, 0]) and torch.equal(f.image[1], query[1])
     assert f.coverage.tolist() == [1.0, 0.0] and f.refs_used.tolist() == [1, 0]
+    # a later round matches a deblurrer's output; where nothing matched, the pseudo-sharp
+    # image is still the blurry frame, never the deblurrer's guess
+    deblurred = (query + 0.1).clamp(0, 1)
+    for strategy in ("weighted", "sequential", "progressive"):
+        f = fuse(strategy, deblurred, refs, _zero_flow_full_confidence, available=available,
+                 blurry=query)
+        assert torch.equal(f.image[1], query[1]) and torch.equal(f.image[0], refs[0, 0])
     with pytest.raises(ValueError, match="do not fit"):
         weighted_average(query, refs[:, :, :, :10], _zero_flow_full_confidence)
     with pytest.raises(ValueError, match="unknown fusion strategy"):
