@@ -91,10 +91,11 @@ class SynthConfig:
                        "at a dashcam's values); a setting given explicitly wins over the look"))
     forward_px: float | None = _look_field(
         "forward surge during each blurry exposure: travel at the frame's corners in pixels, "
-        "none at its centre (radial blur)", "forward_px")
+        "none at its centre (radial blur; photos only, not synth.video)", "forward_px")
     depth: float | None = _look_field(
         "parallax of a ground plane: camera motion moves the bottom row (1 + depth) times and "
-        "the top row (1 - depth) times as far as the centre, so blur grows down the frame",
+        "the top row (1 - depth) times as far as the centre, so blur grows down the frame "
+        "(photos only, not synth.video)",
         "depth")
     exposure_stops: float | None = _look_field(
         "auto-exposure drift between frames, largest change in stops", "exposure_stops")
