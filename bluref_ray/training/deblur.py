@@ -244,7 +244,9 @@ class DeblurTask(Task):
         super().__init__(cfg, worker, config)
         self.arch, self.kwargs = model_spec(cfg.model)
         model = build_model(self.arch, **self.kwargs).to(worker.device)
-        if cfg.init:  # a resumed run's checkpoint replaces these weights
+        # a resumed run's checkpoint replaces these weights: the init is not read again (it
+        # may be gone by then)
+        if cfg.init and not latest_checkpoint(worker.out, worker.storage_cfg):
             model.load_state_dict(read_checkpoint(cfg.init, worker.storage_cfg,
                                                   worker.device)["state_dict"])
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
