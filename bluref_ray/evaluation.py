@@ -127,10 +127,10 @@ def _run_key(models: dict[str, str], nets: dict, frames: list[dict], refs: dict,
     """What the scores and grids of a run depend on (a resumed run reuses only parts of the
     same key): the models (by their weights too, so a checkpoint retrained in place counts as
     another), frames, references, tiling, pseudo-GT, grids and the device (bfloat16 on CUDA)."""
-    weights = {k: float(sum(p.detach().double().sum() for p in n.parameters()))
-               for k, n in nets.items()}
     from bluref_ray.models import resolve_checkpoint
 
+    weights = {k: float(sum(p.detach().double().sum() for p in n.parameters()))
+               for k, n in nets.items()}
     models = {k: resolve_checkpoint(v, cfg.storage.resolved()) for k, v in models.items()}
     pairs = storage.normalize(pairs) if pairs else None  # the same files however spelled
     what = {"models": models, "weights": weights, "frames": frames, "refs": refs,
