@@ -541,9 +541,13 @@ def glob(pattern: str, cfg: StorageConfig | None = None) -> list[str]:
     if not m:
         return [pattern] if is_file(pattern, cfg) else []
     root = pattern[:m.start()].rsplit("/", 1)[0]
-    regex = _glob_regex(pattern[len(root) + 1:])
-    try:
-        files = list_files(root, cfg)
+    if is_s3(pattern) and root.count("/") < 2:
+        raise StorageError(f"{pattern}: the bucket of a glob cannot hold a wildcard")
+    rest = pattern[len(root) + 1:]
+    root = root or "/"  # "/x*": the file system's root
+    regex = _glob_regex(rest)
+    try:  # below root only as deep as the pattern reaches (not all of /data for /data/*.mp4)
+        files = list_files(root, cfg, recursive="/" in rest or "**" in rest)
     except StorageNotFoundError:
         return []
     return [f for f in files if regex.match(relative(f, root))]

@@ -31,6 +31,8 @@ def test_write_read_list_glob(root):
     assert [storage.relative(f, base) for f in storage.glob(base + "/**/*.txt", cfg)] == [
         "a/b/y.txt"]
     assert [storage.relative(f, base) for f in storage.glob(base + "/*.mp4", cfg)] == ["z.mp4"]
+    assert [storage.relative(f, base) for f in storage.glob(base + "/a/*.b?n", cfg)] == [
+        "a/x.bin"]
     assert storage.exists(storage.join(base, "a", "x.bin"), cfg)
     assert not storage.exists(storage.join(base, "nope"), cfg)
     with storage.open_input(storage.join(base, "a", "x.bin"), cfg) as f:
@@ -224,3 +226,13 @@ def test_only_temporaries_of_atomic_writes_are_deleted(tmp_path):
     assert storage.delete_temporaries(str(tmp_path)) == 1
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
         ".a.parquet.XYZ.tmp", ".users-own.tmp", "notes.tmp"]
+
+
+def test_glob_at_the_root_and_a_wildcard_bucket(tmp_path):
+    """``/x*`` looks at the root's own files (it listed the working folder), and a bucket
+    cannot be a wildcard."""
+    assert storage.glob("/no-such-file-of-bluref-*") == []
+    os_root_files = [f for f in storage.glob("/*") if "/" not in f[1:]]
+    assert os_root_files == storage.glob("/*")  # the root's own files, nothing deeper
+    with pytest.raises(storage.StorageError, match="bucket of a glob cannot hold a wildcard"):
+        storage.glob("s3://buck*/x.mp4")
