@@ -109,14 +109,15 @@ def _build(cls: type, data: dict | None, where: str) -> Any:
 
 def _known_key(dotted: str) -> None:
     """An override names a known section and key (or the error names the override)."""
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
-    section, _, key = dotted.partition(".")
-    if section not in sections:
+    types = section_types(Config)
+    section, _, rest = dotted.partition(".")
+    if section not in types:
         raise ConfigError(f"--set {dotted}: unknown section {section!r}; known: "
-                          f"{', '.join(sorted(sections))}")
-    names = sorted(f.name for f in dataclasses.fields(section_types(Config)[section]))
-    if key.split(".")[0] not in names:
-        raise ConfigError(f"--set {dotted}: {section} has no key {key.split('.')[0]!r}; known: "
+                          f"{', '.join(sorted(types))}")
+    key = rest.split(".")[0]
+    names = sorted(f.name for f in dataclasses.fields(types[section]))
+    if key not in names:
+        raise ConfigError(f"--set {dotted}: {section} has no key {key!r}; known: "
                           f"{', '.join(names)}")
 
 
