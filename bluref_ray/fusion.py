@@ -35,12 +35,15 @@ from bluref_ray.config import STRATEGIES
 from bluref_ray.matching.base import Matcher
 from bluref_ray.matching.kernel import (
     GAMMA,
+    LocalKernels,
     centre_on,
     estimate_kernel,
+    estimate_local_kernels,
     forward_differences,
     linear_luma,
     midpoint,
     reblur,
+    reblur_local,
 )
 from bluref_ray.matching.refine import fb_confidence, gaussian_blur, gray
 from bluref_ray.matching.torch_dis import TorchDIS
@@ -239,11 +242,15 @@ class Check:
             times more than its reblurred self misses the blurry frame.
         noise: the camera's noise level in 8-bit levels: differences below it are noise.
         sigma: the size (Gaussian σ, pixels) of the neighbourhood both are measured over.
+        tile: the reblurred reference is blurred by kernels estimated per ``tile × tile`` tile
+            (pixels) rather than by the frame's one kernel: real blur varies across a frame.
+            0: the frame's kernel.
     """
 
     gain: float = 4.0
     noise: float = 2.0
     sigma: float = 3.0
+    tile: int = 64
 
 
 def local_mean(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -291,7 +298,7 @@ def match_light(aligned: torch.Tensor, blurry: torch.Tensor, matched: torch.Tens
 
 
 def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
-                 kernel: torch.Tensor, tau: float, check: Check = Check()
+                 kernel: torch.Tensor | LocalKernels, tau: float, check: Check = Check()
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep a reference only where, blurred by the frame's kernel, it reproduces the blurry frame.
 
@@ -311,11 +318,15 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
 
     Shape:
         blurry ``[B, 3, H, W]``, aligned ``[B, N, 3, H, W]``, conf ``[B, N, 1, H, W]`` (0 for an
-        empty slot), kernel ``[B, S, S]`` → image ``[B, 3, H, W]``, confidence ``[B, 1, H, W]``.
+        empty slot), kernel ``[B, S, S]`` (one per frame) or :class:`LocalKernels` (per tile)
+        → image ``[B, 3, H, W]``, confidence ``[B, 1, H, W]``.
     """
     b, n = aligned.shape[:2]
     flat = aligned.flatten(0, 1)
-    reblurred = reblur(flat, kernel.repeat_interleave(n, 0)).view_as(aligned)
+    if isinstance(kernel, LocalKernels):  # one reference at a time: tiles overlap 4-fold
+        reblurred = torch.stack([reblur_local(aligned[:, k], kernel) for k in range(n)], 1)
+    else:
+        reblurred = reblur(flat, kernel.repeat_interleave(n, 0)).view_as(aligned)
     miss = local_mean(((reblurred - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
                       check.sigma).view(b, n, 1, *blurry.shape[-2:])
     change = local_mean(((aligned - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
@@ -351,7 +362,9 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
        :func:`match_light` gives it the blurry frame's exposure and white balance.
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
-       vouch for; without it, the references are averaged by confidence (matches ≥ τ only).
+       vouch for; the model there is a kernel per tile, estimated again from the references
+       as step 3 aligned them (``check.tile``). Without it, the references are averaged by
+       confidence (matches ≥ τ only).
 
     Shape:
         query, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]``
@@ -384,8 +397,13 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
         for k in range(n):
             acc.add(aligned_all[:, k], conf_all[:, k])
         return acc.result(avail.sum(1))
-    image, confidence = reblur_check(blurry, aligned_all, conf_all, kernel.to(blurry.dtype), tau,
-                                     check)
+    model: torch.Tensor | LocalKernels = kernel.to(blurry.dtype)
+    if check.tile:
+        local = estimate_local_kernels(linear_luma(aligned_all).float(),
+                                       linear_luma(blurry).float(), check.tile, kernel_size, avail)
+        model = LocalKernels(local.kernels.to(blurry.dtype), local.tile, local.height,
+                             local.width)
+    image, confidence = reblur_check(blurry, aligned_all, conf_all, model, tau, check)
     coverage = (confidence >= tau).flatten(1).float().mean(1)
     return Fusion(image, confidence, coverage, avail.sum(1))
 

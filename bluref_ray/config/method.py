@@ -74,6 +74,11 @@ class PseudoGTConfig:
                         "than its reblurred self misses it"))
     check_noise: float = field(
         default=2.0, metadata=method("check: the camera's noise level, 8-bit levels"))
+    check_tile: int = field(
+        default=64,
+        metadata=method("check: the reference is reblurred by kernels estimated per tile of this "
+                        "side, pixels (real blur varies across a frame: a person moving before a "
+                        "still background, depth); 0: by the frame's one kernel"))
     matcher: str = field(
         default="learned",
         metadata=matching("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
@@ -135,6 +140,9 @@ class PseudoGTConfig:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
         if self.check_gain <= 0 or self.check_noise < 0:
             raise ConfigError("pseudo_gt.check_gain must be > 0 and check_noise >= 0")
+        if self.check_tile != 0 and self.check_tile < 16:
+            raise ConfigError(f"pseudo_gt.check_tile={self.check_tile}: 0 (one kernel per frame) "
+                              "or at least 16 pixels")
         if self.kernel_size < 3 or self.kernel_size % 2 == 0:
             raise ConfigError(f"pseudo_gt.kernel_size={self.kernel_size}: an odd number >= 3")
         if self.max_refs < 1 or self.batch_size < 1 or self.targets_per_shard < 1:

@@ -8,7 +8,10 @@ the ``reblur`` fusion strategy (:mod:`bluref_ray.fusion`) estimates the frame's 
 gradients in linear light, over all references at once), blurs every reference by ``k``, matches
 the blurry frame to those blurred references and warps the *sharp* references by the new flows.
 
-Camera shake blurs the whole frame by about one kernel, so one kernel per frame is estimated.
+Camera shake blurs the whole frame by about one kernel, so one kernel per frame is estimated
+for matching. Real footage also blurs unevenly (a person who moves before a still background,
+depth, forward motion): the physical check of fusion measures each reference against kernels
+estimated per tile (:func:`estimate_local_kernels`, :func:`reblur_local`).
 The kernel is moved so that its origin is the *middle of the exposure*: the point that the
 path reaches after half its time, taken as half the kernel's mass along its main direction
 (:func:`midpoint`). That is where the GoPro protocol puts the ground truth, the middle frame of
@@ -16,6 +19,9 @@ the exposure; the blur's centroid, where a plain match lands, lies off it on a c
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -146,3 +152,93 @@ def reblur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     weight = kernel.flip(-1, -2).to(image.dtype).repeat_interleave(c, 0)[:, None]
     out = F.conv2d(lin, weight, groups=b * c).reshape(b, c, h, w)
     return out.clamp(0, 1) ** (1.0 / GAMMA)
+
+
+@dataclass(frozen=True)
+class LocalKernels:
+    """Blur kernels per tile of a frame: a regular grid of ``tile × tile`` tiles at half a tile's
+    stride over the frame (its bottom and right edges replicated to fit the grid).
+
+    Attributes:
+        kernels: ``[B, L, S, S]``, the L tiles in row-major order, each centred on the middle of
+            its exposure (:func:`midpoint`).
+        tile: tile side, pixels.
+        height, width: the frame's size.
+    """
+
+    kernels: torch.Tensor
+    tile: int
+    height: int
+    width: int
+
+    @property
+    def stride(self) -> int:
+        return max(1, self.tile // 2)
+
+
+def _grid_side(length: int, tile: int, stride: int) -> int:
+    """The padded length that a grid of tiles at ``stride`` covers exactly."""
+    return tile + stride * math.ceil(max(0, length - tile) / stride)
+
+
+def _tiles(x: torch.Tensor, tile: int, stride: int, margin: int = 0) -> torch.Tensor:
+    """Cut ``[B, C, H, W]`` into the grid's tiles, each with ``margin`` pixels of context.
+
+    Shape:
+        → ``[B, L, C, tile + 2·margin, tile + 2·margin]``.
+    """
+    b, c, h, w = x.shape
+    hp, wp = _grid_side(h, tile, stride), _grid_side(w, tile, stride)
+    padded = F.pad(x, (margin, wp - w + margin, margin, hp - h + margin), mode="replicate")
+    side = tile + 2 * margin
+    cols = F.unfold(padded, side, stride=stride)  # [B, C·side², L]
+    return cols.view(b, c, side, side, -1).permute(0, 4, 1, 2, 3)
+
+
+def estimate_local_kernels(sharp: torch.Tensor, blurry: torch.Tensor, tile: int = 64,
+                           size: int = 41, weight: torch.Tensor | None = None) -> LocalKernels:
+    """One blur kernel per tile (:func:`estimate_kernel` on each), centred on its exposure's
+    middle. A tile larger than the frame shrinks to it; the kernel side is at most a third of
+    the tile (a tile must hold several blur lengths for the fit to be posed).
+
+    Args:
+        sharp: the references aligned to each frame, linear-light luma ``[B, N, H, W]``.
+        blurry: the frames, linear-light luma ``[B, H, W]``.
+        tile: tile side, pixels.
+        size: the largest kernel side (odd).
+        weight: ``[B, N]``, 0 for a reference slot that is empty.
+    """
+    b, n, h, w = sharp.shape
+    tile = min(tile, h, w)
+    side = min(size, max(3, (tile // 3 - 1) // 2 * 2 + 1))
+    stride = max(1, tile // 2)
+    views = _tiles(sharp, tile, stride)  # [B, L, N, t, t]
+    frames = _tiles(blurry[:, None], tile, stride)[:, :, 0]  # [B, L, t, t]
+    count = views.shape[1]
+    wt = None if weight is None else weight.repeat_interleave(count, 0)
+    k = estimate_kernel(views.flatten(0, 1), frames.flatten(0, 1), side, wt)
+    k = centre_on(k, midpoint(k))
+    return LocalKernels(k.view(b, count, side, side), tile, h, w)
+
+
+def reblur_local(image: torch.Tensor, local: LocalKernels) -> torch.Tensor:
+    """Blur each image by its frame's kernels, each tile by its own, blended across the tiles'
+    overlap by Hann weights (in linear light, edges replicated like :func:`reblur`).
+
+    Shape:
+        image ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]``.
+    """
+    b, c, h, w = image.shape
+    if (h, w) != (local.height, local.width):
+        raise ValueError(f"kernels for {local.height}x{local.width} frames, image {h}x{w}")
+    t, s, r = local.tile, local.stride, local.kernels.shape[-1] // 2
+    crops = _tiles(image, t, s, margin=r)  # [B, L, C, t+2r, t+2r]
+    count = crops.shape[1]
+    blurred = reblur(crops.flatten(0, 1), local.kernels.flatten(0, 1))[..., r:r + t, r:r + t]
+    ramp = torch.hann_window(t + 2, periodic=False, device=image.device, dtype=image.dtype)[1:-1]
+    window = ramp[:, None] * ramp[None]
+    cols = (blurred.view(b, count, c, t, t) * window).permute(0, 2, 3, 4, 1)
+    hp, wp = _grid_side(h, t, s), _grid_side(w, t, s)
+    total = F.fold(cols.reshape(b, c * t * t, count), (hp, wp), t, stride=s)
+    norm = F.fold(window.reshape(1, t * t, 1).expand(1, -1, count), (hp, wp), t, stride=s)
+    return (total / norm)[..., :h, :w]
