@@ -363,8 +363,8 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
        vouch for; the model there is a kernel per tile, estimated again from the references
-       as step 3 aligned them (``check.tile``). Without it, the references are averaged by
-       confidence (matches ≥ τ only).
+       as step 3 aligned them, each weighted by where it matched (``check.tile``). Without
+       it, the references are averaged by confidence (matches ≥ τ only).
 
     Shape:
         query, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]``
@@ -400,7 +400,8 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     model: torch.Tensor | LocalKernels = kernel.to(blurry.dtype)
     if check.tile:
         local = estimate_local_kernels(linear_luma(aligned_all).float(),
-                                       linear_luma(blurry).float(), check.tile, kernel_size, avail)
+                                       linear_luma(blurry).float(), check.tile, kernel_size, avail,
+                                       conf_all[:, :, 0] >= tau)
         model = LocalKernels(local.kernels.to(blurry.dtype), local.tile, local.height,
                              local.width)
     image, confidence = reblur_check(blurry, aligned_all, conf_all, model, tau, check)

@@ -322,6 +322,12 @@ def test_local_kernels_blend_to_one_blur_and_follow_a_blur_that_changes_across_t
     assert err_local < 0.5 * err_one, (float(err_local), float(err_one))
     with pytest.raises(ValueError, match="kernels for 96x128 frames, image 48x64"):
         reblur_local(truth[..., :48, :64], local)
+    # a reference that matched nowhere (another scene) does not bend the kernels
+    other = linear_luma(_photo(96, 128, seed=3)).float()[None, None]
+    matched = torch.stack([torch.ones(96, 128), torch.zeros(96, 128)])[None]
+    both = estimate_local_kernels(torch.cat([lum, other], 1), linear_luma(blurry).float(), 32,
+                                  41, matched=matched)
+    torch.testing.assert_close(both.kernels, local.kernels, atol=1e-5, rtol=0)
 
 
 def test_the_check_trusts_a_reference_where_only_part_of_the_frame_is_blurred():

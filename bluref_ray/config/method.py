@@ -65,9 +65,9 @@ class PseudoGTConfig:
     check: bool = field(
         default=True,
         metadata=method("reblur: the physical check; a reference counts only where, blurred by "
-                        "the frame's kernel, it reproduces the blurry frame, and where the blurry "
-                        "frame is already sharp it is its own pseudo-sharp image (confident "
-                        "pixels then beat or equal the blurry frame on real footage)"))
+                        "the blur estimated there, it reproduces the blurry frame, and where the "
+                        "blurry frame is already sharp it is its own pseudo-sharp image "
+                        "(confident pixels then beat or equal the blurry frame on real footage)"))
     check_gain: float = field(
         default=4.0,
         metadata=method("check: a reference must change the blurry frame this many times more "

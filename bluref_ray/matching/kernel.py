@@ -196,10 +196,13 @@ def _tiles(x: torch.Tensor, tile: int, stride: int, margin: int = 0) -> torch.Te
 
 
 def estimate_local_kernels(sharp: torch.Tensor, blurry: torch.Tensor, tile: int = 64,
-                           size: int = 41, weight: torch.Tensor | None = None) -> LocalKernels:
+                           size: int = 41, weight: torch.Tensor | None = None,
+                           matched: torch.Tensor | None = None) -> LocalKernels:
     """One blur kernel per tile (:func:`estimate_kernel` on each), centred on its exposure's
     middle. A tile larger than the frame shrinks to it; the kernel side is at most a third of
-    the tile (a tile must hold several blur lengths for the fit to be posed).
+    the tile (a tile must hold several blur lengths for the fit to be posed). With ``matched``,
+    a reference counts in each tile by the square of the share of the tile it is matched on,
+    so that a reference that is wrong there (occluded, another object) does not bend the fit.
 
     Args:
         sharp: the references aligned to each frame, linear-light luma ``[B, N, H, W]``.
@@ -207,6 +210,7 @@ def estimate_local_kernels(sharp: torch.Tensor, blurry: torch.Tensor, tile: int 
         tile: tile side, pixels.
         size: the largest kernel side (odd).
         weight: ``[B, N]``, 0 for a reference slot that is empty.
+        matched: ``[B, N, H, W]``, 1 (or True) where a reference is matched.
     """
     b, n, h, w = sharp.shape
     tile = min(tile, h, w)
@@ -215,8 +219,11 @@ def estimate_local_kernels(sharp: torch.Tensor, blurry: torch.Tensor, tile: int 
     views = _tiles(sharp, tile, stride)  # [B, L, N, t, t]
     frames = _tiles(blurry[:, None], tile, stride)[:, :, 0]  # [B, L, t, t]
     count = views.shape[1]
-    wt = None if weight is None else weight.repeat_interleave(count, 0)
-    k = estimate_kernel(views.flatten(0, 1), frames.flatten(0, 1), side, wt)
+    wt = torch.ones(b, n, device=sharp.device) if weight is None else weight.float()
+    wt = wt[:, None].expand(b, count, n)
+    if matched is not None:
+        wt = wt * _tiles(matched.float(), tile, stride).mean((-1, -2)).square()
+    k = estimate_kernel(views.flatten(0, 1), frames.flatten(0, 1), side, wt.flatten(0, 1))
     k = centre_on(k, midpoint(k))
     return LocalKernels(k.view(b, count, side, side), tile, h, w)
 
