@@ -300,7 +300,7 @@ def match_light(aligned: torch.Tensor, blurry: torch.Tensor, matched: torch.Tens
 def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
                  kernel: torch.Tensor | LocalKernels, tau: float, check: Check = Check()
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep a reference only where, blurred by the frame's kernel, it reproduces the blurry frame.
+    """Keep a reference only where, blurred by the blur there, it reproduces the blurry frame.
 
     For each aligned reference ``a`` and pixel, over a Gaussian neighbourhood: the *miss*
     ``|k ⊛ a − blurry|²`` (what the blur model fails to explain: misalignment, occlusion, a blur
