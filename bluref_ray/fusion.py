@@ -398,12 +398,10 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
             acc.add(aligned_all[:, k], conf_all[:, k])
         return acc.result(avail.sum(1))
     model: torch.Tensor | LocalKernels = kernel.to(blurry.dtype)
-    if check.tile:
-        local = estimate_local_kernels(linear_luma(aligned_all).float(),
+    if check.tile:  # reblur gives the kernels the image's dtype
+        model = estimate_local_kernels(linear_luma(aligned_all).float(),
                                        linear_luma(blurry).float(), check.tile, kernel_size, avail,
                                        conf_all[:, :, 0] >= tau)
-        model = LocalKernels(local.kernels.to(blurry.dtype), local.tile, local.height,
-                             local.width)
     image, confidence = reblur_check(blurry, aligned_all, conf_all, model, tau, check)
     coverage = (confidence >= tau).flatten(1).float().mean(1)
     return Fusion(image, confidence, coverage, avail.sum(1))

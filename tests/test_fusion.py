@@ -349,7 +349,7 @@ def test_the_check_trusts_a_reference_where_only_part_of_the_frame_is_blurred():
                  kernel_size=21, check=Check(tile=tile))
         return f, (f.confidence >= 0.7)
 
-    one, c_one = confident(0)
+    _, c_one = confident(0)
     local, c_local = confident(64)
     assert c_local[moved].float().mean() > 0.8 and c_one[moved].float().mean() < 0.1
     assert _masked_psnr(local.image, truth, c_local) > _masked_psnr(blurry, truth, c_local) + 3
