@@ -241,6 +241,9 @@ class Check:
         gain: a reference counts at a pixel where it changes the blurry frame at least ``gain``
             times more than its reblurred self misses the blurry frame.
         noise: the camera's noise level in 8-bit levels: differences below it are noise.
+        sharp: how close (8-bit levels) a reference and its reblurred self must both come to the
+            blurry frame for a pixel to count as already sharp. Raising it (3 levels) trades
+            gain for coverage, and does so better than raising ``noise``: see docs/results.md.
         sigma: the size (Gaussian σ, pixels) of the neighbourhood both are measured over.
         tile: the reblurred reference is blurred by kernels estimated per ``tile × tile`` tile
             (pixels) rather than by the frame's one kernel: real blur varies across a frame.
@@ -249,6 +252,7 @@ class Check:
 
     gain: float = 4.0
     noise: float = 2.0
+    sharp: float = 2.0
     sigma: float = 3.0
     tile: int = 64
 
@@ -312,8 +316,8 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
       blur flattened the gradients there, plus the noise floor): the pseudo-sharp pixel is the
       confidence-weighted mean of those references, its confidence their best;
     * **already sharp** where a reference both misses and changes the frame by no more than
-      noise: the blurry frame itself is the pseudo-sharp pixel (nothing to correct there), with
-      that reference's matcher confidence;
+      ``check.sharp`` levels: the blurry frame itself is the pseudo-sharp pixel (nothing to
+      correct there), with that reference's matcher confidence;
     * **unsure** otherwise: confidence 0.
 
     Shape:
@@ -337,7 +341,8 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
                / _gradient_energy(blurry, check.sigma)[:, None].clamp_min(1e-12)).clamp_min(1.0)
     floor = (check.noise / 255.0) ** 2
     corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
-    sharp = (change <= floor) & (miss <= floor)
+    level = (check.sharp / 255.0) ** 2
+    sharp = (change <= level) & (miss <= level)
     w = conf * corrects
     fused = (w * aligned).sum(1) / w.sum(1).clamp_min(1e-8)
     corrected = corrects.any(1)

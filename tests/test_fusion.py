@@ -301,6 +301,20 @@ def test_the_check_keeps_a_misaligned_reference_out_and_the_blurry_frame_where_i
     assert _masked_psnr(bad, truth, textured) < _masked_psnr(blurry, truth, textured)
 
 
+def test_check_sharp_sets_how_close_an_already_sharp_pixel_must_come():
+    """A flat frame and a reference 2.5 levels brighter (noise, a light change): not already
+    sharp at the default 2 levels, already sharp (the blurry pixel kept) at 3."""
+    blurry = torch.full((1, 3, 32, 32), 0.5)
+    ref = (blurry + 2.5 / 255)[:, None]
+    conf = torch.ones(1, 1, 1, 32, 32)
+    delta = torch.zeros(1, 3, 3)
+    delta[0, 1, 1] = 1.0
+    _, strict = reblur_check(blurry, ref, conf, delta, 0.7, Check(tile=0))
+    img, loose = reblur_check(blurry, ref, conf, delta, 0.7, Check(sharp=3.0, tile=0))
+    assert (strict == 0).all()
+    assert (loose == 1).all() and torch.equal(img, blurry)
+
+
 def test_local_kernels_blend_to_one_blur_and_follow_a_blur_that_changes_across_the_frame():
     """Tiles that share one kernel blend back to that one blur, exactly; a frame blurred by a
     9-px shake on its left and kept sharp on its right (a person who moves before a still

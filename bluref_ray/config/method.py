@@ -74,6 +74,11 @@ class PseudoGTConfig:
                         "than its reblurred self misses it"))
     check_noise: float = field(
         default=2.0, metadata=method("check: the camera's noise level, 8-bit levels"))
+    check_sharp: float = field(
+        default=2.0,
+        metadata=method("check: a pixel is already sharp where a reference and its reblurred self "
+                        "both come within this many 8-bit levels of the blurry frame (more: "
+                        "more coverage, less gain)"))
     check_tile: int = field(
         default=64,
         metadata=method("check: the reference is reblurred by kernels estimated per tile of this "
@@ -138,8 +143,8 @@ class PseudoGTConfig:
                               f"{', '.join(STRATEGIES)}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
-        if self.check_gain <= 0 or self.check_noise < 0:
-            raise ConfigError("pseudo_gt.check_gain must be > 0 and check_noise >= 0")
+        if self.check_gain <= 0 or self.check_noise < 0 or self.check_sharp < 0:
+            raise ConfigError("pseudo_gt.check_gain must be > 0, check_noise and check_sharp >= 0")
         if self.check_tile != 0 and self.check_tile < 16:
             raise ConfigError(f"pseudo_gt.check_tile={self.check_tile}: 0 (one kernel per frame) "
                               "or at least 16 pixels")

@@ -61,7 +61,9 @@ class PairMaker:
         self.rematch = None
         if pg.strategy == "reblur":
             self.rematch = torch_rematch() if pg.refiner == "torch" else dis_rematch(pg.dis_preset)
-        self.check = Check(pg.check_gain, pg.check_noise, tile=pg.check_tile) if pg.check else None
+        self.check = None
+        if pg.check:
+            self.check = Check(pg.check_gain, pg.check_noise, pg.check_sharp, tile=pg.check_tile)
         self.deblurrer = None
         if pg.deblurrer:
             from bluref_ray.models import load_checkpoint
