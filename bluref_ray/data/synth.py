@@ -84,7 +84,8 @@ def plan_clip(cfg: SynthConfig, rng: np.random.Generator) -> list[FramePlan]:
     """Which frames are blurry, how many sub-frames each averages, and where they lie.
 
     Each output frame has a slot of ``max(subframes, k)`` sub-frames (as in GoPro, where the
-    exposures of consecutive blurry frames never overlap); its exposure is centred in the slot.
+    exposures of consecutive blurry frames never overlap); its exposure is centred in the slot
+    and its truth is the middle sub-frame of the exposure (of an even ``k``, one of the two).
     """
     blurry = rng.random(cfg.frames) < cfg.blurry_share
     ks = rng.integers(cfg.k_min, cfg.k_max + 1, size=cfg.frames)
@@ -93,7 +94,8 @@ def plan_clip(cfg: SynthConfig, rng: np.random.Generator) -> list[FramePlan]:
         k = int(ks[i]) if blurry[i] else 1
         slot = max(cfg.subframes, k)
         centre = start + slot // 2
-        plans.append(FramePlan(i, bool(blurry[i]), k, centre, centre - (k - 1) // 2))
+        first = min(centre - (k - 1) // 2, start + slot - k)  # an even k fills its slot
+        plans.append(FramePlan(i, bool(blurry[i]), k, centre, first))
         start += slot
     return plans
 
