@@ -326,16 +326,17 @@ def test_a_run_that_makes_no_pair_fails_with_what_to_change(ray_cluster, tiny_da
 
 def test_the_torch_path_runs_on_the_cpu_against_the_dis_path(tiny_frames):
     """The GPU path (refiner=torch: DIS in PyTorch), run on the CPU, against the CPU path
-    (OpenCV's DIS) on the same windows: the same gain over the blurry frame on confident pixels
-    within a few tenths of a dB (4.41 against 4.57 dB when written) at the same coverage, and
-    the second match alone in PyTorch as good as DIS's (docs/results.md has the real-footage
-    and synthetic tables)."""
+    (OpenCV's DIS) on the same windows (all of the tiny clips': the gain of one frame can differ
+    by several dB): the same gain over the blurry frame on confident pixels within a few tenths
+    of a dB (5.31 against 5.43 dB over 25 frames when written) at the same coverage, and the
+    second match alone in PyTorch as good as DIS's (docs/results.md has the real-footage and
+    synthetic tables)."""
     from bluref_ray.data.windows import load_windows
     from bluref_ray.fusion import torch_rematch
     from bluref_ray.pipeline.pairs import PairMaker
 
     frames = schema.read_table(f"{tiny_frames}/frames", schema.FRAMES)
-    windows = list(load_windows(frames, 3, 3, limit=3))
+    windows = list(load_windows(frames, 3, 3))
     gains = {}
     for run in ("dis", "torch", "dis+torch second match"):
         make = PairMaker(dataclasses.replace(CFG.pseudo_gt, refiner=run.split("+")[0]), "t",
@@ -343,8 +344,9 @@ def test_the_torch_path_runs_on_the_cpu_against_the_dis_path(tiny_frames):
         if run.endswith("second match"):
             make.rematch = torch_rematch()
         rows = [r for w, px in windows for r in make(w, px)[0]]
-        assert rows and all(r["psnr_pseudo"] is not None for r in rows)
-        gains[run] = (np.mean([r["psnr_pseudo"] - r["psnr_blurry"] for r in rows]),
+        scored = [r for r in rows if r["psnr_pseudo"] is not None]  # no confident pixel: None
+        assert len(scored) >= len(rows) - 2, rows
+        gains[run] = (np.mean([r["psnr_pseudo"] - r["psnr_blurry"] for r in scored]),
                       np.mean([r["coverage"] for r in rows]))
     (g_dis, c_dis), (g_torch, c_torch) = gains["dis"], gains["torch"]
     assert g_dis > 3 and g_torch > g_dis - 0.5, gains  # both beat the blurry frame well
