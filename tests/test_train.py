@@ -191,6 +191,27 @@ def test_a_training_of_other_settings_is_not_resumed_into_the_same_out(ray_clust
     assert again.seconds == more.seconds
 
 
+def test_a_resumed_training_does_not_read_its_init_again(ray_cluster, tiny_pairs, tmp_path):
+    """The checkpoint of a started run holds the weights: its ``train.init`` (a model of an
+    earlier round, say) may be gone when the run is resumed, and a fresh run without it is
+    refused with the path named."""
+    first = str(tmp_path / "first")
+    train_deblurrer(tiny_pairs, first, _cfg(steps=2, checkpoint_every=2, val=None),
+                    log=lambda _m: None)
+    init = str(tmp_path / "init.pt")
+    os.rename(os.path.join(first, "model.pt"), init)
+    out = str(tmp_path / "train")
+    train_deblurrer(tiny_pairs, out, _cfg(steps=2, checkpoint_every=2, val=None, init=init),
+                    log=lambda _m: None)
+    os.remove(init)
+    more = train_deblurrer(tiny_pairs, out, _cfg(steps=4, checkpoint_every=2, val=None,
+                                                 init=init), log=lambda _m: None)
+    assert more.steps == 4 and os.path.exists(os.path.join(out, "model.pt"))
+    with pytest.raises(ConfigError, match=f"train.init={init}: no such checkpoint"):
+        train_deblurrer(tiny_pairs, str(tmp_path / "fresh"),
+                        _cfg(steps=2, val=None, init=init), log=lambda _m: None)
+
+
 def test_checkpoints_sort_by_step_past_a_million_and_cadences_must_be_positive(tmp_path):
     from bluref_ray.training.common import checkpoints
 
