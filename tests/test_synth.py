@@ -108,12 +108,13 @@ def test_blurry_share_and_exposures(tmp_path):
     assert all(p.blurry and p.k == 9 for p in clip.plan)
     # even and odd k as wide as the slot (8 sub-frames) and wider: no sub-frame in two exposures,
     # and each truth inside its exposure
-    mixed = dataclasses.replace(all_blurry, frames=40, subframes=8, k_min=7, k_max=12)
-    for plans in (clip.plan, ClipSynth(mixed, "train", 0).plan):
+    mixed = ClipSynth(dataclasses.replace(all_blurry, frames=40, subframes=8, k_min=7, k_max=12),
+                      "train", 0).plan
+    for plans in (clip.plan, mixed):
         windows = [(p.first, p.first + p.k) for p in plans]
         assert all(a1 >= b0 for (_, b0), (a1, _) in zip(windows, windows[1:])), "exposures overlap"
         assert all(p.first <= p.centre < p.first + p.k for p in plans)
-    assert {p.k % 2 for p in ClipSynth(mixed, "train", 0).plan} == {0, 1}
+    assert {p.k % 2 for p in mixed} == {0, 1}
     none_blurry = ClipSynth(dataclasses.replace(TINY, blurry_share=0.0), "train", 0)
     assert not any(p.blurry for p in none_blurry.plan)
 
