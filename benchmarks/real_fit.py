@@ -7,10 +7,10 @@ frames.
 The camera-like trees of ``benchmarks/real_footage.py`` (the same clips, plans and blur: k = 5
 frames at 25 fps, 45% of the frames blurred, the same seeds), made in memory: NAFNet trains
 supervised on the blurry frames of the development clips (``bikes``, ``bigbuckbunny``) and their
-truth, in a plain PyTorch loop on one process (the recipe of ``bluref train``: L1, AdamW, warm-
-up + cosine, random crops with flips; without its colour augmentation). Every ``--eval-every``
-steps it prints the PSNR gain over the blurry input on every 8th training frame (in sample: can
-the network fit this blur at all?) and on every blurry frame of the held-out
+truth, in a plain PyTorch loop on one process (the recipe of ``bluref train``: L1, AdamW,
+warm-up + cosine, random crops with flips; without its colour augmentation). Every
+``--eval-every`` steps it prints the PSNR gain over the blurry input on every 8th training frame
+(in sample: can the network fit this blur at all?) and on every blurry frame of the held-out
 ``carphone_pristine``. ``--weighted`` picks crops where the blur is (probability ∝ the squared
 error of the blurry frame) instead of uniformly. ``--reference nearest`` trains Ref-NAFNet
 instead (``--model refnafnet-tiny``, its matching features the shipped matcher's): each blurry
