@@ -112,12 +112,18 @@ def main(argv: list[str] | None = None) -> dict:
           f"({np.mean([psnr(b, t) for b, t, _ in train]):.2f} dB from their truth), held out "
           f"{len(test)} ({np.mean([psnr(b, t) for b, t, _ in test]):.2f} dB)", flush=True)
     energy = [np.square(b - t).mean(2) for b, t, _ in train]
-    refs = {"none": None, "nearest": lambda fs, _o: [r for *_, r in fs],
-            # a frame of the other set's clip: never this clip's
-            "shuffled": lambda fs, other: [other[i % len(other)][2] for i in range(len(fs))]
-            }[a.reference]
-    train_refs = refs(train, test) if refs else None
-    test_refs = refs(test, train) if refs else None
+    refs = a.reference != "none"
+
+    def references(frames: list, other: list) -> list[np.ndarray] | None:
+        """Each frame's reference: its nearest sharp frame, or (shuffled) one of ``other``,
+        the frames of another clip."""
+        if not refs:
+            return None
+        if a.reference == "nearest":
+            return [r for *_, r in frames]
+        return [other[i % len(other)][2] for i in range(len(frames))]
+
+    train_refs, test_refs = references(train, test), references(test, train)
     in_sample_refs = train_refs[::8] if refs else None
 
     def crop() -> tuple[np.ndarray, np.ndarray | None]:
