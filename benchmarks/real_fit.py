@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
         return both[c // 2:c // 2 + c, c // 2:c // 2 + c, :6], both[..., 6:]
 
     net = build_model(a.model or ("refnafnet-tiny" if refs else "nafnet-tiny"))
-    if getattr(net, "takes_reference", False):
-        if not refs:
-            p.error("a reference network needs --reference nearest or shuffled")
+    if getattr(net, "takes_reference", False) != refs:
+        p.error("--reference nearest or shuffled goes with a reference network "
+                "(refnafnet-tiny), --reference none with a single-image one")
+    if refs:
         from bluref_ray.models.refnafnet import load_match_features
         load_match_features(net)
     net = net.to(device)
