@@ -301,6 +301,35 @@ def match_light(aligned: torch.Tensor, blurry: torch.Tensor, matched: torch.Tens
     return (aligned * gain[..., None, None].to(aligned.dtype)).clamp(0, 1)
 
 
+def check_terms(blurry: torch.Tensor, aligned: torch.Tensor,
+                kernel: torch.Tensor | LocalKernels, sigma: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`reblur_check` decides on, per reference and pixel, over a Gaussian
+    neighbourhood of ``sigma`` pixels: the *miss* ``|k ⊛ a − blurry|²``, the *change*
+    ``|a − blurry|²`` and the *flattening*: how much more gradient energy the reference has
+    than the blurry frame (at least 1).
+
+    Shape:
+        blurry ``[B, 3, H, W]``, aligned ``[B, N, 3, H, W]``, kernel ``[B, S, S]`` or
+        :class:`LocalKernels` → three ``[B, N, 1, H, W]``.
+    """
+    b, n = aligned.shape[:2]
+    flat = aligned.flatten(0, 1)
+    if isinstance(kernel, LocalKernels):  # one reference at a time: tiles overlap 4-fold
+        reblurred = torch.stack([reblur_local(aligned[:, k], kernel) for k in range(n)], 1)
+    else:
+        reblurred = reblur(flat, kernel.repeat_interleave(n, 0)).view_as(aligned)
+    miss = local_mean(((reblurred - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
+                      sigma).view(b, n, 1, *blurry.shape[-2:])
+    change = local_mean(((aligned - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
+                        sigma).view_as(miss)
+    # A misalignment d shows in the miss as d·∇blurry but costs d·∇reference: the flattening
+    # scales the miss to estimate the reference's own error.
+    flatten = (_gradient_energy(flat, sigma).view_as(miss)
+               / _gradient_energy(blurry, sigma)[:, None].clamp_min(1e-12)).clamp_min(1.0)
+    return miss, change, flatten
+
+
 def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
                  kernel: torch.Tensor | LocalKernels, tau: float, check: Check = Check()
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,20 +354,7 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
         empty slot), kernel ``[B, S, S]`` (one per frame) or :class:`LocalKernels` (per tile)
         → image ``[B, 3, H, W]``, confidence ``[B, 1, H, W]``.
     """
-    b, n = aligned.shape[:2]
-    flat = aligned.flatten(0, 1)
-    if isinstance(kernel, LocalKernels):  # one reference at a time: tiles overlap 4-fold
-        reblurred = torch.stack([reblur_local(aligned[:, k], kernel) for k in range(n)], 1)
-    else:
-        reblurred = reblur(flat, kernel.repeat_interleave(n, 0)).view_as(aligned)
-    miss = local_mean(((reblurred - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
-                      check.sigma).view(b, n, 1, *blurry.shape[-2:])
-    change = local_mean(((aligned - blurry[:, None]) ** 2).mean(2).flatten(0, 1)[:, None],
-                        check.sigma).view_as(miss)
-    # A misalignment d shows in the miss as d·∇blurry but costs d·∇reference: scale the miss by
-    # how much the blur flattened the gradients here to estimate the reference's own error.
-    flatten = (_gradient_energy(flat, check.sigma).view_as(miss)
-               / _gradient_energy(blurry, check.sigma)[:, None].clamp_min(1e-12)).clamp_min(1.0)
+    miss, change, flatten = check_terms(blurry, aligned, kernel, check.sigma)
     floor = (check.noise / 255.0) ** 2
     corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
     level = (check.sharp / 255.0) ** 2
@@ -365,6 +381,7 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` (it may start from
        step 1's flow) and warps the sharp reference by that flow;
        :func:`match_light` gives it the blurry frame's exposure and white balance.
+    (Steps 1-3 are :func:`blur_aware_align`.)
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
        vouch for; the model there is a kernel per tile, estimated again from the references
@@ -377,6 +394,32 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
     """
     avail = _check(query, refs, available)
     blurry = query if blurry is None else blurry
+    n = refs.shape[1]
+    aligned_all, conf_all, kernel = blur_aware_align(query, refs, align, rematch, tau, avail,
+                                                     blurry, kernel_size)
+    if check is None:
+        acc = _Accumulator(blurry, tau)
+        for k in range(n):
+            acc.add(aligned_all[:, k], conf_all[:, k])
+        return acc.result(avail.sum(1))
+    model = check_model(blurry, aligned_all, conf_all, kernel, tau, check, kernel_size, avail)
+    image, confidence = reblur_check(blurry, aligned_all, conf_all, model, tau, check)
+    coverage = (confidence >= tau).flatten(1).float().mean(1)
+    return Fusion(image, confidence, coverage, avail.sum(1))
+
+
+def blur_aware_align(query: torch.Tensor, refs: torch.Tensor, align: Align, rematch: Rematch,
+                     tau: float, available: torch.Tensor, blurry: torch.Tensor,
+                     kernel_size: int = 41
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1-3 of :func:`reblur_average`: the references aligned to the blurry frames, light
+    matched, their confidences (0 for an empty slot) and the frames' blur kernels.
+
+    Shape:
+        query, blurry ``[B, 3, H, W]``, refs ``[B, N, 3, H, W]``, available ``[B, N]`` bool →
+        aligned ``[B, N, 3, H, W]``, confidence ``[B, N, 1, H, W]``, kernel ``[B, S, S]``.
+    """
+    avail = available.to(torch.bool)
     b, n = refs.shape[:2]
     views = torch.zeros(b, n, *query.shape[-2:], device=query.device)
     for k in range(n):
@@ -396,20 +439,19 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
             sharp = refs[idx, k]
             aligned_all[idx, k], conf_all[idx, k] = rematch(
                 blurry[idx], reblur(sharp, kernel[idx]), sharp)
-    aligned_all = match_light(aligned_all, blurry, conf_all >= tau)
-    if check is None:
-        acc = _Accumulator(blurry, tau)
-        for k in range(n):
-            acc.add(aligned_all[:, k], conf_all[:, k])
-        return acc.result(avail.sum(1))
-    model: torch.Tensor | LocalKernels = kernel.to(blurry.dtype)
-    if check.tile:  # reblur gives the kernels the image's dtype
-        model = estimate_local_kernels(linear_luma(aligned_all).float(),
-                                       linear_luma(blurry).float(), check.tile, kernel_size, avail,
-                                       conf_all[:, :, 0] >= tau)
-    image, confidence = reblur_check(blurry, aligned_all, conf_all, model, tau, check)
-    coverage = (confidence >= tau).flatten(1).float().mean(1)
-    return Fusion(image, confidence, coverage, avail.sum(1))
+    return match_light(aligned_all, blurry, conf_all >= tau), conf_all, kernel
+
+
+def check_model(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
+                kernel: torch.Tensor, tau: float, check: Check, kernel_size: int,
+                available: torch.Tensor) -> torch.Tensor | LocalKernels:
+    """The blur that :func:`reblur_check` tests the references against: the frame's kernel, or
+    (``check.tile``) kernels per tile estimated again from the references as aligned, each
+    weighted by where it matched."""
+    if not check.tile:
+        return kernel.to(blurry.dtype)  # reblur gives the kernels the image's dtype
+    return estimate_local_kernels(linear_luma(aligned).float(), linear_luma(blurry).float(),
+                                  check.tile, kernel_size, available, conf[:, :, 0] >= tau)
 
 
 def fuse(strategy: str, query: torch.Tensor, refs: torch.Tensor, align: Align,
