@@ -358,7 +358,20 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
     floor = (check.noise / 255.0) ** 2
     corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
     level = (check.sharp / 255.0) ** 2
-    sharp = (change <= level) & (miss <= level)
+    return fuse_checked(blurry, aligned, conf, corrects, (change <= level) & (miss <= level))
+
+
+def fuse_checked(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
+                 corrects: torch.Tensor, sharp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pseudo-sharp image and its confidence from per-reference decisions: where some
+    reference ``corrects`` the pixel, the confidence-weighted mean of those references and their
+    best confidence; elsewhere the blurry pixel, with the best confidence of the references that
+    find it ``sharp`` already (0 if none).
+
+    Shape:
+        blurry ``[B, 3, H, W]``, aligned ``[B, N, 3, H, W]``, conf, corrects, sharp
+        ``[B, N, 1, H, W]`` → image ``[B, 3, H, W]``, confidence ``[B, 1, H, W]``.
+    """
     w = conf * corrects
     fused = (w * aligned).sum(1) / w.sum(1).clamp_min(1e-8)
     corrected = corrects.any(1)

