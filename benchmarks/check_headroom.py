@@ -44,20 +44,20 @@ from bluref_ray.data.real_footage import (
 )
 from bluref_ray.data.references import pick_references
 from bluref_ray.fusion import (
+    SELECTOR_FEATURES,
     Check,
-    _gradient_energy,
+    Selector,
     blur_aware_align,
     check_model,
     check_terms,
     fuse_checked,
     local_mean,
+    selector_features,
 )
 from bluref_ray.pipeline.pairs import PairMaker
 
 DEV = ("bikes", "bigbuckbunny")
 ALL = (*DEV, "carphone_pristine")  # real_footage.py's order: its draws depend on it
-FEATURES = ("change", "miss", "flattening", "nearest other reference", "matcher confidence",
-            "blurry gradient energy")
 
 
 def level(x: float) -> float:
@@ -93,28 +93,15 @@ def frame_terms(maker: PairMaker, blurry: np.ndarray, truth: np.ndarray, refs: l
                                              kernel_size)
     model = check_model(b, aligned, conf, kernel, tau, check, kernel_size, avail)
     miss, change, flatten = check_terms(b, aligned, model, check.sigma)
-    n = len(refs)
-    ok = conf >= tau
-    near = torch.ones_like(miss)  # the nearest other confident reference
-    for i in range(n):
-        for j in range(n):
-            if i != j:
-                d = local_mean(((aligned[:, i] - aligned[:, j]) ** 2).mean(1, keepdim=True),
-                               check.sigma)
-                near[:, i] = torch.minimum(near[:, i], torch.where(ok[:, j], d, 1.0))
+    feats = selector_features(b, aligned, conf, (miss, change, flatten), tau, check.sigma,
+                              check.noise)
     lm = lambda x: local_mean(x.mean(-3, keepdim=True), check.sigma)  # noqa: E731
     err_ref = lm((aligned - t[:, None]).square().flatten(0, 1)).view_as(miss)
     err_blurry = lm((b - t).square())[:, None]
+    ok = conf >= tau
     return {"blurry": b, "truth": t, "aligned": aligned.half(), "conf": conf, "miss": miss,
-            "change": change, "flatten": flatten, "near": near, "ok": ok,
-            "energy": _gradient_energy(b, check.sigma)[:, None].expand_as(miss),
+            "change": change, "flatten": flatten, "features": feats, "ok": ok,
             "good": ok & (2 * err_ref < err_blurry)}
-
-
-def features(f: dict, floor: float) -> torch.Tensor:
-    log = lambda x: (x + floor).log10()  # noqa: E731
-    return torch.stack([log(f["change"]), log(f["miss"]), f["flatten"].log10(), log(f["near"]),
-                        f["conf"].float(), log(f["energy"])], -1)
 
 
 def score(f: dict, corrects: torch.Tensor, check: Check, tau: float) -> tuple:
@@ -133,29 +120,30 @@ def score(f: dict, corrects: torch.Tensor, check: Check, tau: float) -> tuple:
     return gain, region.float().mean().item(), corrected
 
 
-def train_selector(frames: list[dict], floor: float, steps: int) -> tuple:
-    """The MLP and the features' mean and spread, trained on references that change the frame."""
+def train_selector(frames: list[dict], floor: float, steps: int) -> Selector:
+    """A :class:`Selector` trained on the references that change their frame by more than twice
+    the noise (every 5th such pixel), to tell where one has under half the blurry frame's error."""
     torch.manual_seed(0)
     xs, ys = [], []
     for f in frames:
         m = f["ok"] & (f["change"] > 4 * floor)
-        xs.append(features(f, floor)[m][::5])
+        xs.append(f["features"][m][::5])
         ys.append(f["good"][m][::5].float())
     x, y = torch.cat(xs), torch.cat(ys)
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    net = torch.nn.Sequential(torch.nn.Linear(len(FEATURES), 16), torch.nn.ReLU(),
-                              torch.nn.Linear(16, 1))
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    selector = Selector()
+    selector.mean.copy_(x.mean(0))
+    selector.std.copy_(x.std(0).clamp_min(1e-6))
+    opt = torch.optim.Adam(selector.parameters(), 1e-2)
     for _ in range(steps):
         i = torch.randint(len(x), (8192,))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            net((x[i] - mu) / sd)[:, 0], y[i])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(selector.logits(x[i]), y[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"[selector] {len(x)} samples, {y.mean().item():.3f} of them better than the blurry "
-          f"frame by 2x; final loss {loss.item():.3f}", flush=True)
-    return net.eval(), mu, sd
+    print(f"[selector] {len(x)} samples of {len(SELECTOR_FEATURES)} features, "
+          f"{y.mean().item():.3f} of them under half the blurry frame's error; final loss "
+          f"{loss.item():.3f}", flush=True)
+    return selector.eval()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -172,6 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-side", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save", default=None,
+                   help="write the selector here (the shipped one: bluref_ray/assets/selector.pt)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config()
@@ -196,8 +186,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         trees.append((name, layout, terms))
         print(f"[align] {layout} {name}: {len(terms)} blurry frames ({time.time() - t0:.0f} s)",
               flush=True)
-    net, mu, sd = train_selector([f for n, _, ts in trees if n in DEV for f in ts], floor,
-                                 args.steps)
+    selector = train_selector([f for n, _, ts in trees if n in DEV for f in ts], floor,
+                              args.steps)
+    if args.save:
+        torch.save({"arch": "check-selector", "kwargs": {}, "state_dict": selector.state_dict(),
+                    "trained_on": f"benchmarks/check_headroom.py: {', '.join(DEV)}, camera and "
+                                  f"paired, k={args.k}, seed {args.seed}, {args.steps} steps"},
+                   args.save)
+        print(f"[selector] saved to {args.save}", flush=True)
     thresholds = [float(s) for s in args.thresholds.split(",")]
     rows = []
     for name, layout, terms in trees:
@@ -206,9 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "oracle": lambda f: f["good"]}
         with torch.no_grad():
             for th in thresholds:
-                rules[f"selector p ≥ {th:g}"] = (lambda th: lambda f: (torch.sigmoid(
-                    net((features(f, floor) - mu) / sd)[..., 0]) >= th)
-                    & (f["change"] > 4 * floor))(th)
+                rules[f"selector p ≥ {th:g}"] = (lambda th: lambda f: (
+                    selector(f["features"]) >= th) & (f["change"] > 4 * floor))(th)
             row = {"layout": layout, "clip": name, "held out": name not in DEV,
                    "frames": len(terms)}
             for rule, fn in rules.items():

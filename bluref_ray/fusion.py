@@ -45,9 +45,11 @@ from bluref_ray.matching.kernel import (
     reblur,
     reblur_local,
 )
+from bluref_ray.matching.learned import read_checkpoint
 from bluref_ray.matching.refine import fb_confidence, gaussian_blur, gray
 from bluref_ray.matching.torch_dis import TorchDIS
 from bluref_ray.matching.warp import warp
+from bluref_ray.storage import StorageConfig
 
 #: ``align(query [b,3,H,W], reference [b,3,H,W]) -> (aligned [b,3,H,W], confidence [b,1,H,W])``
 Align = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -233,6 +235,82 @@ def progressive_average(query: torch.Tensor, refs: torch.Tensor, align: Align,
     return acc.result(used)
 
 
+#: What :class:`Selector` reads, per reference and pixel (logs of energies, 8-bit noise floor
+#: added): the check's change, miss and flattening (:func:`check_terms`), how close the nearest
+#: other confident reference comes, the matcher's confidence, the blurry frame's gradient energy.
+SELECTOR_FEATURES = ("change", "miss", "flattening", "nearest other reference",
+                     "matcher confidence", "blurry gradient energy")
+
+
+class Selector(torch.nn.Module):
+    """A learned correction rule for the check: from :data:`SELECTOR_FEATURES`, the probability
+    that a reference has under half the blurry frame's error at a pixel (a 6 → hidden → 1 MLP
+    on standardised features). ``benchmarks/check_headroom.py --save`` trains it on the truth of
+    real footage (the development clips); the package ships one (``assets/selector.pt``).
+
+    Shape:
+        ``[..., 6]`` → ``[...]`` probabilities.
+    """
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        n = len(SELECTOR_FEATURES)
+        self.net = torch.nn.Sequential(torch.nn.Linear(n, hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden, 1))
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features - self.mean) / self.std)[..., 0]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(features))
+
+
+def selector_features(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
+                      terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tau: float,
+                      sigma: float, noise: float) -> torch.Tensor:
+    """:data:`SELECTOR_FEATURES` of every reference and pixel; ``terms`` are
+    :func:`check_terms`' (miss, change, flattening).
+
+    Shape:
+        blurry ``[B, 3, H, W]``, aligned ``[B, N, 3, H, W]``, conf ``[B, N, 1, H, W]``
+        → ``[B, N, 1, H, W, 6]``.
+    """
+    miss, change, flatten = terms
+    n = aligned.shape[1]
+    ok = conf >= tau
+    near = torch.ones_like(miss)  # mean squared difference to the nearest other confident one
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = local_mean((aligned[:, i] - aligned[:, j]).square().mean(1, keepdim=True), sigma)
+            near[:, i] = torch.minimum(near[:, i], torch.where(ok[:, j], d, 1.0))
+            near[:, j] = torch.minimum(near[:, j], torch.where(ok[:, i], d, 1.0))
+    floor = (noise / 255.0) ** 2
+    log = lambda x: (x + floor).log10()  # noqa: E731
+    energy = _gradient_energy(blurry, sigma)[:, None].expand_as(miss)
+    return torch.stack([log(change), log(miss), flatten.log10(), log(near), conf.float(),
+                        log(energy)], -1)
+
+
+#: The correction rule shipped in the package (``pseudo_gt.check_selector``).
+SHIPPED_SELECTOR = "package://bluref_ray/assets/selector.pt"
+
+
+def load_selector(uri: str, storage_cfg: StorageConfig | None = None) -> Selector:
+    """The :class:`Selector` saved at ``uri`` (``package://bluref_ray/assets/selector.pt``: the
+    shipped one), on the CPU, in eval mode.
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``; the message names it.
+        ValueError: not a selector checkpoint.
+    """
+    ckpt = read_checkpoint(uri, "check-selector", storage_cfg)
+    selector = Selector(**ckpt["kwargs"])
+    selector.load_state_dict(ckpt["state_dict"])
+    return selector.eval()
+
+
 @dataclass(frozen=True)
 class Check:
     """The physical check of blur-aware fusion (see :func:`reblur_check`).
@@ -248,6 +326,10 @@ class Check:
         tile: the reblurred reference is blurred by kernels estimated per ``tile × tile`` tile
             (pixels) rather than by the frame's one kernel: real blur varies across a frame.
             0: the frame's kernel.
+        selector: a learned rule (:class:`Selector`) decides where a reference corrects a pixel
+            instead of ``gain``: where it gives the reference a probability of at least
+            ``selector_p`` of having under half the blurry frame's error there, and the
+            reference changes the frame by more than twice the noise level.
     """
 
     gain: float = 4.0
@@ -255,6 +337,8 @@ class Check:
     sharp: float = 2.0
     sigma: float = 3.0
     tile: int = 64
+    selector: Selector | None = None
+    selector_p: float = 0.7
 
 
 def local_mean(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -342,8 +426,9 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
 
     * **corrected** where some reference with matcher confidence ≥ τ changes the frame at least
       ``check.gain`` times more than its estimated own error (the miss, scaled by how much the
-      blur flattened the gradients there, plus the noise floor): the pseudo-sharp pixel is the
-      confidence-weighted mean of those references, its confidence their best;
+      blur flattened the gradients there, plus the noise floor), or, with ``check.selector``,
+      where that learned rule says so: the pseudo-sharp pixel is the confidence-weighted mean
+      of those references, its confidence their best;
     * **already sharp** where a reference both misses and changes the frame by no more than
       ``check.sharp`` levels: the blurry frame itself is the pseudo-sharp pixel (nothing to
       correct there), with that reference's matcher confidence;
@@ -356,7 +441,12 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
     """
     miss, change, flatten = check_terms(blurry, aligned, kernel, check.sigma)
     floor = (check.noise / 255.0) ** 2
-    corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
+    if check.selector is None:
+        corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
+    else:
+        p = check.selector(selector_features(blurry, aligned, conf, (miss, change, flatten), tau,
+                                             check.sigma, check.noise))
+        corrects = (p >= check.selector_p) & (change > 4 * floor) & (conf >= tau)
     level = (check.sharp / 255.0) ** 2
     return fuse_checked(blurry, aligned, conf, corrects, (change <= level) & (miss <= level))
 

@@ -84,6 +84,17 @@ class PseudoGTConfig:
         metadata=method("check: the reference is reblurred by kernels estimated per tile of this "
                         "side, pixels (real blur varies across a frame: a person moving before a "
                         "still background, depth); 0: by the frame's one kernel"))
+    check_selector: str = field(
+        default="",
+        metadata=method("check: a learned rule decides where a reference corrects the blurry "
+                        "frame, instead of check_gain: a selector checkpoint, e.g. "
+                        "package://bluref_ray/assets/selector.pt (shipped; learned on real "
+                        "footage by benchmarks/check_headroom.py); empty: the physical rule"))
+    check_selector_p: float = field(
+        default=0.7,
+        metadata=method("check: with check_selector, a reference corrects a pixel where the "
+                        "selector gives it at least this probability of halving the error "
+                        "(less: more coverage, less precision)"))
     matcher: str = field(
         default="learned",
         metadata=matching("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
@@ -145,6 +156,9 @@ class PseudoGTConfig:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
         if self.check_gain <= 0 or self.check_noise < 0 or self.check_sharp < 0:
             raise ConfigError("pseudo_gt.check_gain must be > 0, check_noise and check_sharp >= 0")
+        if not 0 < self.check_selector_p < 1:
+            raise ConfigError(f"pseudo_gt.check_selector_p={self.check_selector_p}: a "
+                              "probability, between 0 and 1")
         if self.check_tile != 0 and self.check_tile < 16:
             raise ConfigError(f"pseudo_gt.check_tile={self.check_tile}: 0 (one kernel per frame) "
                               "or at least 16 pixels")

@@ -31,6 +31,17 @@ def read_matcher_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) 
         FileNotFoundError: nothing at ``uri``; the message names it.
         ValueError: not a dense-matcher checkpoint.
     """
+    return read_checkpoint(uri, "dense-matcher", storage_cfg)
+
+
+def read_checkpoint(uri: str, arch: str, storage_cfg: StorageConfig | None = None) -> dict:
+    """The checkpoint dict of an ``arch`` network at ``uri`` (a URI, or
+    ``package://bluref_ray/assets/NAME`` for one the package ships).
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``; the message names it.
+        ValueError: not an ``arch`` checkpoint.
+    """
     if uri.startswith("package://"):
         pkg, _, name = uri[len("package://"):].partition("/assets/")
         ref = resources.files(pkg.replace("/", ".")) / "assets" / name
@@ -40,8 +51,8 @@ def read_matcher_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) 
     else:
         blob = storage.read_bytes(uri, storage_cfg)
     ckpt = checkpoint_from_bytes(blob, uri)
-    if ckpt["arch"] != "dense-matcher":
-        raise ValueError(f"{uri}: not a dense-matcher checkpoint")
+    if ckpt["arch"] != arch:
+        raise ValueError(f"{uri}: not a {arch} checkpoint (it holds {ckpt['arch']!r})")
     return ckpt
 
 

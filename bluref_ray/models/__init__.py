@@ -214,7 +214,7 @@ def resolve_checkpoint(uri: str, storage_cfg: StorageConfig | None = None) -> st
 
 #: Settings that name files or folders (checkpoints, chains ``A+B``, data), in any section.
 PATH_SETTINGS = ("init", "deblurrer", "kernel", "known", "pairs", "val", "images", "backbone",
-                 "matcher_checkpoint", "vgg19_weights")
+                 "matcher_checkpoint", "check_selector", "vgg19_weights")
 
 
 def absolute_paths(section: Any) -> Any:

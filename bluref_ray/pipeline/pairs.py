@@ -19,7 +19,15 @@ from bluref_ray import schema, storage
 from bluref_ray.config import PseudoGTConfig
 from bluref_ray.data.images import ImageError, decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.windows import Window
-from bluref_ray.fusion import Align, Check, aligner, dis_rematch, fuse, torch_rematch
+from bluref_ray.fusion import (
+    Align,
+    Check,
+    aligner,
+    dis_rematch,
+    fuse,
+    load_selector,
+    torch_rematch,
+)
 from bluref_ray.losses import confidence_level
 from bluref_ray.matching import matcher_from_config
 from bluref_ray.metrics import masked_psnr
@@ -63,7 +71,11 @@ class PairMaker:
             self.rematch = torch_rematch() if pg.refiner == "torch" else dis_rematch(pg.dis_preset)
         self.check = None
         if pg.check:
-            self.check = Check(pg.check_gain, pg.check_noise, pg.check_sharp, tile=pg.check_tile)
+            selector = None
+            if pg.check_selector:
+                selector = load_selector(pg.check_selector, storage_cfg).to(device)
+            self.check = Check(pg.check_gain, pg.check_noise, pg.check_sharp, tile=pg.check_tile,
+                               selector=selector, selector_p=pg.check_selector_p)
         self.deblurrer = None
         if pg.deblurrer:
             from bluref_ray.models import load_checkpoint

@@ -147,6 +147,14 @@ def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
             read_matcher_checkpoint(pg.matcher_checkpoint, storage_cfg)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"pseudo_gt.matcher_checkpoint: {e}") from None
+    if pg.check and pg.check_selector:
+        from bluref_ray.fusion import load_selector
+        from bluref_ray.models import CheckpointError
+
+        try:
+            load_selector(pg.check_selector, storage_cfg)
+        except (FileNotFoundError, ValueError, CheckpointError) as e:
+            raise ConfigError(f"pseudo_gt.check_selector: {e}") from None
     if pg.deblurrer:
         from bluref_ray.models import load_image_model
 
