@@ -276,6 +276,11 @@ REFUSED = [
      lambda f, p, t, s: ["pseudo-gt", f, "--out", str(t / "o"), "--set",
                          f"pseudo_gt.deblurrer={_checkpoint(t, 'ref.pt', 'refnet')}"],
      r"pseudo_gt\.deblurrer: .*ref\.pt is a Ref-NAFNet, which reads a reference frame"),
+    ("a deblurrer as the check's selector",
+     lambda f, p, t, s: ["pseudo-gt", f, "--out", str(t / "o"), "--set",
+                         f"pseudo_gt.check_selector={_checkpoint(t, 'kernel.pt', 'kernel')}"],
+     r"pseudo_gt\.check_selector: .*kernel\.pt: not a check-selector checkpoint \(it holds "
+     r"'kernel-tiny'\)"),
     ("checkpoint that does not exist",
      lambda f, p, t, s: ["deblur", str(t / "nope.pt"), s, "--out", str(t / "o")],
      r"nope\.pt.*not found"),

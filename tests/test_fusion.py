@@ -8,13 +8,19 @@ import pytest
 import torch
 
 from bluref_ray.fusion import (
+    SELECTOR_FEATURES,
+    SHIPPED_SELECTOR,
     STRATEGIES,
     Check,
+    Selector,
     aligner,
+    check_terms,
     fuse,
+    load_selector,
     match_light,
     progressive_average,
     reblur_check,
+    selector_features,
     weighted_average,
 )
 from bluref_ray.matching import build_matcher, warp
@@ -299,6 +305,46 @@ def test_the_check_keeps_a_misaligned_reference_out_and_the_blurry_frame_where_i
     # trusted on its matcher confidence alone, the misaligned reference is worse than the
     # blurry frame where the blur changed it
     assert _masked_psnr(bad, truth, textured) < _masked_psnr(blurry, truth, textured)
+
+
+def _constant_selector(logit: float) -> Selector:
+    s = Selector()
+    torch.nn.init.zeros_(s.net[2].weight)
+    torch.nn.init.constant_(s.net[2].bias, logit)
+    return s.eval()
+
+
+def test_a_selector_decides_where_a_reference_corrects_and_the_shipped_one_loads(tmp_path):
+    """The check's learned rule takes the place of check.gain: a selector that says yes
+    everywhere corrects every pixel a confident reference changes by more than twice the noise,
+    one that says no corrects none (already sharp pixels keep the blurry frame either way). The
+    shipped selector loads; a missing or wrong checkpoint is named."""
+    truth = _scene()
+    kernel = _path_kernel(np.stack([np.linspace(-4.5, 4.5, 19), np.zeros(19)], 1))
+    blurry = reblur(truth, kernel)
+    conf = torch.ones(1, 1, 1, 96, 128)
+    changed = ((truth - blurry).square().mean(1, keepdim=True) > 4 * (2 / 255) ** 2)
+    yes, no = _constant_selector(10.0), _constant_selector(-10.0)
+    img_yes, c_yes = reblur_check(blurry, truth[:, None], conf, kernel, 0.7, Check(selector=yes))
+    img_no, c_no = reblur_check(blurry, truth[:, None], conf, kernel, 0.7, Check(selector=no))
+    assert (c_yes[changed] == 1).float().mean() > 0.9
+    assert torch.equal(img_no, blurry)  # nothing corrected
+    assert (c_no[changed] == 0).float().mean() > 0.9
+    feats = selector_features(blurry, truth[:, None].repeat(1, 2, 1, 1, 1),
+                              conf.repeat(1, 2, 1, 1, 1), check_terms(
+                                  blurry, truth[:, None].repeat(1, 2, 1, 1, 1), kernel, 3.0),
+                              0.7, 3.0, 2.0)
+    assert feats.shape == (1, 2, 1, 96, 128, len(SELECTOR_FEATURES))
+    # two identical references: the nearest other one is 0 away (the noise floor's log)
+    torch.testing.assert_close(feats[..., 3], torch.full_like(feats[..., 3],
+                                                              float(np.log10((2 / 255) ** 2))))
+    shipped = load_selector(SHIPPED_SELECTOR)
+    assert isinstance(shipped, Selector) and not shipped.training
+    assert ((shipped(feats) >= 0) & (shipped(feats) <= 1)).all()
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_selector(str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="not a check-selector checkpoint"):
+        load_selector("package://bluref_ray/assets/matcher.pt")
 
 
 def test_check_sharp_sets_how_close_an_already_sharp_pixel_must_come():
