@@ -483,8 +483,8 @@ def reblur_average(query: torch.Tensor, refs: torch.Tensor, align: Align, rematc
        on the middle of the exposure (:mod:`bluref_ray.matching.kernel`).
     3. ``rematch`` matches ``blurry`` to every reference blurred by ``k`` (it may start from
        step 1's flow) and warps the sharp reference by that flow;
-       :func:`match_light` gives it the blurry frame's exposure and white balance.
-    (Steps 1-3 are :func:`blur_aware_align`.)
+       :func:`match_light` gives it the blurry frame's exposure and white balance. (Steps 1-3
+       are :func:`blur_aware_align`.)
     4. With ``check`` (the default), :func:`reblur_check` keeps each reference only where the
        physical model holds, so that a confident pixel is one the blurry frame's own pixels
        vouch for; the model there is a kernel per tile, estimated again from the references
