@@ -246,7 +246,9 @@ class Selector(torch.nn.Module):
     """A learned correction rule for the check: from :data:`SELECTOR_FEATURES`, the probability
     that a reference has under half the blurry frame's error at a pixel (a 6 → hidden → 1 MLP
     on standardised features). ``benchmarks/check_headroom.py --save`` trains it on the truth of
-    real footage (the development clips); the package ships one (``assets/selector.pt``).
+    real footage (the development clips); the package ships one (``assets/selector.pt``). The
+    matcher's confidence is one of its features: a selector fits the matcher it was trained
+    with (the shipped one: the learned matcher).
 
     Shape:
         ``[..., 6]`` → ``[...]`` probabilities.

@@ -89,7 +89,8 @@ class PseudoGTConfig:
         metadata=method("check: a learned rule decides where a reference corrects the blurry "
                         "frame, instead of check_gain: a selector checkpoint, e.g. "
                         "package://bluref_ray/assets/selector.pt (shipped; learned on real "
-                        "footage by benchmarks/check_headroom.py); empty: the physical rule"))
+                        "footage by benchmarks/check_headroom.py, with the learned matcher, whose "
+                        "confidence it reads); empty: the physical rule"))
     check_selector_p: float = field(
         default=0.7,
         metadata=method("check: with check_selector, a reference corrects a pixel where the "
