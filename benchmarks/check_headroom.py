@@ -32,6 +32,7 @@ with its defaults.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -51,7 +52,9 @@ from bluref_ray.fusion import (
     Check,
     Selector,
     blur_aware_align,
+    check_corrects,
     check_model,
+    check_sharp,
     check_terms,
     fuse_checked,
     local_mean,
@@ -109,8 +112,7 @@ def frame_terms(maker: PairMaker, blurry: np.ndarray, truth: np.ndarray, refs: l
 
 def score(f: dict, corrects: torch.Tensor, check: Check, tau: float) -> tuple:
     """(PSNR gain on the confident pixels or None, coverage, share corrected) of one frame."""
-    lv = level(check.sharp)
-    sharp = (f["change"] <= lv) & (f["miss"] <= lv)
+    sharp = check_sharp((f["miss"], f["change"], f["flatten"]), check)
     corrects = corrects & f["ok"]
     image, confidence = fuse_checked(f["blurry"], f["aligned"].float(), f["conf"], corrects, sharp)
     image = (image * 255).round() / 255  # as stored
@@ -198,15 +200,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    args.save)
         print(f"[selector] saved to {args.save}", flush=True)
     thresholds = [float(s) for s in args.thresholds.split(",")]
+    checks = {"check": check, **{f"selector p ≥ {th:g}": dataclasses.replace(
+        check, selector=selector, selector_p=th) for th in thresholds}}
+    rules = {label: (lambda c: lambda f: check_corrects(
+        (f["miss"], f["change"], f["flatten"]), f["conf"], pg.tau, c, f["features"]))(c)
+        for label, c in checks.items()}
+    rules["oracle"] = lambda f: f["good"]
     rows = []
     for name, layout, terms in trees:
-        rules = {"check": lambda f: f["change"] >= check.gain * (f["miss"] * f["flatten"]
-                                                                 + floor),
-                 "oracle": lambda f: f["good"]}
         with torch.no_grad():
-            for th in thresholds:
-                rules[f"selector p ≥ {th:g}"] = (lambda th: lambda f: (
-                    selector(f["features"]) >= th) & (f["change"] > 4 * floor))(th)
             row = {"layout": layout, "clip": name, "held out": name not in DEV,
                    "frames": len(terms)}
             for rule, fn in rules.items():

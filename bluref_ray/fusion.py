@@ -441,16 +441,43 @@ def reblur_check(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor
         empty slot), kernel ``[B, S, S]`` (one per frame) or :class:`LocalKernels` (per tile)
         → image ``[B, 3, H, W]``, confidence ``[B, 1, H, W]``.
     """
-    miss, change, flatten = check_terms(blurry, aligned, kernel, check.sigma)
+    terms = check_terms(blurry, aligned, kernel, check.sigma)
+    features = None
+    if check.selector is not None:
+        features = selector_features(blurry, aligned, conf, terms, tau, check.sigma, check.noise)
+    return fuse_checked(blurry, aligned, conf, check_corrects(terms, conf, tau, check, features),
+                        check_sharp(terms, check))
+
+
+def check_corrects(terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], conf: torch.Tensor,
+                   tau: float, check: Check, features: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Where each reference corrects the blurry frame (:func:`reblur_check`'s rule); ``terms``
+    are :func:`check_terms`', ``features`` :func:`selector_features` (needed with
+    ``check.selector``).
+
+    Shape:
+        terms and conf ``[B, N, 1, H, W]``, features ``[B, N, 1, H, W, 6]`` → bool, as conf.
+    """
+    miss, change, flatten = terms
     floor = (check.noise / 255.0) ** 2
     if check.selector is None:
-        corrects = (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
-    else:
-        p = check.selector(selector_features(blurry, aligned, conf, (miss, change, flatten), tau,
-                                             check.sigma, check.noise))
-        corrects = (p >= check.selector_p) & (change > 4 * floor) & (conf >= tau)
+        return (change >= check.gain * (miss * flatten + floor)) & (conf >= tau)
+    if features is None:
+        raise ValueError("check.selector needs the selector's features")
+    return (check.selector(features) >= check.selector_p) & (change > 4 * floor) & (conf >= tau)
+
+
+def check_sharp(terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor], check: Check
+                ) -> torch.Tensor:
+    """Where each reference finds the blurry frame already sharp (:func:`reblur_check`'s rule).
+
+    Shape:
+        terms ``[B, N, 1, H, W]`` → bool, as they.
+    """
+    miss, change, _ = terms
     level = (check.sharp / 255.0) ** 2
-    return fuse_checked(blurry, aligned, conf, corrects, (change <= level) & (miss <= level))
+    return (change <= level) & (miss <= level)
 
 
 def fuse_checked(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.Tensor,
