@@ -1,7 +1,7 @@
 """How much of what the references could correct the physical check finds, on real footage; and
 whether a per-pixel rule learned on the development clips finds more on held-out clips.
 
-    python benchmarks/check_headroom.py [--draws 0,1,2,3] [--steps 1500] [--every 1]
+    python benchmarks/check_headroom.py [--draws 0,1,2,3] [--steps 1500] [--every 1] [--choose]
                                         [--save bluref_ray/assets/selector.pt]
 
 The data of ``benchmarks/real_footage.py`` (the same clips, plans, draws and references: camera
@@ -14,7 +14,8 @@ nearest other reference) and, from the truth, whether the reference is better th
 frame there. Per clip and layout, as ``real_footage.py`` measures the pseudo-GT (mean over frames
 of the PSNR gain on the confident pixels, coverage) and the share of pixels corrected:
 
-* **check**: the pipeline's rule (:func:`bluref_ray.fusion.reblur_check`, defaults);
+* **check**: the physical rule (:func:`bluref_ray.fusion.reblur_check`; the pipeline's with
+  ``pseudo_gt.matcher=dis`` or ``check_selector=none``);
 * **oracle**: the truth picks the references that have less than half the blurry frame's error
   (over the same neighbourhood) and are matched ≥ τ: what a perfect rule could correct, and its
   gain there (an upper bound, not a method);
@@ -23,6 +24,9 @@ of the PSNR gain on the confident pixels, coverage) and the share of pixels corr
   changes the frame (by more than twice the noise floor) has under half its error, corrects
   where it says so with probability P; tested on the held-out ``carphone_pristine`` and on
   ``--draws`` other draws of its camera clip.
+
+Each rule counts a pixel as already sharp at its own default level (``pseudo_gt.check_sharp``:
+2 levels for the check and the oracle, 2.5 for the selector).
 
 It prints one Markdown table (9 minutes on 2 cores). ``--save`` writes the selector as a
 checkpoint that ``pseudo_gt.check_selector`` loads; the one the package ships is this script's
@@ -49,6 +53,7 @@ from bluref_ray.data.real_footage import (
 from bluref_ray.data.references import pick_references
 from bluref_ray.fusion import (
     SELECTOR_FEATURES,
+    SHIPPED_SELECTOR,
     Check,
     Selector,
     blur_aware_align,
@@ -165,13 +170,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-side", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--choose", action="store_true",
+                   help="also print how the selector's defaults are chosen (leave one "
+                        "development clip out)")
     p.add_argument("--save", default=None,
                    help="write the selector here (the shipped one: bluref_ray/assets/selector.pt)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = Config()
     pg = cfg.pseudo_gt
-    check = Check(pg.check_gain, pg.check_noise, pg.check_sharp, tile=pg.check_tile)
+    # each rule with its own default "already sharp" level (pseudo_gt.check_sharp)
+    levels = {rule: dataclasses.replace(pg, check_selector=uri).sharp_level()
+             for rule, uri in (("physical", "none"), ("selector", SHIPPED_SELECTOR))}
+    check = Check(pg.check_gain, pg.check_noise, levels["physical"], tile=pg.check_tile)
     maker = PairMaker(pg, "headroom", torch.device("cpu"))
     floor = level(check.noise)
     draws = [int(s) for s in args.draws.split(",") if s.strip()]
@@ -201,32 +212,69 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"[selector] saved to {args.save}", flush=True)
     thresholds = [float(s) for s in args.thresholds.split(",")]
     checks = {"check": check, **{f"selector p ≥ {th:g}": dataclasses.replace(
-        check, selector=selector, selector_p=th) for th in thresholds}}
-    rules = {label: (lambda c: lambda f: check_corrects(
-        (f["miss"], f["change"], f["flatten"]), f["conf"], pg.tau, c, f["features"]))(c)
+        check, selector=selector, selector_p=th, sharp=levels["selector"]) for th in thresholds}}
+    rules = {label: ((lambda c: lambda f: check_corrects(
+        (f["miss"], f["change"], f["flatten"]), f["conf"], pg.tau, c, f["features"]))(c), c)
         for label, c in checks.items()}
-    rules["oracle"] = lambda f: f["good"]
+    rules["oracle"] = (lambda f: f["good"], check)
+    if args.choose:
+        print(choose(trees, check, floor, args.steps, thresholds, pg.tau))
     rows = []
     for name, layout, terms in trees:
         with torch.no_grad():
             row = {"layout": layout, "clip": name, "held out": name not in DEV,
                    "frames": len(terms)}
-            for rule, fn in rules.items():
-                s = [score(f, fn(f), check, pg.tau) for f in terms]
-                gains = [g for g, _, _ in s if g is not None]
-                row[rule] = (float(np.mean(gains)) if gains else None,
-                             float(np.mean([c for _, c, _ in s])),
-                             float(np.mean([k for _, _, k in s])))
+            for rule, (fn, c) in rules.items():
+                row[rule] = mean_score([score(f, fn(f), c, pg.tau) for f in terms])
         rows.append(row)
     print(markdown(rows, ["check", "oracle", *[f"selector p ≥ {th:g}" for th in thresholds]]))
     return rows
 
 
+def mean_score(scores: list[tuple]) -> tuple:
+    """(mean gain over the frames that have confident pixels, mean coverage, mean share
+    corrected) of :func:`score`'s per-frame figures."""
+    gains = [g for g, _, _ in scores if g is not None]
+    return (float(np.mean(gains)) if gains else None, float(np.mean([c for _, c, _ in scores])),
+            float(np.mean([k for _, _, k in scores])))
+
+
+def choose(trees: list, check: Check, floor: float, steps: int, thresholds: list[float],
+           tau: float, levels: tuple[float, ...] = (2.0, 2.5, 3.0)) -> str:
+    """How the selector's defaults (p, and the "already sharp" level) are chosen without the
+    held-out clip: a selector trained on one development clip, scored on the other (both
+    layouts), for each level and p. Markdown, gain @ coverage (share corrected)."""
+    lines = ["| scored on (trained on the other) | layout | sharp (levels) | "
+             + " | ".join(f"p ≥ {th:g}" for th in thresholds) + " |",
+             "| --- " * (3 + len(thresholds)) + "|"]
+    for hold in DEV:
+        selector = train_selector([f for n, _, ts in trees if n in DEV and n != hold
+                                   for f in ts], floor, steps)
+        for name, layout, terms in trees:
+            if name != hold:
+                continue
+            for level_ in levels:
+                cells = []
+                torch.set_grad_enabled(False)
+                for th in thresholds:
+                    c = dataclasses.replace(check, selector=selector, selector_p=th,
+                                            sharp=level_)
+                    cells.append(cell(mean_score([score(f, check_corrects(
+                        (f["miss"], f["change"], f["flatten"]), f["conf"], tau, c,
+                        f["features"]), c, tau) for f in terms])))
+                torch.set_grad_enabled(True)
+                lines.append(f"| {name} | {layout} | {level_:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cell(v: tuple) -> str:
+    """gain @ coverage (share corrected)."""
+    g, c, k = v
+    return f"{'–' if g is None else format(g, '+.2f')} @ {c:.3f} ({k:.4f})"
+
+
 def markdown(rows: list[dict], rules: list[str]) -> str:
     """gain @ coverage (share corrected) per rule."""
-    def cell(v):
-        g, c, k = v
-        return f"{'–' if g is None else format(g, '+.2f')} @ {c:.3f} ({k:.4f})"
     lines = ["| layout | clip | held out | frames | " + " | ".join(rules) + " |",
              "| --- " * (4 + len(rules)) + "|"]
     for r in rows:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from bluref_ray.config import STRATEGIES
+from bluref_ray.config.method import SHIPPED_SELECTOR  # noqa: F401 (re-exported)
 from bluref_ray.matching.base import Matcher
 from bluref_ray.matching.kernel import (
     GAMMA,
@@ -293,10 +294,6 @@ def selector_features(blurry: torch.Tensor, aligned: torch.Tensor, conf: torch.T
     energy = _gradient_energy(blurry, sigma)[:, None].expand_as(miss)
     return torch.stack([log(change), log(miss), flatten.log10(), log(near), conf.float(),
                         log(energy)], -1)
-
-
-#: The correction rule shipped in the package (``pseudo_gt.check_selector``).
-SHIPPED_SELECTOR = "package://bluref_ray/assets/selector.pt"
 
 
 def load_selector(uri: str, storage_cfg: StorageConfig | None = None) -> Selector:

@@ -83,5 +83,23 @@ def test_path_settings_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     pg = absolute_paths(PseudoGTConfig(deblurrer="a.pt+b.pt"))
     assert pg.deblurrer == f"{tmp_path}/a.pt+{tmp_path}/b.pt"  # each part of a chain
     assert pg.matcher_checkpoint == PseudoGTConfig().matcher_checkpoint  # package://
+    assert pg.check_selector == "auto"  # a keyword, not a file
     b = absolute_paths(Blur2BlurConfig(known="s3://bucket/known", kernel="k.pt"))
     assert (b.known, b.kernel, b.deblurrer) == ("s3://bucket/known", f"{tmp_path}/k.pt", None)
+
+
+def test_the_check_rule_follows_the_matcher_unless_set():
+    """``check_selector=auto``: the shipped selector with the learned matcher (whose confidence
+    it was trained on), the physical rule with DIS; each with its own "already sharp" level
+    unless ``check_sharp`` is set."""
+    from bluref_ray.config.method import SHIPPED_SELECTOR
+
+    learned, dis = PseudoGTConfig(), PseudoGTConfig(matcher="dis")
+    assert (learned.selector_uri(), learned.sharp_level()) == (SHIPPED_SELECTOR, 2.5)
+    assert (dis.selector_uri(), dis.sharp_level()) == ("", 2.0)
+    physical = PseudoGTConfig(check_selector="none", check_sharp=3.0)
+    assert (physical.selector_uri(), physical.sharp_level()) == ("", 3.0)
+    assert PseudoGTConfig(matcher="dis", check_selector="my.pt").selector_uri() == "my.pt"
+    assert PseudoGTConfig(check=False).selector_uri() == ""  # no check, no selector
+    with pytest.raises(ValueError, match="check_sharp"):
+        PseudoGTConfig(check_sharp=-1.0).validate()

@@ -40,6 +40,10 @@ def _check_faults(cfg: Any, section: str) -> None:
             raise ConfigError(f"{section}.{name}={every}: must be >= 1 (steps)")
 
 
+#: The check's learned correction rule shipped in the package (``pseudo_gt.check_selector``).
+SHIPPED_SELECTOR = "package://bluref_ray/assets/selector.pt"
+
+
 @dataclass(frozen=True)
 class PseudoGTConfig:
     """Pseudo-GT: match references to each blurry frame and fuse them (BluRef)."""
@@ -74,23 +78,26 @@ class PseudoGTConfig:
                         "than its reblurred self misses it"))
     check_noise: float = field(
         default=2.0, metadata=method("check: the camera's noise level, 8-bit levels"))
-    check_sharp: float = field(
-        default=2.0,
+    check_sharp: float | None = field(
+        default=None,
         metadata=method("check: a pixel is already sharp where a reference and its reblurred self "
                         "both come within this many 8-bit levels of the blurry frame (more: "
-                        "more coverage, less gain)"))
+                        "more coverage, less gain); default: 2.5 with a selector, 2 with the "
+                        "physical rule (each the best on the development clips of "
+                        "docs/results.md)"))
     check_tile: int = field(
         default=64,
         metadata=method("check: the reference is reblurred by kernels estimated per tile of this "
                         "side, pixels (real blur varies across a frame: a person moving before a "
                         "still background, depth); 0: by the frame's one kernel"))
     check_selector: str = field(
-        default="",
+        default="auto",
         metadata=method("check: a learned rule decides where a reference corrects the blurry "
-                        "frame, instead of check_gain: a selector checkpoint, e.g. "
-                        "package://bluref_ray/assets/selector.pt (shipped; learned on real "
-                        "footage by benchmarks/check_headroom.py, with the learned matcher, whose "
-                        "confidence it reads); empty: the physical rule"))
+                        "frame, instead of check_gain: a selector checkpoint; 'auto': the one "
+                        "shipped in the package (learned on real footage by "
+                        "benchmarks/check_headroom.py with the learned matcher, whose confidence "
+                        "it reads) when matcher is 'learned', the physical rule with 'dis'; "
+                        "'none': the physical rule"))
     check_selector_p: float = field(
         default=0.7,
         metadata=method("check: with check_selector, a reference corrects a pixel where the "
@@ -149,13 +156,28 @@ class PseudoGTConfig:
         default=False,
         metadata=execution("delete earlier results in --out instead of resuming from them"))
 
+    def selector_uri(self) -> str:
+        """The selector checkpoint the check uses, ``check_selector`` resolved; ``""``: the
+        physical rule (or no check at all)."""
+        if not self.check or self.check_selector.lower() in ("", "none"):
+            return ""
+        if self.check_selector == "auto":
+            return SHIPPED_SELECTOR if self.matcher == "learned" else ""
+        return self.check_selector
+
+    def sharp_level(self) -> float:
+        """``check_sharp`` resolved: 8-bit levels."""
+        if self.check_sharp is not None:
+            return self.check_sharp
+        return 2.5 if self.selector_uri() else 2.0
+
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"pseudo_gt.strategy={self.strategy!r}: use one of "
                               f"{', '.join(STRATEGIES)}")
         if not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
-        if self.check_gain <= 0 or self.check_noise < 0 or self.check_sharp < 0:
+        if self.check_gain <= 0 or self.check_noise < 0 or self.sharp_level() < 0:
             raise ConfigError("pseudo_gt.check_gain must be > 0, check_noise and check_sharp >= 0")
         if not 0 < self.check_selector_p < 1:
             raise ConfigError(f"pseudo_gt.check_selector_p={self.check_selector_p}: a "

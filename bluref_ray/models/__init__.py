@@ -224,7 +224,7 @@ def absolute_paths(section: Any) -> Any:
     absolute; ``package://`` and ``s3://`` URIs stay as they are."""
 
     def absolute(uri: str) -> str:
-        if uri.startswith("package://"):
+        if uri.startswith("package://") or uri.lower() in ("auto", "none"):
             return uri
         whole = storage.normalize(uri)
         if "+" not in uri or storage.is_s3(whole) or os.path.exists(whole):

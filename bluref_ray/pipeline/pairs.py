@@ -72,10 +72,11 @@ class PairMaker:
         self.check = None
         if pg.check:
             selector = None
-            if pg.check_selector:
-                selector = load_selector(pg.check_selector, storage_cfg).to(device)
-            self.check = Check(pg.check_gain, pg.check_noise, pg.check_sharp, tile=pg.check_tile,
-                               selector=selector, selector_p=pg.check_selector_p)
+            if pg.selector_uri():
+                selector = load_selector(pg.selector_uri(), storage_cfg).to(device)
+            self.check = Check(pg.check_gain, pg.check_noise, pg.sharp_level(),
+                               tile=pg.check_tile, selector=selector,
+                               selector_p=pg.check_selector_p)
         self.deblurrer = None
         if pg.deblurrer:
             from bluref_ray.models import load_checkpoint

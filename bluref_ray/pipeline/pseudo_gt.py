@@ -105,7 +105,7 @@ def plan(frames: str, out: str, pg: PseudoGTConfig, storage_cfg: StorageConfig,
     if not files:
         raise storage.StorageNotFoundError(f"{src}: no frames table (Parquet files) found; "
                                            "run `bluref ingest` first")
-    _check_checkpoints(pg, storage_cfg)
+    _check_checkpoints(pg, storage_cfg, log)
     chash = settings_hash(pg)
     # a shard is named by its clip and window: which frames a name covers depends on these two
     # (execution) settings, so a resume must keep them
@@ -138,7 +138,8 @@ def _clip_counts(uri: str, storage_cfg: StorageConfig) -> dict[str, tuple[int, s
     return out
 
 
-def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
+def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig,
+                       log: Callable[[str], None]) -> None:
     """Fail on the driver, not in every actor, when a checkpoint is missing or not one."""
     if pg.matcher == "learned":
         from bluref_ray.matching.learned import read_matcher_checkpoint
@@ -147,12 +148,16 @@ def _check_checkpoints(pg: PseudoGTConfig, storage_cfg: StorageConfig) -> None:
             read_matcher_checkpoint(pg.matcher_checkpoint, storage_cfg)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"pseudo_gt.matcher_checkpoint: {e}") from None
-    if pg.check and pg.check_selector:
+    if pg.selector_uri():
         from bluref_ray.fusion import load_selector
         from bluref_ray.models import CheckpointError
 
+        if pg.matcher != "learned":
+            log(f"[pseudo-gt] warning: pseudo_gt.check_selector={pg.check_selector} reads the "
+                "matcher's confidence; a selector learned with another matcher (the shipped one: "
+                f"'learned') may not fit pseudo_gt.matcher={pg.matcher}")
         try:
-            load_selector(pg.check_selector, storage_cfg)
+            load_selector(pg.selector_uri(), storage_cfg)
         except (FileNotFoundError, ValueError, CheckpointError) as e:
             raise ConfigError(f"pseudo_gt.check_selector: {e}") from None
     if pg.deblurrer:
