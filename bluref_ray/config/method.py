@@ -161,7 +161,7 @@ class PseudoGTConfig:
         physical rule (or no check at all)."""
         if not self.check or self.check_selector.lower() in ("", "none"):
             return ""
-        if self.check_selector == "auto":
+        if self.check_selector.lower() == "auto":
             return SHIPPED_SELECTOR if self.matcher == "learned" else ""
         return self.check_selector
 
