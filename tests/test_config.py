@@ -101,5 +101,9 @@ def test_the_check_rule_follows_the_matcher_unless_set():
     assert (physical.selector_uri(), physical.sharp_level()) == ("", 3.0)
     assert PseudoGTConfig(matcher="dis", check_selector="my.pt").selector_uri() == "my.pt"
     assert PseudoGTConfig(check=False).selector_uri() == ""  # no check, no selector
+    from bluref_ray.config import load_config
+
+    cli = load_config(overrides=["pseudo_gt.check_selector=none"]).pseudo_gt  # as --set gives it
+    assert (cli.selector_uri(), cli.sharp_level()) == ("", 2.0)
     with pytest.raises(ValueError, match="check_sharp"):
         PseudoGTConfig(check_sharp=-1.0).validate()

@@ -90,7 +90,7 @@ class PseudoGTConfig:
         metadata=method("check: the reference is reblurred by kernels estimated per tile of this "
                         "side, pixels (real blur varies across a frame: a person moving before a "
                         "still background, depth); 0: by the frame's one kernel"))
-    check_selector: str = field(
+    check_selector: str | None = field(
         default="auto",
         metadata=method("check: a learned rule decides where a reference corrects the blurry "
                         "frame, instead of check_gain: a selector checkpoint; 'auto': the one "
@@ -159,7 +159,7 @@ class PseudoGTConfig:
     def selector_uri(self) -> str:
         """The selector checkpoint the check uses, ``check_selector`` resolved; ``""``: the
         physical rule (or no check at all)."""
-        if not self.check or self.check_selector.lower() in ("", "none"):
+        if not self.check or (self.check_selector or "none").lower() in ("", "none"):
             return ""
         if self.check_selector.lower() == "auto":
             return SHIPPED_SELECTOR if self.matcher == "learned" else ""
