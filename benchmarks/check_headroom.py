@@ -28,7 +28,8 @@ of the PSNR gain on the confident pixels, coverage) and the share of pixels corr
 Each rule counts a pixel as already sharp at its own default level (``pseudo_gt.check_sharp``:
 2 levels for the check and the oracle, 2.5 for the selector).
 
-It prints one Markdown table (9 minutes on 2 cores). ``--save`` writes the selector as a
+It prints one Markdown table (9 minutes on 2 cores; ``--choose`` prints the leave-one-out table
+first). ``--save`` writes the selector as a
 checkpoint that ``pseudo_gt.check_selector`` loads; the one the package ships is this script's
 with its defaults.
 """
@@ -213,9 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     thresholds = [float(s) for s in args.thresholds.split(",")]
     checks = {"check": check, **{f"selector p ≥ {th:g}": dataclasses.replace(
         check, selector=selector, selector_p=th, sharp=levels["selector"]) for th in thresholds}}
-    rules = {label: ((lambda c: lambda f: check_corrects(
-        (f["miss"], f["change"], f["flatten"]), f["conf"], pg.tau, c, f["features"]))(c), c)
-        for label, c in checks.items()}
+    rules = {label: (lambda f, c=c: corrects(f, c, pg.tau), c) for label, c in checks.items()}
     rules["oracle"] = (lambda f: f["good"], check)
     if args.choose:
         print(choose(trees, check, floor, args.steps, thresholds, pg.tau))
@@ -229,6 +228,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row)
     print(markdown(rows, ["check", "oracle", *[f"selector p ≥ {th:g}" for th in thresholds]]))
     return rows
+
+
+def corrects(f: dict, check: Check, tau: float) -> torch.Tensor:
+    """Where each reference of one frame's terms corrects it, by ``check``'s rule."""
+    return check_corrects((f["miss"], f["change"], f["flatten"]), f["conf"], tau, check,
+                          f["features"])
 
 
 def mean_score(scores: list[tuple]) -> tuple:
@@ -255,14 +260,12 @@ def choose(trees: list, check: Check, floor: float, steps: int, thresholds: list
                 continue
             for level_ in levels:
                 cells = []
-                torch.set_grad_enabled(False)
                 for th in thresholds:
                     c = dataclasses.replace(check, selector=selector, selector_p=th,
                                             sharp=level_)
-                    cells.append(cell(mean_score([score(f, check_corrects(
-                        (f["miss"], f["change"], f["flatten"]), f["conf"], tau, c,
-                        f["features"]), c, tau) for f in terms])))
-                torch.set_grad_enabled(True)
+                    with torch.no_grad():
+                        cells.append(cell(mean_score([score(f, corrects(f, c, tau), c, tau)
+                                                      for f in terms])))
                 lines.append(f"| {name} | {layout} | {level_:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
