@@ -16,6 +16,7 @@ from conftest import TINY_PAIRS, kill_at_seeded_points, kill_worker_when, shards
 from bluref_ray import schema, storage
 from bluref_ray.config import Config, ConfigError, IngestConfig, PseudoGTConfig, RayConfig
 from bluref_ray.fusion import STRATEGIES
+from bluref_ray.pipeline.common import actor_memory
 from bluref_ray.pipeline.ingest import run_ingest
 from bluref_ray.pipeline.pseudo_gt import actor_resources, run_pseudo_gt
 from bluref_ray.pipeline.quality import at_equal_coverage, quality_markdown
@@ -272,6 +273,20 @@ def test_actor_resources():
                            {"CPU": 16, "GPU": 1}) == (0.0, 2, 1.0)
     with pytest.raises(ConfigError, match="no CPU for loading"):
         actor_resources(dataclasses.replace(pg, concurrency=2), {"CPU": 2})
+
+
+def test_actor_memory():
+    gib = 2**30
+    # the default, or less on a small cluster (half its memory over the actors)
+    assert actor_memory("pseudo_gt", None, {"memory": 64 * gib}, 4) == 2 * gib
+    assert actor_memory("pseudo_gt", None, {"memory": 6 * gib}, 2) == 1.5 * gib
+    assert actor_memory("pseudo_gt", None, {}, 2) == 2 * gib
+    # an explicit request is kept, unless the actors cannot fit the cluster at all
+    assert actor_memory("pseudo_gt", 5.0, {"memory": 64 * gib}, 4) == 5 * gib
+    with pytest.raises(ConfigError, match=r"pseudo_gt.memory_per_actor=5: 4 actors × 5 GiB"):
+        actor_memory("pseudo_gt", 5.0, {"memory": 16 * gib}, 4)
+    with pytest.raises(ConfigError, match="memory_per_actor"):
+        PseudoGTConfig(memory_per_actor=0).validate()
 
 
 def test_pseudo_gt_on_s3(ray_cluster, s3_cfg, s3_bucket):

@@ -150,6 +150,11 @@ class PseudoGTConfig:
     gpus_per_actor: float | None = field(
         default=None,
         metadata=execution("GPUs per actor (default: 1 if the cluster has GPUs, else 0)"))
+    memory_per_actor: float | None = field(
+        default=None,
+        metadata=execution("GiB of memory each actor asks Ray for, so that a node gets no more "
+                           "actors than its memory holds; raise it for frames above 720p "
+                           "(default: 2, at most half the cluster's memory over the actors)"))
     limit: int | None = field(
         default=None, metadata=execution("process at most this many blurry frames per clip"))
     overwrite: bool = field(
@@ -203,6 +208,8 @@ class PseudoGTConfig:
         if self.matcher_radius not in (None, 1.0, 2.0, 4.0):
             raise ConfigError(f"pseudo_gt.matcher_radius={self.matcher_radius}: use 1, 2 or 4")
         check_pool("pseudo_gt", self.concurrency, self.max_concurrency)
+        if self.memory_per_actor is not None and self.memory_per_actor <= 0:
+            raise ConfigError(f"pseudo_gt.memory_per_actor={self.memory_per_actor}: GiB, > 0")
 
 
 def check_pool(section: str, concurrency: int | None, max_concurrency: int | None) -> None:

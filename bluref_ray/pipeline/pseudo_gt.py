@@ -46,6 +46,7 @@ from bluref_ray.models import absolute_paths
 from bluref_ray.pipeline.common import (
     WRITE_CPUS,
     Progress,
+    actor_memory,
     actor_pool,
     actor_setup,
     await_pool,
@@ -259,9 +260,10 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
     loader_cpus = min(1.0, float(resources.get("CPU", 1)) / 2) - WRITE_CPUS  # + writing: 1
     # at most a quarter of the cluster's memory resource, so that a small one can schedule them
     loader_memory = min(LOADER_MEMORY, float(resources.get("memory", LOADER_MEMORY)) / 4)
+    memory = actor_memory("pseudo_gt", pg.memory_per_actor, resources, concurrency)
     log(f"[pseudo-gt] {len(p.clips)} clips with blurry frames, {p.windows} windows to do, "
         f"from {p.src}; {describe(pg)}; {pool_size(concurrency, pg.max_concurrency)} actor(s) "
-        f"with {gpus:g} GPU and {cpus_per_actor:g} CPU each")
+        f"with {gpus:g} GPU, {cpus_per_actor:g} CPU and {memory / 2**30:.1f} GiB each")
     ds = ray.data.from_items(p.clips, override_num_blocks=max(1, min(len(p.clips), 10_000)))
     # One window per block: a clip's windows spread over the actors instead of queueing, in one
     # block, for a single actor (Ray Data packs rows into blocks of up to 128 MiB otherwise).
@@ -275,11 +277,11 @@ def run_pseudo_gt(frames: str, out: str, cfg: Config,
                                           storage_cfg=storage_cfg),
                         batch_size=1, num_cpus=loader_cpus, memory=loader_memory)
 
-    # Stage 3: match and fuse (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU))
+    # Stage 3: match and fuse (actor pool; concurrency × (gpus GPU, cpus_per_actor CPU, memory))
     ds = ds.map_batches(PseudoGTActor, fn_constructor_kwargs={
         "pg": pg, "chash": p.chash, "storage_cfg": storage_cfg},
         batch_size=1, compute=pool_strategy(concurrency, pg.max_concurrency),
-        num_cpus=cpus_per_actor, num_gpus=gpus)
+        num_cpus=cpus_per_actor, num_gpus=gpus, memory=memory)
 
     # Stage 4: encode and write (tasks, WRITE_CPUS each, beside the loading tasks; off the
     # actors' critical path)
