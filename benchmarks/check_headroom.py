@@ -26,7 +26,8 @@ of the PSNR gain on the confident pixels, coverage) and the share of pixels corr
   ``--draws`` other draws of its camera clip.
 
 Each rule counts a pixel as already sharp at its own default level (``pseudo_gt.check_sharp``:
-2 levels for the check and the oracle, 2.5 for the selector).
+2 levels for the check and the oracle; for the selector 2.5 on camera trees, 2 on paired trees,
+whose protocol is ``paper``).
 
 It prints one Markdown table (9 minutes on 2 cores; ``--choose`` prints the leave-one-out table
 first). ``--save`` writes the selector as a
@@ -70,6 +71,7 @@ from bluref_ray.pipeline.pairs import PairMaker
 
 DEV = ("bikes", "bigbuckbunny")
 ALL = (*DEV, "carphone_pristine")  # real_footage.py's order: its draws depend on it
+PROTOCOL = {"camera": "camera", "paired": "paper"}  # each layout's reference protocol
 
 
 def level(x: float) -> float:
@@ -180,10 +182,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     cfg = Config()
     pg = cfg.pseudo_gt
-    # each rule with its own default "already sharp" level (pseudo_gt.check_sharp)
-    levels = {rule: dataclasses.replace(pg, check_selector=uri).sharp_level()
-             for rule, uri in (("physical", "none"), ("selector", SHIPPED_SELECTOR))}
-    check = Check(pg.check_gain, pg.check_noise, levels["physical"], tile=pg.check_tile)
+    # each rule with its own default "already sharp" level (pseudo_gt.check_sharp), the
+    # selector's by the trees' reference protocol
+    physical = dataclasses.replace(pg, check_selector="none").sharp_level()
+    shipped = dataclasses.replace(pg, check_selector=SHIPPED_SELECTOR)
+    check = Check(pg.check_gain, pg.check_noise, physical, tile=pg.check_tile)
     maker = PairMaker(pg, "headroom", torch.device("cpu"))
     floor = level(check.noise)
     draws = [int(s) for s in args.draws.split(",") if s.strip()]
@@ -212,14 +215,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    args.save)
         print(f"[selector] saved to {args.save}", flush=True)
     thresholds = [float(s) for s in args.thresholds.split(",")]
-    checks = {"check": check, **{f"selector p ≥ {th:g}": dataclasses.replace(
-        check, selector=selector, selector_p=th, sharp=levels["selector"]) for th in thresholds}}
-    rules = {label: (lambda f, c=c: corrects(f, c, pg.tau), c) for label, c in checks.items()}
-    rules["oracle"] = (lambda f: f["good"], check)
     if args.choose:
         print(choose(trees, check, floor, args.steps, thresholds, pg.tau))
     rows = []
     for name, layout, terms in trees:
+        sharp = shipped.sharp_level(PROTOCOL[layout])
+        checks = {"check": check, **{f"selector p ≥ {th:g}": dataclasses.replace(
+            check, selector=selector, selector_p=th, sharp=sharp) for th in thresholds}}
+        rules = {label: (lambda f, c=c: corrects(f, c, pg.tau), c) for label, c in checks.items()}
+        rules["oracle"] = (lambda f: f["good"], check)
         with torch.no_grad():
             row = {"layout": layout, "clip": name, "held out": name not in DEV,
                    "frames": len(terms)}

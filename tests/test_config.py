@@ -97,6 +97,12 @@ def test_the_check_rule_follows_the_matcher_unless_set():
     learned, dis = PseudoGTConfig(), PseudoGTConfig(matcher="dis")
     assert (learned.selector_uri(), learned.sharp_level()) == (SHIPPED_SELECTOR, 2.5)
     assert (dis.selector_uri(), dis.sharp_level()) == ("", 2.0)
+    # paired trees (the paper protocol: references farther away) get a stricter selector
+    assert (learned.sharp_level("paper"), learned.selector_p("paper")) == (2.0, 0.8)
+    assert (learned.sharp_level("camera"), learned.selector_p("camera")) == (2.5, 0.7)
+    assert dis.sharp_level("paper") == 2.0
+    mine = PseudoGTConfig(check_sharp=3.0, check_selector_p=0.6)  # explicit values hold for both
+    assert {(mine.sharp_level(p), mine.selector_p(p)) for p in ("camera", "paper")} == {(3.0, 0.6)}
     physical = PseudoGTConfig(check_selector="none", check_sharp=3.0)
     assert (physical.selector_uri(), physical.sharp_level()) == ("", 3.0)
     assert PseudoGTConfig(matcher="dis", check_selector="my.pt").selector_uri() == "my.pt"

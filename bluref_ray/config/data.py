@@ -162,6 +162,11 @@ class SynthConfig:
                                             if getattr(self, k) is None})
 
 
+#: reference protocols (``ingest.protocol``): ``camera``, only frames recorded sharp are
+#: references; ``paper``, a paired tree's sharp frame of every other index within ±Δ
+PROTOCOLS = ("camera", "paper")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Ingest: decode, score sharpness, label blurry/sharp, pick references."""
@@ -245,6 +250,6 @@ class IngestConfig:
             raise ConfigError(f"ingest.frame_rate={self.frame_rate}: must be > 0")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"ingest.max_frames={self.max_frames}: must be >= 1 (or none: all)")
-        if self.protocol not in ("auto", "paper", "camera"):
+        if self.protocol not in ("auto", *PROTOCOLS):
             raise ConfigError(f"ingest.protocol={self.protocol!r}: use 'auto', 'paper' or "
                               "'camera'")

@@ -82,9 +82,9 @@ class PseudoGTConfig:
         default=None,
         metadata=method("check: a pixel is already sharp where a reference and its reblurred self "
                         "both come within this many 8-bit levels of the blurry frame (more: "
-                        "more coverage, less gain); default: 2.5 with a selector, 2 with the "
-                        "physical rule (each the best on the development clips of "
-                        "docs/results.md)"))
+                        "more coverage, less gain); default: with a selector 2.5 for clips of "
+                        "the camera protocol and 2 for the paper protocol's, 2 with the physical "
+                        "rule (each the best on the development clips of docs/results.md)"))
     check_tile: int = field(
         default=64,
         metadata=method("check: the reference is reblurred by kernels estimated per tile of this "
@@ -98,11 +98,12 @@ class PseudoGTConfig:
                         "benchmarks/check_headroom.py with the learned matcher, whose confidence "
                         "it reads) when matcher is 'learned', the physical rule with 'dis'; "
                         "'none': the physical rule"))
-    check_selector_p: float = field(
-        default=0.7,
+    check_selector_p: float | None = field(
+        default=None,
         metadata=method("check: with check_selector, a reference corrects a pixel where the "
                         "selector gives it at least this probability of halving the error "
-                        "(less: more coverage, less precision)"))
+                        "(less: more coverage, less precision); default: 0.7 for clips of the "
+                        "camera protocol, 0.8 for the paper protocol's (references farther away)"))
     matcher: str = field(
         default="learned",
         metadata=matching("dense matcher: 'learned' (the network; --matcher-checkpoint) or 'dis' "
@@ -170,11 +171,17 @@ class PseudoGTConfig:
             return SHIPPED_SELECTOR if self.matcher == "learned" else ""
         return self.check_selector
 
-    def sharp_level(self) -> float:
-        """``check_sharp`` resolved: 8-bit levels."""
+    def sharp_level(self, protocol: str = "camera") -> float:
+        """``check_sharp`` resolved for clips of reference ``protocol``: 8-bit levels."""
         if self.check_sharp is not None:
             return self.check_sharp
-        return 2.5 if self.selector_uri() else 2.0
+        return 2.5 if self.selector_uri() and protocol != "paper" else 2.0
+
+    def selector_p(self, protocol: str = "camera") -> float:
+        """``check_selector_p`` resolved for clips of reference ``protocol``."""
+        if self.check_selector_p is not None:
+            return self.check_selector_p
+        return 0.8 if protocol == "paper" else 0.7
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -184,7 +191,7 @@ class PseudoGTConfig:
             raise ConfigError(f"pseudo_gt.tau={self.tau}: must be within (0, 1]")
         if self.check_gain <= 0 or self.check_noise < 0 or self.sharp_level() < 0:
             raise ConfigError("pseudo_gt.check_gain must be > 0, check_noise and check_sharp >= 0")
-        if not 0 < self.check_selector_p < 1:
+        if self.check_selector_p is not None and not 0 < self.check_selector_p < 1:
             raise ConfigError(f"pseudo_gt.check_selector_p={self.check_selector_p}: a "
                               "probability, between 0 and 1")
         if self.check_tile != 0 and self.check_tile < 16:

@@ -66,6 +66,7 @@ class Window:
     index: int
     frames: list[BlurryFrame] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    protocol: str = "camera"  #: the clip's reference protocol (``ingest.protocol``)
 
     @property
     def name(self) -> str:
@@ -93,7 +94,8 @@ def plan_windows(clip_rows: list[dict], frames_per_window: int, max_refs: int,
         blurry = blurry[:limit]
     windows = []
     for k in range(0, len(blurry), frames_per_window):
-        w = Window(blurry[0]["clip_id"], k // frames_per_window)
+        w = Window(blurry[0]["clip_id"], k // frames_per_window,
+                   protocol=blurry[0].get("protocol") or "camera")
         for r in blurry[k:k + frames_per_window]:
             refs = [f for f in r["references"] if delta is None or f not in index
                     or abs(index[f] - r["frame_index"]) <= delta]
@@ -175,7 +177,7 @@ def _load(window: Window, frames: ClipFrames, wanted: set[str]) -> tuple[Window,
     """Load a window's frames into a pool and index it; collect rejects with their reasons."""
     pool: list[np.ndarray] = []
     slot: dict[str, int] = {}
-    loaded = Window(window.clip_id, window.index)
+    loaded = Window(window.clip_id, window.index, protocol=window.protocol)
 
     def put(fid: str) -> int:
         if fid not in slot:

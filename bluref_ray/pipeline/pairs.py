@@ -17,6 +17,7 @@ import torch
 
 from bluref_ray import schema, storage
 from bluref_ray.config import PseudoGTConfig
+from bluref_ray.config.data import PROTOCOLS
 from bluref_ray.data.images import ImageError, decode_image, encode_png, to_float, to_uint8
 from bluref_ray.data.windows import Window
 from bluref_ray.fusion import (
@@ -69,14 +70,15 @@ class PairMaker:
         self.rematch = None
         if pg.strategy == "reblur":
             self.rematch = torch_rematch() if pg.refiner == "torch" else dis_rematch(pg.dis_preset)
-        self.check = None
+        self.checks: dict[str, Check] = {}  # per reference protocol
         if pg.check:
             selector = None
             if pg.selector_uri():
                 selector = load_selector(pg.selector_uri(), storage_cfg).to(device)
-            self.check = Check(pg.check_gain, pg.check_noise, pg.sharp_level(),
-                               tile=pg.check_tile, selector=selector,
-                               selector_p=pg.check_selector_p)
+            self.checks = {protocol: Check(pg.check_gain, pg.check_noise,
+                                           pg.sharp_level(protocol), tile=pg.check_tile,
+                                           selector=selector, selector_p=pg.selector_p(protocol))
+                           for protocol in PROTOCOLS}
         self.deblurrer = None
         if pg.deblurrer:
             from bluref_ray.models import load_checkpoint
@@ -113,7 +115,8 @@ class PairMaker:
                                      device=self.device)
             blurry = pool[[f.pool for f in batch]]
             fused = fuse(pg.strategy, self._match_input(blurry), pool[ref_idx], self.align,
-                         pg.tau, available, self.rematch, blurry, pg.kernel_size, self.check)
+                         pg.tau, available, self.rematch, blurry, pg.kernel_size,
+                         self.checks.get(window.protocol))
             made.pseudo.append(to_uint8(fused.image))
             conf = fused.confidence[:, 0]
             made.confidence.append(to_uint8(conf[:, None])[..., 0])  # as stored
