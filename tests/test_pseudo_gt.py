@@ -235,12 +235,19 @@ def test_delta_keeps_only_references_within_it():
     assert refs(max_refs=4, delta=4) == ["c:3", "c:9"]
     assert refs(max_refs=1, delta=5) == ["c:3"]
     assert refs(max_refs=4, delta=1) == []  # rejected later: no reference within ±Δ
-    # a window carries its clip's reference protocol, whose check the pair maker uses
+
+
+def test_a_window_carries_its_clips_protocol_and_gets_that_protocols_check():
+    from bluref_ray.data.windows import plan_windows
+    from bluref_ray.pipeline.pairs import PairMaker
+
+    rows = [{"frame_id": f"c:{i}", "frame_index": i, "role": "sharp", "clip_id": "c",
+             "source_uri": "u", "references": []} for i in (4, 6)]
+    rows.append({"frame_id": "c:5", "frame_index": 5, "role": "blurry", "clip_id": "c",
+                 "source_uri": "u", "references": ["c:4", "c:6"]})
     assert plan_windows(rows, 4, 4)[0].protocol == "camera"  # a frames table without one
     paired = [dict(r, protocol="paper") for r in rows]
     assert plan_windows(paired, 4, 4)[0].protocol == "paper"
-    from bluref_ray.pipeline.pairs import PairMaker
-
     checks = PairMaker(CFG.pseudo_gt, "t", torch.device("cpu")).checks
     assert (checks["camera"].selector_p, checks["camera"].sharp) == (0.7, 2.5)
     assert (checks["paper"].selector_p, checks["paper"].sharp) == (0.8, 2.0)
