@@ -14,7 +14,7 @@ import torch
 from conftest import kill_at_seeded_points, kill_worker_when
 from torch import nn
 
-from bluref_ray.config import Config, DeblurConfig, RayConfig
+from bluref_ray.config import Config, ConfigError, DeblurConfig, RayConfig
 from bluref_ray.data.video import VideoWriter, decode_frames
 from bluref_ray.models import PRESETS, build_model, save_checkpoint
 from bluref_ray.models.tiling import tiled_forward
@@ -94,8 +94,11 @@ def test_deblur_round_trips_a_video(ray_cluster, tmp_path):
     os.makedirs(os.path.dirname(src))
     _video(src)
     out = str(tmp_path / "out")
-    s = run_deblur(ckpt, [src], out, CFG, log=lambda _m: None)
+    lines: list[str] = []
+    s = run_deblur(ckpt, [src], out, CFG, log=lines.append)
     assert s["done"] == 1 and s["failed"] == [] and s["frames"] == 6 and s["skipped"] == 0
+    # the actor asked Ray for the default memory (the test cluster has 16 GiB)
+    assert any("1 actor(s) with 0 GPU, 1 CPU and 3.0 GiB each" in m for m in lines), lines
     assert s["frames_per_second"] > 0
     got = [d.rgb for d in decode_frames(f"{out}/clip.mp4")]
     want = [d.rgb for d in decode_frames(src)]
@@ -233,6 +236,20 @@ def test_deblur_runs_a_chain_of_checkpoints_given_as_a_plus_b(ray_cluster, tmp_p
     with torch.no_grad():
         want = (own(x.float())[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).round()
     assert np.abs(cv2.imread("out_own/x.png").astype(float) - want).max() <= 1
+
+
+def test_deblur_memory_per_actor_that_cannot_fit_is_an_error_before_any_output(ray_cluster,
+                                                                                tmp_path):
+    with pytest.raises(ConfigError, match="deblur.memory_per_actor"):
+        DeblurConfig(memory_per_actor=0).validate()
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    cv2.imwrite(str(img), np.zeros((16, 16, 3), np.uint8))
+    cfg = dataclasses.replace(CFG, deblur=dataclasses.replace(CFG.deblur, memory_per_actor=1000))
+    with pytest.raises(ConfigError, match=r"deblur.memory_per_actor=1000: 1 actors × 1000 GiB"):
+        run_deblur(_checkpoint(str(tmp_path / "model.pt")), [str(img)], str(tmp_path / "out"),
+                   cfg, log=lambda _m: None)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_missing_input_and_empty_folder_are_clear_errors(tmp_path):

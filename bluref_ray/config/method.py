@@ -394,6 +394,12 @@ class DeblurConfig:
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs reserved by each actor"))
     gpus_per_actor: float | None = field(
         default=None, metadata=_help("GPUs per actor (default: 1 if the cluster has GPUs)"))
+    memory_per_actor: float | None = field(
+        default=None,
+        metadata=_help("GiB of memory each actor asks Ray for, so that a node gets no more "
+                       "actors than its memory holds; raise it for models larger than "
+                       "nafnet-width32 or a larger tile (default: 3, at most half the cluster's "
+                       "memory over the actors)"))
     crf: int = field(default=12, metadata=_help("H.264 quality of output videos (0 = lossless)"))
     overwrite: bool = field(
         default=False, metadata=_help("redo outputs that already exist instead of skipping"))
@@ -414,6 +420,8 @@ class DeblurConfig:
         if self.batch_size < 1:
             raise ConfigError("deblur.batch_size must be >= 1")
         check_pool("deblur", self.concurrency, self.max_concurrency)
+        if self.memory_per_actor is not None and self.memory_per_actor <= 0:
+            raise ConfigError(f"deblur.memory_per_actor={self.memory_per_actor}: GiB, > 0")
 
 
 @dataclass(frozen=True)

@@ -148,10 +148,11 @@ def actor_pool(section: str, resources: dict, concurrency: int | None, cpus_per_
 ACTOR_MEMORY_GIB = 2.0
 
 
-def actor_memory(section: str, gib: float | None, resources: dict, n: int) -> float:
+def actor_memory(section: str, gib: float | None, resources: dict, n: int,
+                 default: float = ACTOR_MEMORY_GIB) -> float:
     """Bytes of memory each of a pool's ``n`` actors asks Ray for, so that Ray places no more of
     them on a node than its memory holds: ``gib`` (``<section>.memory_per_actor``), or by default
-    :data:`ACTOR_MEMORY_GIB`, at most half the cluster's ``memory`` resource shared out over the
+    ``default`` GiB, at most half the cluster's ``memory`` resource shared out over the
     actors (so that a small cluster still schedules the pool). A request is for scheduling only:
     Ray does not cap what an actor uses.
 
@@ -160,7 +161,7 @@ def actor_memory(section: str, gib: float | None, resources: dict, n: int) -> fl
     """
     have = float(resources.get("memory", 0.0))
     if gib is None:
-        want = ACTOR_MEMORY_GIB * 2**30
+        want = default * 2**30
         return min(want, have / (2 * n)) if have else want
     if have and n * gib * 2**30 > have:
         raise ConfigError(f"{section}.memory_per_actor={gib:g}: {n} actors × {gib:g} GiB is more "

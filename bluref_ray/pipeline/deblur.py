@@ -52,6 +52,7 @@ from bluref_ray.data.video import VIDEO_EXTENSIONS, VideoError, VideoWriter, dec
 from bluref_ray.models.tiling import tiled_forward
 from bluref_ray.pipeline.common import (
     Progress,
+    actor_memory,
     actor_pool,
     actor_setup,
     await_pool,
@@ -64,6 +65,10 @@ from bluref_ray.storage import StorageConfig, StorageError, StorageUnreachableEr
 VIDEO_OUT_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi")
 #: Video frames deblurred per model call (tiles of one frame are batched by tiled_forward).
 FRAMES_PER_BATCH = 4
+#: memory each deblurring actor asks Ray for by default (GiB): its process with PyTorch and the
+#: model, and a few frames in tiles of 512 px (peak 1.4 GiB for nafnet-tiny, 2.3 for
+#: nafnet-width32, 3.8 for nafnet-width64, on a 720p or 1080p image on a CPU)
+DEBLUR_MEMORY_GIB = 3.0
 SUMMARY = "deblur_summary.json"
 #: Local folders of videos being encoded: ``<tmp>/bluref-deblur-<pid>-XXXX`` (see
 #: :func:`delete_stale_encodes`).
@@ -532,13 +537,15 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
                                dc.gpus_per_actor, log)
         gpus, concurrency, cpus_per_actor = actor_resources(dc, resources, len(todo))
         most = min(dc.max_concurrency or concurrency, len(todo))
-        log(f"[deblur] {pool_size(concurrency, most)} actor(s) with {gpus:g} GPU and "
-            f"{cpus_per_actor:g} CPU each")
+        memory = actor_memory("deblur", dc.memory_per_actor, resources, most,
+                              DEBLUR_MEMORY_GIB)
+        log(f"[deblur] {pool_size(concurrency, most)} actor(s) with {gpus:g} GPU, "
+            f"{cpus_per_actor:g} CPU and {memory / 2**30:.1f} GiB each")
         ds = ray.data.from_items(todo, override_num_blocks=max(1, min(len(todo), 10_000)))
         ds = ds.map_batches(DeblurWorker, fn_constructor_kwargs={
             "checkpoint": checkpoint, "cfg": dc, "storage_cfg": storage_cfg},
             batch_size=dc.batch_size, compute=pool_strategy(concurrency, most),
-            num_cpus=cpus_per_actor, num_gpus=gpus)
+            num_cpus=cpus_per_actor, num_gpus=gpus, memory=memory)
         progress = Progress("deblur", len(todo), "files", log)
         for r in iter_rows(ds):
             if r["error"]:
