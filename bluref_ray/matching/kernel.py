@@ -229,8 +229,11 @@ def estimate_local_kernels(sharp: torch.Tensor, blurry: torch.Tensor, tile: int 
 
 
 def reblur_local(image: torch.Tensor, local: LocalKernels) -> torch.Tensor:
-    """Blur each image by its frame's kernels, each tile by its own, blended across the tiles'
-    overlap by Hann weights (in linear light, edges replicated like :func:`reblur`).
+    """Blur each image by its frame's kernels, each tile by its own (in linear light, edges
+    replicated, as :func:`reblur`), blended across the tiles' overlap by Hann weights. The blend
+    is of the blurred tiles as :func:`reblur` returns them (gamma-encoded), not in linear light:
+    where two tiles' blurs differ, the blend is a little darker than a linear-light one (an
+    arithmetic mean is at most the power mean of exponent γ).
 
     Shape:
         image ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]``.
