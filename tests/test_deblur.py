@@ -10,6 +10,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import ray
 import torch
 from conftest import kill_at_seeded_points, kill_worker_when
 from torch import nn
@@ -97,8 +98,9 @@ def test_deblur_round_trips_a_video(ray_cluster, tmp_path):
     lines: list[str] = []
     s = run_deblur(ckpt, [src], out, CFG, log=lines.append)
     assert s["done"] == 1 and s["failed"] == [] and s["frames"] == 6 and s["skipped"] == 0
-    # the actor asked Ray for the default memory (the test cluster has 16 GiB)
-    assert any("1 actor(s) with 0 GPU, 1 CPU and 3.0 GiB each" in m for m in lines), lines
+    # the actor asked Ray for the default memory (or half the cluster's, if that is less)
+    want = min(3.0, ray.cluster_resources()["memory"] / 2 / 2**30)
+    assert any(f"CPU and {want:.1f} GiB each" in m for m in lines), lines
     assert s["frames_per_second"] > 0
     got = [d.rgb for d in decode_frames(f"{out}/clip.mp4")]
     want = [d.rgb for d in decode_frames(src)]
