@@ -537,7 +537,9 @@ def run_deblur(checkpoint: str, inputs: list[str], out: str, cfg: Config,
                                dc.gpus_per_actor, log)
         gpus, concurrency, cpus_per_actor = actor_resources(dc, resources, len(todo))
         most = min(dc.max_concurrency or concurrency, len(todo))
-        memory = actor_memory("deblur", dc.memory_per_actor, resources, most,
+        # sized on the actors the cluster must hold now; an elastic pool's others come with
+        # the nodes the autoscaler adds for them
+        memory = actor_memory("deblur", dc.memory_per_actor, resources, concurrency,
                               DEBLUR_MEMORY_GIB)
         log(f"[deblur] {pool_size(concurrency, most)} actor(s) with {gpus:g} GPU, "
             f"{cpus_per_actor:g} CPU and {memory / 2**30:.1f} GiB each")
