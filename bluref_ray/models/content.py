@@ -6,8 +6,9 @@ choices: ``pixels`` (the default) compares the images low-passed by a 4×4 avera
 layout must stay while detail (blur, noise) is free to change; ``matcher`` compares the features
 of the dense matcher that ships in the package (its feature pyramid, trained by this project to
 match frames across blur); ``vgg19`` takes VGG19 weights from a path the user gives. On the
-project's two-domain benchmark the matcher's features let the translation drift far from its
-input (docs/results.md, Blur2Blur), hence the default.
+project's two-domain benchmark and on real footage the matcher's features let the translation
+drift further from its input than the low-pass does (on real footage: docs/results.md,
+Blur2Blur), hence the default.
 
 ``ContentLoss(kind)(output, input)``: the mean L1 distance over the feature layers; frozen (no
 gradient to its weights), on the device of the images.
